@@ -1,0 +1,274 @@
+"""The decision engine: one request + policy + runtime state -> Decision. Pure: no Flask, no store.
+
+Order (product §1): role layer (Casbin gate, restricted features, constraint keys), then for
+group actions membership and bans, the scope layer (Casbin gate with per-group overrides,
+constraint keys), then clearance over the target. The first refusal is the answer.
+Casbin answers only role/scope x action questions, cached by exactly those inputs and
+rebuilt when the policy part of the state changes; users and memberships are dict lookups.
+"""
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import casbin
+
+from sidecar.errors import BadRequestError
+from sidecar.policy import Action, PermissionDef, PolicySet
+from sidecar.rules import build_rules, resolve_value
+from sidecar.state import RuntimeState
+
+OWNER = "owner"
+DENIED = "ERR_PERMISSION_DENIED"
+CLEARANCE_CODES = {"changeScope": "ERR_GROUP_NO_SCOPE_CLEARANCE"}
+# Actions whose target may be outside the group: treated as the lowest scope.
+OUTSIDER_TARGET_ACTIONS = ("ban", "unban")
+_MISSING = object()
+
+
+@dataclass(frozen=True)
+class AuthzRequest:
+    uid: str
+    action: str
+    guid: str | None = None
+    target: str | None = None
+    context: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    reason: str
+    layer: str
+    role: str
+    code: str | None = None
+    scope: str | None = None
+    revision: int = 0
+    policy_hash: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"allowed": self.allowed}
+        if self.code:
+            body["code"] = self.code
+        body.update(reason=self.reason, layer=self.layer, role=self.role)
+        if self.scope:
+            body["scope"] = self.scope
+        body.update(revision=self.revision, policyHash=self.policy_hash)
+        return body
+
+
+class _Refusal(Exception):
+    def __init__(self, layer: str, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.layer, self.code, self.reason = layer, code, reason
+
+
+class Engine:
+    """Decides requests against one PolicySet; safe to share between threads."""
+
+    def __init__(self, policy: PolicySet) -> None:
+        self.policy = policy
+        self._lock = threading.Lock()
+        self._compiled_for: tuple[int, int] | None = None
+        self._enforcer: casbin.Enforcer | None = None
+        self._gates: dict[tuple[str, str, str, str], tuple[bool, str]] = {}
+
+    def decide(self, request: AuthzRequest, state: RuntimeState) -> Decision:
+        action = self.policy.actions.get(request.action)
+        if action is None:
+            raise BadRequestError.field("action", f"unknown action {request.action!r}; "
+                                        "see the catalogue for the actions the sidecar knows")
+        _require_inputs(action, request, self.policy)
+        role = state.users.get(request.uid, "default")
+        scope: str | None = None
+        try:
+            if role not in self.policy.roles and role not in state.roles:
+                raise _Refusal("role", DENIED, f"user {request.uid!r} holds role {role!r}, "
+                               "which no longer exists")
+            role_reason = self._role_layer(action, request, state, role)
+            if not (request.guid and _in_group(action)):
+                return self._allow(state, role, None, "role", role_reason)
+            scope = self._membership(request, state)
+            if scope == OWNER:
+                return self._allow(state, role, scope, "scope", f"{role_reason}; {request.uid!r} "
+                                   f"owns group {request.guid!r} and may do anything in it")
+            scope_reason = self._scope_layer(action, request, state, scope)
+            return self._allow(state, role, scope, "scope", f"{role_reason}; {scope_reason}")
+        except _Refusal as refusal:
+            return Decision(False, refusal.reason, refusal.layer, role, refusal.code, scope,
+                            state.revision, self.policy.content_hash)
+
+    def _allow(self, state: RuntimeState, role: str, scope: str | None, layer: str, reason: str) -> Decision:
+        return Decision(True, "allowed: " + reason, layer, role, None, scope, state.revision,
+                        self.policy.content_hash)
+
+    # -- layers ----------------------------------------------------------------------------
+    def _role_layer(self, action: Action, request: AuthzRequest, state: RuntimeState, role: str) -> str:
+        allowed, source = self._gate(state, "role", role, "*", action.name)
+        if not allowed:
+            if source.startswith("restricted feature"):
+                reason = f"role {role!r} has the feature {source.split(" (")[0].removeprefix("restricted feature ")} restricted, which gates {action.name} " \
+                         f"(from {source.split(' (')[1].rstrip(')')})"
+            else:
+                reason = f"role {role!r} denies {action.name} ({action.name} = deny, from {source})"
+            raise _Refusal("role", DENIED, reason)
+        self._constraints(action.role_constraints, request, state, "role", role, None, DENIED)
+        return f"role {role!r} allows {action.name} (from {source})"
+
+    def _membership(self, request: AuthzRequest, state: RuntimeState) -> str:
+        guid, uid = request.guid or "", request.uid
+        if state.owners.get(guid) == uid:
+            return OWNER
+        if state.is_banned(guid, uid):
+            raise _Refusal("membership", "ERR_BANNED_GROUPMEMBER",
+                           f"{uid!r} is banned from group {guid!r}; an admin or moderator must unban them first")
+        scope = state.scope_of(guid, uid)
+        if scope is None:
+            raise _Refusal("membership", "ERR_GROUP_NOT_JOINED",
+                           f"{uid!r} is not a member of group {guid!r}; add them to the group first")
+        return scope
+
+    def _scope_layer(self, action: Action, request: AuthzRequest, state: RuntimeState, scope: str) -> str:
+        guid = request.guid or ""
+        source = "no scope key gates it"
+        if action.scope_key:
+            overridden = scope in state.overrides.get(guid, {})
+            allowed, source = self._gate(state, "scope", scope, guid if overridden else "*", action.name)
+            where = f"group {guid!r}" if source == "group override" else source
+            if not allowed:
+                raise _Refusal("scope", DENIED, f"scope {scope!r} in group {guid!r} may not {action.name} "
+                               f"({action.name} = deny, from {where})")
+        target_scope = _target_scope(action, request, state) if action.target_required else None
+        clearance = CLEARANCE_CODES.get(action.name, "ERR_GROUP_NO_CLEARANCE")
+        self._constraints(action.scope_constraints, request, state, "scope", scope, guid, clearance)
+        if target_scope is not None:
+            self._clearance(action, request, state, scope, target_scope)
+        return f"scope {scope!r} in group {guid!r} allows {action.name} (from {source})"
+
+    def _clearance(self, action: Action, request: AuthzRequest, state: RuntimeState, scope: str,
+                   target_scope: str) -> None:
+        code = CLEARANCE_CODES.get(action.name, "ERR_GROUP_NO_CLEARANCE")
+        guid, target = request.guid or "", request.target or ""
+        ranks = {name: s.rank for name, s in self.policy.scopes.items()}
+        if state.owners.get(guid) == target:
+            raise _Refusal("clearance", code, f"{target!r} owns group {guid!r}; nobody may "
+                           f"{action.name} the owner")
+        if ranks[scope] <= ranks[target_scope]:
+            raise _Refusal("clearance", code, f"scope {scope!r} may not {action.name} a member whose "
+                           f"scope is {target_scope!r}: only a higher scope may act on a member")
+        if action.name == "changeScope":
+            new_scope = request.context["newScope"]
+            if ranks[new_scope] > ranks[scope]:
+                raise _Refusal("clearance", code, f"scope {scope!r} may not give anyone the scope "
+                               f"{new_scope!r}: the new scope may not rank above the actor's")
+
+    def _constraints(self, defs: tuple[PermissionDef, ...], request: AuthzRequest, state: RuntimeState,
+                     layer: str, subject: str, guid: str | None, code: str) -> None:
+        for defn in defs:
+            value, source = resolve_value(self.policy, state, layer, subject, guid, defn.key)
+            problem = self._violation(defn, value, request, state)
+            if problem:
+                who = f"role {subject!r}" if layer == "role" else f"scope {subject!r} in group {guid!r}"
+                if code != DENIED and defn.fact == "target.scope":
+                    layer = "clearance"
+                raise _Refusal(layer, code, f"{who} has {defn.key} = {_show(value)} (from {source}); {problem}")
+
+    def _violation(self, defn: PermissionDef, value: Any, request: AuthzRequest, state: RuntimeState) -> str | None:
+        if value is None or value == "all" or (defn.type == "allowDeny" and value == "allow"):
+            return None
+        for fact, values in defn.when.items():
+            seen = _fact(fact, request, state, self.policy)
+            if seen is not _MISSING and seen not in values:
+                return None
+        assert defn.fact is not None
+        seen = _fact(defn.fact, request, state, self.policy)
+        if seen is _MISSING:
+            return f"send {defn.fact} so that it can be checked"
+        if defn.type == "mode":
+            return None if seen is True else f"{defn.fact} is {_show(seen)}, not true"
+        if defn.type == "allowDeny":
+            return None if seen is not True else f"{defn.fact} is true"
+        return None if seen in value else f"{defn.fact} is {_show(seen)}"
+
+    # -- Casbin ----------------------------------------------------------------------------
+    def _gate(self, state: RuntimeState, layer: str, sub: str, dom: str, obj: str) -> tuple[bool, str]:
+        key = (layer, sub, dom, obj)
+        stamp = (id(state), state.policy_generation)
+        if self._compiled_for == stamp:
+            cached = self._gates.get(key)
+            if cached is not None:
+                return cached
+        with self._lock:
+            if self._compiled_for != stamp:
+                self._compile(state, stamp)
+            allowed, rule = self._enforcer.enforce_ex(*key)  # type: ignore[union-attr]
+            answer = (bool(allowed), rule[6] if rule else "no policy line")
+            self._gates[key] = answer
+            return answer
+
+    def _compile(self, state: RuntimeState, stamp: tuple[int, int]) -> None:
+        enforcer = casbin.Enforcer(casbin.Enforcer.new_model(text=self.policy.model_text))
+        rules = build_rules(self.policy, state)
+        if rules:
+            enforcer.add_policies(rules)
+        self._enforcer, self._gates, self._compiled_for = enforcer, {}, stamp
+
+
+def _in_group(action: Action) -> bool:
+    return action.scope_key or bool(action.scope_constraints)
+
+
+def _require_inputs(action: Action, request: AuthzRequest, policy: PolicySet) -> None:
+    if action.scope_key and not action.role_key and not request.guid:
+        raise BadRequestError.field("guid", f"{action.name} is a group action: guid is required")
+    if action.target_required and not request.target:
+        raise BadRequestError.field("target", f"{action.name} acts on a member: target is required")
+    new_scope = request.context.get("newScope")
+    if action.name == "changeScope" and new_scope is None:
+        raise BadRequestError.field("context.newScope", "changeScope needs the new scope")
+    if new_scope is not None and new_scope not in policy.scopes:
+        raise BadRequestError.field("context.newScope", f"must be one of {', '.join(policy.scopes)}")
+
+
+def _target_scope(action: Action, request: AuthzRequest, state: RuntimeState) -> str:
+    if request.target == request.uid:
+        raise _Refusal("clearance", "ERR_GROUP_NO_SELF_ACTION", f"{request.uid!r} may not "
+                       f"{action.name} themselves")
+    if action.name == "addMembers":
+        return str(request.context.get("newScope") or "participant")
+    scope = state.scope_of(request.guid or "", request.target or "")
+    if scope is None and action.name in OUTSIDER_TARGET_ACTIONS:
+        return "participant"
+    if scope is None:
+        raise _Refusal("clearance", "ERR_NOT_A_MEMBER",
+                       f"{request.target!r} is not a member of group {request.guid!r}")
+    if action.name == "changeScope" and request.context.get("newScope") == scope:
+        raise _Refusal("clearance", "ERR_SAME_SCOPE", f"{request.target!r} is already {scope}")
+    return scope
+
+
+def _fact(name: str, request: AuthzRequest, state: RuntimeState, policy: PolicySet) -> Any:
+    kind, _, attribute = name.partition(".")
+    if kind == "context":
+        if attribute in request.context:
+            return request.context[attribute]
+        if attribute == "receiverType" and (request.guid or request.target):
+            return "group" if request.guid else "user"
+        return _MISSING
+    if not request.target:
+        return _MISSING
+    if attribute == "role":
+        return state.users.get(request.target, "default")
+    action = policy.actions[request.action]
+    try:
+        return _target_scope(action, request, state)
+    except _Refusal:
+        return _MISSING
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(map(str, value)) + "]"
+    return repr(value)

@@ -1,0 +1,122 @@
+"""Runtime state in memory, changed only by applying write operations (ops).
+
+An op is a plain JSON-able dict {"op": name, ...}. Stores persist the same ops atomically and
+journal them, so every worker and sidecar replays them into its own RuntimeState. Pure: no I/O.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+Op = dict[str, Any]
+
+# Ops that change what Casbin evaluates (roles, permission values, features, overrides).
+POLICY_OPS = frozenset({"put_role", "delete_role", "set_role_permissions", "unset_role_permission",
+                        "set_restricted_features", "set_scope_permissions", "unset_scope_permission",
+                        "delete_group"})
+
+
+@dataclass
+class RuntimeState:
+    revision: int = 0
+    policy_generation: int = 0
+    roles: dict[str, dict[str, Any]] = field(default_factory=dict)
+    role_permissions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    restricted: dict[str, frozenset[str]] = field(default_factory=dict)
+    users: dict[str, str] = field(default_factory=dict)
+    owners: dict[str, str] = field(default_factory=dict)
+    members: dict[str, dict[str, str]] = field(default_factory=dict)
+    bans: dict[str, set[str]] = field(default_factory=dict)
+    overrides: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+
+    def apply_all(self, ops: list[Op], revision: int) -> None:
+        """Apply one committed write (all its ops) and move to its revision."""
+        for op in ops:
+            self.apply(op)
+        self.revision = revision
+
+    def apply(self, op: Op) -> None:
+        handler = getattr(self, "_" + op["op"], None)
+        if handler is None:
+            raise ValueError(f"unknown op {op['op']!r}")
+        handler(op)
+        if op["op"] in POLICY_OPS:
+            self.policy_generation += 1
+
+    def scope_of(self, guid: str, uid: str) -> str | None:
+        group = self.members.get(guid)
+        return group.get(uid) if group else None
+
+    def is_banned(self, guid: str, uid: str) -> bool:
+        banned = self.bans.get(guid)
+        return bool(banned) and uid in banned
+
+    # -- op handlers -----------------------------------------------------------------------
+    def _put_role(self, op: Op) -> None:
+        self.roles[op["role"]] = dict(op["record"])
+
+    def _delete_role(self, op: Op) -> None:
+        role = op["role"]
+        self.roles.pop(role, None)
+        self.role_permissions.pop(role, None)
+        self.restricted.pop(role, None)
+        for uid in [u for u, r in self.users.items() if r == role]:
+            del self.users[uid]
+
+    def _set_role_permissions(self, op: Op) -> None:
+        self.role_permissions.setdefault(op["role"], {}).update(op["values"])
+
+    def _unset_role_permission(self, op: Op) -> None:
+        perms = self.role_permissions.get(op["role"], {})
+        perms.pop(op["key"], None)
+        if not perms:
+            self.role_permissions.pop(op["role"], None)
+
+    def _set_restricted_features(self, op: Op) -> None:
+        self.restricted[op["role"]] = frozenset(op["features"])
+
+    def _put_user(self, op: Op) -> None:
+        self.users[op["uid"]] = op["role"]
+
+    def _delete_user(self, op: Op) -> None:
+        self.users.pop(op["uid"], None)
+
+    def _put_group(self, op: Op) -> None:
+        self.owners[op["guid"]] = op["owner"]
+
+    def _delete_group(self, op: Op) -> None:
+        for table in (self.owners, self.members, self.bans, self.overrides):
+            table.pop(op["guid"], None)
+
+    def _put_member(self, op: Op) -> None:
+        self.members.setdefault(op["guid"], {})[op["uid"]] = op["scope"]
+
+    def _delete_member(self, op: Op) -> None:
+        group = self.members.get(op["guid"])
+        if group is not None:
+            group.pop(op["uid"], None)
+            if not group:
+                del self.members[op["guid"]]
+
+    def _ban(self, op: Op) -> None:
+        self._delete_member(op)
+        self.bans.setdefault(op["guid"], set()).add(op["uid"])
+
+    def _unban(self, op: Op) -> None:
+        banned = self.bans.get(op["guid"])
+        if banned is not None:
+            banned.discard(op["uid"])
+            if not banned:
+                del self.bans[op["guid"]]
+
+    def _set_scope_permissions(self, op: Op) -> None:
+        self.overrides.setdefault(op["guid"], {}).setdefault(op["scope"], {}).update(op["values"])
+
+    def _unset_scope_permission(self, op: Op) -> None:
+        scopes = self.overrides.get(op["guid"], {})
+        values = scopes.get(op["scope"], {})
+        values.pop(op["key"], None)
+        if not values:
+            scopes.pop(op["scope"], None)
+        if not scopes:
+            self.overrides.pop(op["guid"], None)
