@@ -109,8 +109,9 @@ class Engine:
         allowed, source = self._gate(state, "role", role, "*", action.name)
         if not allowed:
             if source.startswith("restricted feature"):
-                reason = f"role {role!r} has the feature {source.split(" (")[0].removeprefix("restricted feature ")} restricted, which gates {action.name} " \
-                         f"(from {source.split(' (')[1].rstrip(')')})"
+                feature, _, origin = source.removeprefix("restricted feature ").partition(" (")
+                reason = (f"role {role!r} has the feature {feature} restricted, which gates "
+                          f"{action.name} (from {origin.rstrip(')')})")
             else:
                 reason = f"role {role!r} denies {action.name} ({action.name} = deny, from {source})"
             raise _Refusal("role", DENIED, reason)
