@@ -9,8 +9,7 @@ from typing import Any
 import casbin
 
 from sidecar.errors import PolicyError
-from sidecar.policy.types import (ARRAY_TYPES, VALUE_TYPES, Action, Feature, PermissionDef,
-                                  PolicySet, RoleDef, ScopeDef)
+from sidecar.policy.types import ARRAY_TYPES, VALUE_TYPES, Action, Feature, PermissionDef, PolicySet, RoleDef, ScopeDef
 from sidecar.policy.values import normalize_value
 from sidecar.policy.yamlio import LineDict, parse_yaml
 

@@ -1,0 +1,27 @@
+"""The apikey header: a full-access key for everything, an authorize-only key for /authorize."""
+from __future__ import annotations
+
+from flask import Flask, current_app, g, request
+
+from sidecar.errors import AuthError
+from sidecar.keys import AUTH_ONLY, KeyRing
+
+OPEN_ENDPOINTS = {"health.live", "health.ready", "static"}
+AUTHORIZE_ENDPOINTS = {"authorize.authorize", "authorize.authorize_batch"}
+
+
+def install_auth(app: Flask) -> None:
+    @app.before_request
+    def check_key() -> None:
+        if request.endpoint is None or request.endpoint in OPEN_ENDPOINTS:
+            return  # unknown routes answer 404/405 without revealing anything
+        presented = request.headers.get("apikey", "")
+        if not presented:
+            raise AuthError("The apikey header is missing.", code="AUTH_ERR_EMPTY_APIKEY")
+        keys: KeyRing = current_app.extensions["chatauthz.keys"]
+        key = keys.find(presented)
+        if key is None:
+            raise AuthError("The apikey is not valid.", code="AUTH_ERR_APIKEY_NOT_FOUND")
+        if key.scope == AUTH_ONLY and request.endpoint not in AUTHORIZE_ENDPOINTS:
+            raise AuthError("This key may only call /authorize.", code="AUTH_ERR_NO_ACCESS", status=403)
+        g.actor = key.name

@@ -1,0 +1,51 @@
+"""POST /authorize and POST /authorize/batch: a denial is a 200 with allowed=false."""
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, current_app, jsonify
+from flask.wrappers import Response
+
+from sidecar.api.common import json_body, sidecar
+from sidecar.engine import AuthzRequest
+from sidecar.errors import BadRequestError, ChatAuthzError
+from sidecar.validation import clean_id, context, reject_unknown, require_object, revision
+
+bp = Blueprint("authorize", __name__)
+FIELDS = {"uid", "action", "guid", "target", "context", "atLeastRevision"}
+
+
+def parse_check(body: Any) -> tuple[AuthzRequest, int | None]:
+    body = require_object(body)
+    reject_unknown(body, FIELDS)
+    action = body.get("action")
+    if not isinstance(action, str) or not action or len(action) > 100:
+        raise BadRequestError.field("action", "The action field is required and must be a string.")
+    guid = clean_id(body["guid"], "guid") if body.get("guid") is not None else None
+    target = clean_id(body["target"], "target") if body.get("target") is not None else None
+    request = AuthzRequest(clean_id(body.get("uid"), "uid"), action, guid, target, context(body.get("context")))
+    return request, revision(body.get("atLeastRevision"))
+
+
+@bp.post("/authorize")
+def authorize() -> Response:
+    request, at_least = parse_check(json_body())
+    return jsonify({"data": sidecar().decide(request, at_least)})
+
+
+@bp.post("/authorize/batch")
+def authorize_batch() -> Response:
+    body = require_object(json_body())
+    reject_unknown(body, {"checks"})
+    checks = body.get("checks")
+    limit = current_app.extensions["chatauthz.settings"].max_batch
+    if not isinstance(checks, list) or not 1 <= len(checks) <= limit:
+        raise BadRequestError.field("checks", f"The checks field must be a list of 1 to {limit} checks.")
+    results: list[dict[str, Any]] = []
+    for check in checks:
+        try:
+            request, at_least = parse_check(check)
+            results.append(sidecar().decide(request, at_least))
+        except ChatAuthzError as exc:
+            results.append({"error": exc.to_dict()})
+    return jsonify({"data": {"results": results}})

@@ -1,0 +1,43 @@
+"""Helpers shared by the route modules: the Sidecar, the JSON body, list paging, writes."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from flask import current_app, g, jsonify, request
+from flask.wrappers import Response
+
+from sidecar.core import Sidecar
+from sidecar.errors import BadRequestError
+from sidecar.policy import PolicySet
+from sidecar.state import Op, RuntimeState
+from sidecar.validation import paging
+
+
+def sidecar() -> Sidecar:
+    return current_app.extensions["chatauthz"]  # type: ignore[no-any-return]
+
+
+def json_body(optional: bool = False) -> Any:
+    """The request's JSON body; a wrong content type or invalid JSON is a 400."""
+    if not request.content_length and optional:
+        return {}
+    if not request.is_json:
+        raise BadRequestError.field("body", "The request body must be JSON (Content-Type: application/json).")
+    body = request.get_json(silent=True)
+    if body is None:
+        raise BadRequestError.field("body", "The request body is not valid JSON.")
+    return body
+
+
+def write(plan: Callable[[PolicySet, RuntimeState], list[Op]]) -> int:
+    return sidecar().write(plan, g.get("actor", "unknown"))
+
+
+def page(items: list[Any]) -> Response:
+    per_page, current = paging(request.args)
+    total = len(items)
+    chunk = items[(current - 1) * per_page: current * per_page]
+    return jsonify({"data": chunk, "meta": {"pagination": {
+        "total": total, "count": len(chunk), "per_page": per_page, "current_page": current,
+        "total_pages": max(1, -(-total // per_page))}}})

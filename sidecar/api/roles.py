@@ -1,0 +1,83 @@
+"""Roles in CometChat's paths and shapes: /roles and /roles/{role}/permissions."""
+from __future__ import annotations
+
+from functools import partial
+
+from flask import Blueprint, current_app, jsonify
+from flask.wrappers import Response
+
+from sidecar import management as m
+from sidecar.api.common import json_body, page, sidecar, write
+from sidecar.validation import clean_id
+
+bp = Blueprint("roles", __name__)
+
+
+def _role_id(role: str) -> str:
+    return clean_id(role, "role")
+
+
+@bp.post("/roles")
+def create_role() -> Response:
+    body = json_body()
+    max_roles = current_app.extensions["chatauthz.settings"].max_roles
+    revision = write(lambda p, s: m.plan_create_role(p, s, body, max_roles))
+    role = m.clean_id(body["role"], "role")
+    return jsonify({"data": sidecar().read(lambda p, s: m.role_view(p, s, role)), "revision": revision})
+
+
+@bp.get("/roles")
+def list_roles() -> Response:
+    return page(sidecar().read(lambda p, s: [m.role_view(p, s, r) for r in m.all_role_ids(p, s)]))
+
+
+@bp.get("/roles/<role>")
+def get_role(role: str) -> Response:
+    role = _role_id(role)
+    return jsonify({"data": sidecar().read(partial(_view, role))})
+
+
+@bp.put("/roles/<role>")
+def update_role(role: str) -> Response:
+    role, body = _role_id(role), json_body()
+    revision = write(lambda p, s: m.plan_update_role(p, s, role, body))
+    return jsonify({"data": sidecar().read(partial(_view, role)), "revision": revision})
+
+
+@bp.delete("/roles/<role>")
+def delete_role(role: str) -> Response:
+    role = _role_id(role)
+    holders = sidecar().read(lambda p, s: sum(1 for r in s.users.values() if r == role))
+    revision = write(lambda p, s: m.plan_delete_role(p, s, role))
+    return jsonify({"data": {"success": True, "message": f"Role {role} has been deleted successfully.",
+                             "usersMovedToDefault": holders}, "revision": revision})
+
+
+@bp.get("/roles/<role>/permissions")
+def list_role_permissions(role: str) -> Response:
+    role = _role_id(role)
+    return page(sidecar().read(lambda p, s: m.role_permissions_view(p, s, role)))
+
+
+@bp.put("/roles/<role>/permissions")
+def set_role_permissions(role: str) -> Response:
+    role, body = _role_id(role), json_body()
+    revision = write(lambda p, s: m.plan_set_role_permissions(p, s, role, body))
+    keys = list(body["permissions"])
+    data: dict = {k: {"success": True, "message": f"Permission with id {k} have been mapped successfully "
+                      f"to role {role}."} for k in keys}
+    data["permissions"] = sidecar().read(lambda p, s: m.explicit_role_permissions(s, role))
+    return jsonify({"data": data, "revision": revision})
+
+
+@bp.delete("/roles/<role>/permissions/<permission>")
+def unset_role_permission(role: str, permission: str) -> Response:
+    role = _role_id(role)
+    revision = write(lambda p, s: m.plan_unset_role_permission(p, s, role, permission))
+    remaining = sidecar().read(lambda p, s: m.explicit_role_permissions(s, role))
+    return jsonify({"data": {"message": "Role permission unset successfully", "permissions": remaining},
+                    "revision": revision})
+
+
+def _view(role: str, policy, state):  # type: ignore[no-untyped-def]
+    return m.role_view(policy, state, role)

@@ -1,0 +1,76 @@
+"""The chatauthz command: `serve` runs the sidecar under gunicorn."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from sidecar.config import Settings
+from sidecar.errors import PolicyError
+
+EXIT_USAGE = 2
+EXIT_INVALID_POLICY = 3
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="chatauthz", description="Authorization sidecar for chat services.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="serve the HTTP API (gunicorn)")
+    serve.add_argument("--host", help="address to bind (CHATAUTHZ_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (CHATAUTHZ_PORT, default 8787)")
+    serve.add_argument("--data-dir", help="data folder (CHATAUTHZ_DATA_DIR, default ./data)")
+    serve.add_argument("--policies", help="policy folder (CHATAUTHZ_POLICIES, default the shipped one)")
+    serve.add_argument("--model", help="Casbin model (CHATAUTHZ_MODEL, default <policies>/../model.conf)")
+    serve.add_argument("--workers", type=int, help="worker processes (CHATAUTHZ_WORKERS, default 1)")
+    serve.add_argument("--threads", type=int, help="threads per worker (CHATAUTHZ_THREADS, default 4)")
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env(host=args.host, port=args.port, data_dir=args.data_dir,
+                                     policies=args.policies, model=args.model, workers=args.workers,
+                                     threads=args.threads)
+    except ValueError as exc:
+        print(f"chatauthz: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return serve_forever(settings)
+
+
+def serve_forever(settings: Settings) -> int:
+    from sidecar.api import build_sidecar
+    from sidecar.keys import load_keys
+    try:
+        build_sidecar(settings).store.close()  # refuse to start on an invalid policy or store
+    except PolicyError as exc:
+        print(f"chatauthz: refusing to start: {exc}", file=sys.stderr)
+        return EXIT_INVALID_POLICY
+    keys = load_keys(settings.data_dir, settings.api_key, settings.authorize_key)
+    print(f"chatauthz: listening on http://{settings.host}:{settings.port} "
+          f"({settings.workers} worker(s), data in {settings.data_dir.resolve()})", flush=True)
+    print(f"chatauthz: management API key from {keys.source}", flush=True)
+    _GunicornApp(settings).run()
+    return 0
+
+
+class _GunicornApp:
+    """gunicorn's BaseApplication, built lazily so `import sidecar.cli` stays cheap."""
+
+    def __new__(cls, settings: Settings) -> Any:
+        from gunicorn.app.base import BaseApplication
+
+        class App(BaseApplication):  # type: ignore[misc]
+            def load_config(self) -> None:
+                options = {"bind": f"{settings.host}:{settings.port}", "workers": settings.workers,
+                           "threads": settings.threads, "worker_class": "gthread", "keepalive": 30,
+                           "timeout": 60, "graceful_timeout": 10, "accesslog": None,
+                           "errorlog": "-", "loglevel": "warning"}
+                for key, value in options.items():
+                    self.cfg.set(key, value)
+
+            def load(self) -> Any:
+                from sidecar.api import create_app
+                return create_app(settings)
+
+        return App()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

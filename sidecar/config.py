@@ -1,0 +1,67 @@
+"""Settings: defaults, then CHATAUTHZ_* variables, then command-line flags. Nothing else reads os.environ."""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8787
+    data_dir: Path = Path("data")
+    policies: Path = PROJECT_DIR / "policies"
+    model: Path | None = None  # default: <policies>/../model.conf
+    workers: int = 1
+    threads: int = 4
+    api_key: str | None = None
+    authorize_key: str | None = None
+    max_roles: int = 25
+    revision_wait_s: float = 2.0
+    max_batch: int = 1000
+
+    @property
+    def model_path(self) -> Path:
+        return self.model or self.policies.parent / "model.conf"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """CHATAUTHZ_<FIELD> variables, then explicit overrides (flags) that are not None."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get("CHATAUTHZ_" + f.name.upper())
+            if raw not in (None, ""):
+                values[f.name] = _convert(f.name, raw)
+        values.update({k: _convert(k, v) if isinstance(v, str) else v
+                       for k, v in overrides.items() if v is not None})
+        settings = replace(cls(), **values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be 0-65535, got {self.port}")
+        if not 1 <= self.workers <= 64:
+            raise ValueError(f"workers must be 1-64, got {self.workers}")
+        if not 1 <= self.threads <= 64:
+            raise ValueError(f"threads must be 1-64, got {self.threads}")
+
+
+def _convert(name: str, raw: str) -> Any:
+    kind = {f.name: f.type for f in fields(Settings)}[name]
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+    except ValueError:
+        raise ValueError(f"CHATAUTHZ_{name.upper()} must be a number, got {raw!r}") from None
+    if "Path" in str(kind):
+        return Path(raw)
+    return raw

@@ -1,0 +1,110 @@
+"""Checks request bodies and ids; every problem becomes a 400 naming its field. Pure."""
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from sidecar.errors import BadRequestError
+
+ID_RE = re.compile(r"^[a-z0-9_-]{1,100}$")
+MAX_METADATA_BYTES = 4096
+MAX_CONTEXT_KEYS = 32
+MAX_CONTEXT_STRING = 255
+
+
+def clean_id(value: Any, field: str) -> str:
+    """An id: alpha-dash (a-z, 0-9, -, _), 1-100 characters, lowercased."""
+    if not isinstance(value, str) or not value:
+        raise BadRequestError.field(field, f"The {field} field is required and must be a string.")
+    lowered = value.lower()
+    if not ID_RE.match(lowered):
+        raise BadRequestError.field(field, f"The {field} may only contain letters, numbers, dashes and "
+                                    "underscores, and be at most 100 characters.")
+    return lowered
+
+
+def require_object(body: Any, field: str = "body") -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise BadRequestError.field(field, "The request body must be a JSON object.")
+    return body
+
+
+def reject_unknown(body: dict[str, Any], allowed: set[str]) -> None:
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise BadRequestError(f"Unknown field(s): {', '.join(map(str, unknown))}.",
+                              details={str(k): [f"The {k} field is not allowed here."] for k in unknown})
+
+
+def text(body: dict[str, Any], field: str, max_len: int, required: bool = False) -> str | None:
+    value = body.get(field)
+    if value is None:
+        if required:
+            raise BadRequestError.field(field, f"The {field} field is required.")
+        return None
+    if not isinstance(value, str) or (required and not value.strip()):
+        raise BadRequestError.field(field, f"The {field} must be a non-empty string.")
+    if len(value) > max_len:
+        raise BadRequestError.field(field, f"The {field} may not be greater than {max_len} characters.")
+    return value
+
+
+def metadata(body: dict[str, Any], field: str = "metadata") -> dict[str, Any] | None:
+    value = body.get(field)
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise BadRequestError.field(field, f"The {field} must be a JSON object.")
+    if len(json.dumps(value, separators=(",", ":"))) > MAX_METADATA_BYTES:
+        raise BadRequestError.field(field, f"The {field} may not be larger than {MAX_METADATA_BYTES} "
+                                    "bytes as JSON.")
+    return value
+
+
+def settings(body: dict[str, Any]) -> dict[str, str] | None:
+    value = body.get("settings")
+    if value is None:
+        return None
+    allowed = {"listUsers": ("all", "friendsOnly"), "sendMessagesTo": ("all", "friendsOnly")}
+    if not isinstance(value, dict) or set(value) - set(allowed):
+        raise BadRequestError.field("settings", "The settings may only hold listUsers and sendMessagesTo.")
+    for key, choice in value.items():
+        if choice not in allowed[key]:
+            raise BadRequestError.field(f"settings.{key}", f"The settings.{key} must be all or friendsOnly.")
+    return dict(value)
+
+
+def context(value: Any) -> dict[str, Any]:
+    """The facts of an authorize request: a flat object of strings, numbers and booleans."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise BadRequestError.field("context", "The context must be a JSON object.")
+    if len(value) > MAX_CONTEXT_KEYS:
+        raise BadRequestError.field("context", f"The context may hold at most {MAX_CONTEXT_KEYS} facts.")
+    for key, fact in value.items():
+        if not isinstance(fact, (str, bool, int, float)) or (isinstance(fact, str) and len(fact) > MAX_CONTEXT_STRING):
+            raise BadRequestError.field(f"context.{key}", "Each fact must be a string (at most 255 "
+                                        "characters), a number or a boolean.")
+    return value
+
+
+def revision(value: Any, field: str = "atLeastRevision") -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 2**53:
+        raise BadRequestError.field(field, f"The {field} must be a non-negative integer.")
+    return value
+
+
+def paging(args: dict[str, Any], max_per_page: int = 1000) -> tuple[int, int]:
+    """perPage (default 100, at most max_per_page) and page (default 1)."""
+    def number(name: str, default: int, high: int) -> int:
+        raw = args.get(name)
+        if raw is None or raw == "":
+            return default
+        if not str(raw).isdigit() or not 1 <= int(raw) <= high:
+            raise BadRequestError.field(name, f"The {name} must be an integer from 1 to {high}.")
+        return int(raw)
+    return number("perPage", 100, max_per_page), number("page", 1, 10**9)
