@@ -6,6 +6,7 @@ store's exclusive transaction on caught-up state, then apply the committed ops l
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import secrets
 import threading
@@ -14,10 +15,12 @@ from collections.abc import Callable
 from typing import Any
 
 from sidecar.engine import AuthzRequest, Decision, Engine
-from sidecar.errors import ChatAuthzError
+from sidecar.errors import ChatAuthzError, StoreError
 from sidecar.policy import PolicySet
 from sidecar.state import Op, RuntimeState
 from sidecar.stores.base import Store
+
+log = logging.getLogger("chatauthz.core")
 
 
 class Sidecar:
@@ -27,21 +30,31 @@ class Sidecar:
         self.store = store
         self.revision_wait_s = revision_wait_s
         self._lock = threading.RLock()
-        self.state: RuntimeState = store.load()
+        self.state: RuntimeState = store.load()  # a store gone before the first load: no Sidecar
+        self.store_error: str | None = None
         self._ids = itertools.count(1)
         self._id_prefix = f"{secrets.token_hex(4)}{os.getpid():x}"
 
     # -- reads -----------------------------------------------------------------------------
     def refresh(self) -> None:
         """Apply what other workers committed since our revision (cheap when nothing did)."""
-        if not self.store.changed():
-            return
-        with self._lock:
-            for revision, ops in self.store.changes_since(self.state.revision):
-                self.state.apply_all(ops, revision)
+        try:
+            if not self.store.changed():
+                self.store_error = None
+                return
+            with self._lock:
+                for revision, ops in self.store.changes_since(self.state.revision):
+                    self.state.apply_all(ops, revision)
+            self.store_error = None
+        except StoreError as exc:
+            self.store_error = exc.message
+            raise
 
     def decide(self, request: AuthzRequest, at_least_revision: int | None = None) -> dict[str, Any]:
-        self.refresh()
+        try:
+            self.refresh()
+        except StoreError:
+            log.warning("store unreadable; deciding from revision %s", self.state.revision)
         if at_least_revision is not None and self.state.revision < at_least_revision:
             self._wait_for(at_least_revision)
         with self._lock:

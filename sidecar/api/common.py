@@ -24,7 +24,10 @@ def json_body(optional: bool = False) -> Any:
         return {}
     if not request.is_json:
         raise BadRequestError.field("body", "The request body must be JSON (Content-Type: application/json).")
-    body = request.get_json(silent=True)
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:
+        raise BadRequestError.field("body", "The request body is nested too deeply.") from None
     if body is None:
         raise BadRequestError.field("body", "The request body is not valid JSON.")
     return body

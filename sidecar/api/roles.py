@@ -47,10 +47,15 @@ def update_role(role: str) -> Response:
 @bp.delete("/roles/<role>")
 def delete_role(role: str) -> Response:
     role = _role_id(role)
-    holders = sidecar().read(lambda p, s: sum(1 for r in s.users.values() if r == role))
-    revision = write(lambda p, s: m.plan_delete_role(p, s, role))
+    holders: list[int] = []
+
+    def plan(policy, state):  # type: ignore[no-untyped-def]
+        ops = m.plan_delete_role(policy, state, role)
+        holders.append(sum(1 for held in state.users.values() if held == role))
+        return ops
+    revision = write(plan)
     return jsonify({"data": {"success": True, "message": f"Role {role} has been deleted successfully.",
-                             "usersMovedToDefault": holders}, "revision": revision})
+                             "usersMovedToDefault": holders[-1]}, "revision": revision})
 
 
 @bp.get("/roles/<role>/permissions")
