@@ -17,7 +17,7 @@ from typing import Any
 from sidecar.engine import AuthzRequest, Decision, Engine
 from sidecar.errors import ChatAuthzError, StoreError
 from sidecar.policy import PolicySet
-from sidecar.state import Op, RuntimeState
+from sidecar.state import Op, RuntimeState, with_before
 from sidecar.stores.base import Store
 
 log = logging.getLogger("chatauthz.core")
@@ -91,7 +91,7 @@ class Sidecar:
             def planned() -> list[Op]:
                 for rev, ops in self.store.changes_since(self.state.revision):
                     self.state.apply_all(ops, rev)
-                return plan(self.policy, self.state)
+                return [with_before(self.state, op) for op in plan(self.policy, self.state)]
             revision, ops = self.store.write(planned, actor)
             if ops:
                 self.state.apply_all(ops, revision)

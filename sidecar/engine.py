@@ -156,6 +156,12 @@ class Engine:
         if state.owners.get(guid) == target:
             raise _Refusal("clearance", code, f"{target!r} owns group {guid!r}; nobody may "
                            f"{action.name} the owner")
+        if action.name == "addMembers":
+            # Adding grants a scope: it may not rank above the actor's (an admin may add admins).
+            if ranks[target_scope] > ranks[scope]:
+                raise _Refusal("clearance", code, f"scope {scope!r} may not add a member as "
+                               f"{target_scope!r}: the new scope may not rank above the actor's")
+            return
         if ranks[scope] <= ranks[target_scope]:
             raise _Refusal("clearance", code, f"scope {scope!r} may not {action.name} a member whose "
                            f"scope is {target_scope!r}: only a higher scope may act on a member")

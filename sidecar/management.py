@@ -94,11 +94,7 @@ def plan_delete_role(policy: PolicySet, state: RuntimeState, role: str) -> list[
 
 def plan_set_role_permissions(policy: PolicySet, state: RuntimeState, role: str, body: Any) -> list[Op]:
     role_view(policy, state, role)
-    permissions = require_object(require_object(body).get("permissions"), "permissions")
-    reject_unknown(require_object(body), {"permissions"})
-    if not permissions:
-        raise BadRequestError.field("permissions", "The permissions field must name at least one key.")
-    values = _checked_values(permissions, policy.role_keys, all_role_ids(policy, state))
+    values = checked_permissions(body, policy.role_keys, all_role_ids(policy, state))
     return [{"op": "set_role_permissions", "role": role, "values": values}]
 
 
@@ -126,7 +122,15 @@ def explicit_role_permissions(state: RuntimeState, role: str) -> dict[str, Any]:
     return dict(state.role_permissions.get(role, {}))
 
 
-def _checked_values(permissions: dict[str, Any], keys: dict[str, Any], roles: list[str]) -> dict[str, Any]:
+def checked_permissions(body: Any, keys: dict[str, Any], roles: list[str] | None) -> dict[str, Any]:
+    """A {"permissions": {key: value}} body, every key and value checked against the catalogue."""
+    body = require_object(body)
+    reject_unknown(body, {"permissions"})
+    if "permissions" not in body:
+        raise BadRequestError.field("permissions", "The permissions field is required.")
+    permissions = require_object(body["permissions"], "permissions")
+    if not permissions:
+        raise BadRequestError.field("permissions", "The permissions field must name at least one key.")
     values: dict[str, Any] = {}
     details: dict[str, list[str]] = {}
     for key, value in permissions.items():
@@ -158,54 +162,56 @@ def user_view(state: RuntimeState, uid: str) -> dict[str, Any]:
     return {"uid": uid, "role": state.users.get(uid, "default"), "assigned": uid in state.users}
 
 
-def plan_set_group(policy: PolicySet, state: RuntimeState, guid: str, body: Any) -> list[Op]:
-    body = require_object(body)
-    reject_unknown(body, {"owner"})
-    owner = clean_id(body.get("owner"), "owner")
-    if state.owners.get(guid) == owner:
+def plan_delete_user(state: RuntimeState, uid: str) -> list[Op]:
+    if uid not in state.users:
         return []
-    ops: list[Op] = [{"op": "put_group", "guid": guid, "owner": owner}]
-    if state.is_banned(guid, owner):
-        ops.insert(0, {"op": "unban", "guid": guid, "uid": owner})
-    if state.scope_of(guid, owner) != "admin":
-        ops.append({"op": "put_member", "guid": guid, "uid": owner, "scope": "admin"})
-    return ops
+    return [{"op": "delete_user", "uid": uid}]
 
 
-def group_not_found(guid: str) -> NotFoundError:
-    return NotFoundError(f"The group {guid} does not exist.", code="ERR_GUID_NOT_FOUND")
+# -- restricted features (CometChat's older API) -------------------------------------------
+def _feature_keys(policy: PolicySet, body: dict[str, Any], field: str) -> list[str]:
+    keys = body.get(field)
+    if not isinstance(keys, list) or not keys or not all(isinstance(k, str) for k in keys):
+        raise BadRequestError.field(field, f"The {field} field must be a non-empty list of feature keys.")
+    bare = [k.removeprefix("u.") for k in keys]
+    unknown = [k for k, b in zip(keys, bare, strict=True) if b not in policy.features]
+    if unknown:
+        raise BadRequestError(f"Unknown feature key(s): {', '.join(unknown)}.",
+                              details={field: [f"Unknown feature {k}." for k in unknown]})
+    return list(dict.fromkeys(bare))
 
 
-def group_view(state: RuntimeState, guid: str) -> dict[str, Any]:
-    if guid not in state.owners and guid not in state.members:
-        raise group_not_found(guid)
-    return {"guid": guid, "owner": state.owners.get(guid), "membersCount": len(state.members.get(guid, {})),
-            "bannedCount": len(state.bans.get(guid, ())), "hasOverrides": guid in state.overrides}
-
-
-def plan_delete_group(state: RuntimeState, guid: str) -> list[Op]:
-    group_view(state, guid)
-    return [{"op": "delete_group", "guid": guid}]
-
-
-def plan_set_member(policy: PolicySet, state: RuntimeState, guid: str, uid: str, body: Any) -> list[Op]:
+def plan_restrict_features(policy: PolicySet, state: RuntimeState, role: str, body: Any) -> list[Op]:
+    from sidecar.rules import effective_restrictions
+    role_view(policy, state, role)
     body = require_object(body)
-    reject_unknown(body, {"scope"})
-    scope = body.get("scope")
-    if scope not in policy.scopes:
-        raise BadRequestError.field("scope", f"The scope must be one of {', '.join(policy.scopes)}.")
-    if state.is_banned(guid, uid):
-        raise ConflictError(f"{uid} is banned from group {guid}; unban them first.",
-                            code="ERR_BANNED_GROUPMEMBER")
-    if state.scope_of(guid, uid) == scope:
+    reject_unknown(body, {"featuresToRestrict"})
+    keys = _feature_keys(policy, body, "featuresToRestrict")
+    if role == "default":
+        raise BadRequestError.field("role", "The default role cannot be restricted.")
+    current, _ = effective_restrictions(policy, state, role)
+    return [{"op": "set_restricted_features", "role": role, "features": sorted(current | set(keys))}]
+
+
+def plan_allow_features(policy: PolicySet, state: RuntimeState, role: str, body: Any) -> list[Op]:
+    from sidecar.rules import effective_restrictions
+    role_view(policy, state, role)
+    body = require_object(body)
+    reject_unknown(body, {"featuresToAllow", "allowAll"})
+    allow_all = body.get("allowAll", False)
+    if not isinstance(allow_all, bool):
+        raise BadRequestError.field("allowAll", "The allowAll field must be a boolean.")
+    current, _ = effective_restrictions(policy, state, role)
+    remaining = frozenset() if allow_all else current - set(_feature_keys(policy, body, "featuresToAllow"))
+    if remaining == current and role in state.restricted:
         return []
-    return [{"op": "put_member", "guid": guid, "uid": uid, "scope": scope}]
+    return [{"op": "set_restricted_features", "role": role, "features": sorted(remaining)}]
 
 
-def plan_remove_member(state: RuntimeState, guid: str, uid: str) -> list[Op]:
-    if state.scope_of(guid, uid) is None:
-        raise ConflictError(f"{uid} is not a member of group {guid}.", code="ERR_NOT_A_MEMBER")
-    if state.owners.get(guid) == uid:
-        raise RefusedError(f"{uid} owns group {guid}; transfer ownership before removing them.",
-                           code="ERR_GROUP_NO_CLEARANCE")
-    return [{"op": "delete_member", "guid": guid, "uid": uid}]
+def restricted_features_view(policy: PolicySet, state: RuntimeState, role: str) -> list[dict[str, Any]]:
+    from sidecar.rules import effective_restrictions
+    role_view(policy, state, role)
+    features, source = effective_restrictions(policy, state, role)
+    return [{"key": f"u.{key}", "title": policy.features[key].title,
+             "actions": list(policy.features[key].actions), "source": source}
+            for key in sorted(features) if key in policy.features]

@@ -120,3 +120,35 @@ class RuntimeState:
             scopes.pop(op["scope"], None)
         if not scopes:
             self.overrides.pop(op["guid"], None)
+
+
+def with_before(state: RuntimeState, op: Op) -> Op:
+    """The op plus `before`: what it replaces, for the change log (state is not changed)."""
+    return {**op, "before": _before(state, op)}
+
+
+def _before(state: RuntimeState, op: Op) -> Any:
+    name = op["op"]
+    if name in ("put_role", "delete_role"):
+        before: dict[str, Any] = {"record": state.roles.get(op["role"])}
+        if name == "delete_role":
+            before["permissions"] = state.role_permissions.get(op["role"])
+            before["restrictedFeatures"] = sorted(state.restricted.get(op["role"], ()))
+            before["users"] = sum(1 for role in state.users.values() if role == op["role"])
+        return before
+    if name in ("set_role_permissions", "unset_role_permission"):
+        current = state.role_permissions.get(op["role"], {})
+        return {k: current.get(k) for k in op.get("values", {op.get("key"): None})}
+    if name == "set_restricted_features":
+        restricted = state.restricted.get(op["role"])
+        return sorted(restricted) if restricted is not None else None
+    if name in ("put_user", "delete_user"):
+        return {"role": state.users.get(op["uid"])}
+    if name in ("put_group", "delete_group"):
+        guid = op["guid"]
+        return {"owner": state.owners.get(guid), "members": len(state.members.get(guid, {})),
+                "bans": len(state.bans.get(guid, ())), "overrides": state.overrides.get(guid)}
+    if name in ("put_member", "delete_member", "ban", "unban"):
+        return {"scope": state.scope_of(op["guid"], op["uid"]), "banned": state.is_banned(op["guid"], op["uid"])}
+    current = state.overrides.get(op["guid"], {}).get(op["scope"], {})
+    return {k: current.get(k) for k in op.get("values", {op.get("key"): None})}

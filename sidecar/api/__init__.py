@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from sidecar.api import authorize, errors, groups, health, roles
+from sidecar.api import authorize, changes, errors, groups, health, roles
 from sidecar.api.auth import install_auth
 from sidecar.config import Settings
 from sidecar.core import Sidecar
@@ -35,6 +35,6 @@ def create_app(settings: Settings | None = None, *, sidecar: Sidecar | None = No
                                                          settings.authorize_key)
     errors.install(app)
     install_auth(app)
-    for blueprint in (authorize.bp, roles.bp, groups.bp, health.bp):
+    for blueprint in (authorize.bp, roles.bp, groups.bp, changes.bp, health.bp):
         app.register_blueprint(blueprint)
     return app

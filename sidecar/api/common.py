@@ -41,6 +41,11 @@ def page(items: list[Any]) -> Response:
     per_page, current = paging(request.args)
     total = len(items)
     chunk = items[(current - 1) * per_page: current * per_page]
+    return paged(chunk, total, per_page, current)
+
+
+def paged(chunk: list[Any], total: int, per_page: int, current: int) -> Response:
+    """CometChat's list shape: data plus meta.pagination."""
     return jsonify({"data": chunk, "meta": {"pagination": {
         "total": total, "count": len(chunk), "per_page": per_page, "current_page": current,
         "total_pages": max(1, -(-total // per_page))}}})

@@ -86,3 +86,26 @@ def unset_role_permission(role: str, permission: str) -> Response:
 
 def _view(role: str, policy, state):  # type: ignore[no-untyped-def]
     return m.role_view(policy, state, role)
+
+
+@bp.post("/roles/<role>/restrictedfeatures")
+def restrict_features(role: str) -> Response:
+    role, body = _role_id(role), json_body()
+    revision = write(lambda p, s: m.plan_restrict_features(p, s, role, body))
+    data = {key: {"success": True, "message": f"The feature {key} has been restricted successfully."}
+            for key in body["featuresToRestrict"]}
+    return jsonify({"data": data, "revision": revision})
+
+
+@bp.get("/roles/<role>/restrictedfeatures")
+def list_restricted_features(role: str) -> Response:
+    role = _role_id(role)
+    return page(sidecar().read(lambda p, s: m.restricted_features_view(p, s, role)))
+
+
+@bp.delete("/roles/<role>/restrictedfeatures")
+def allow_features(role: str) -> Response:
+    role, body = _role_id(role), json_body()
+    revision = write(lambda p, s: m.plan_allow_features(p, s, role, body))
+    return jsonify({"data": {"success": True, "message": "The feature has been allowed successfully."},
+                    "revision": revision})

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from sidecar.state import Op, RuntimeState
 
@@ -15,6 +15,9 @@ class Store(Protocol):
 
     def changes_since(self, revision: int) -> list[tuple[int, list[Op]]]:
         """Committed writes after `revision`, oldest first, as (revision, ops)."""
+
+    def journal(self, since: int, offset: int, limit: int) -> tuple[int, list[dict[str, Any]]]:
+        """The change log after `since`: (total, entries {revision, at, actor, ops})."""
 
     def changed(self) -> bool:
         """Cheap check: may another process have committed since this was last asked?"""

@@ -10,6 +10,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from sidecar.errors import StoreError
 from sidecar.state import Op, RuntimeState
@@ -111,6 +112,17 @@ class SQLiteStore:
             rows = self._conn().execute(
                 "SELECT revision, ops FROM journal WHERE revision > ? ORDER BY revision", (revision,))
             return [(rev, json.loads(ops)) for rev, ops in rows]
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read the embedded store journal: {exc}") from exc
+
+    def journal(self, since: int, offset: int, limit: int) -> tuple[int, list[dict[str, Any]]]:
+        try:
+            conn = self._conn()
+            total = conn.execute("SELECT COUNT(*) FROM journal WHERE revision > ?", (since,)).fetchone()[0]
+            rows = conn.execute("SELECT revision, at, actor, ops FROM journal WHERE revision > ? "
+                                "ORDER BY revision LIMIT ? OFFSET ?", (since, limit, offset))
+            return total, [{"revision": rev, "at": at, "actor": actor, "ops": json.loads(ops)}
+                           for rev, at, actor, ops in rows]
         except sqlite3.Error as exc:
             raise StoreError(f"cannot read the embedded store journal: {exc}") from exc
 

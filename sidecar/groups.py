@@ -1,0 +1,238 @@
+"""Group plans and views: owners, members, bans and per-group scope overrides. Pure.
+
+A plan given `as_user` (the onBehalfOf header) first decides the operation as that user with
+the engine, inside the same write transaction: check and change in one step.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from sidecar.engine import AuthzRequest, Engine
+from sidecar.errors import BadRequestError, ConflictError, NotFoundError, RefusedError
+from sidecar.policy import PolicySet
+from sidecar.state import Op, RuntimeState
+from sidecar.validation import clean_id, reject_unknown, require_object
+
+MAX_MEMBERS_PER_CALL = 25
+SCOPE_LISTS = ("admins", "moderators", "participants")  # highest first
+LIST_SCOPE = {"admins": "admin", "moderators": "moderator", "participants": "participant"}
+
+
+def group_not_found(guid: str) -> NotFoundError:
+    return NotFoundError(f"The group {guid} does not exist; create it with PUT /groups/{guid}.",
+                         code="ERR_GUID_NOT_FOUND")
+
+
+def require_group(state: RuntimeState, guid: str) -> None:
+    if guid not in state.owners:
+        raise group_not_found(guid)
+
+
+def check_as(engine: Engine, state: RuntimeState, as_user: str | None, action: str, guid: str,
+             target: str | None = None, **context: Any) -> None:
+    """Refuse (403 with the decision's code and reason) unless as_user may do this."""
+    if as_user is None:
+        return
+    decision = engine.decide(AuthzRequest(as_user, action, guid, target, context), state)
+    if not decision.allowed:
+        raise RefusedError(decision.reason, code=decision.code or "ERR_PERMISSION_DENIED")
+
+
+def group_view(state: RuntimeState, guid: str) -> dict[str, Any]:
+    require_group(state, guid)
+    return {"guid": guid, "owner": state.owners[guid], "membersCount": len(state.members.get(guid, {})),
+            "bannedCount": len(state.bans.get(guid, ())), "hasOverrides": guid in state.overrides}
+
+
+def plan_set_group(engine: Engine, state: RuntimeState, guid: str, body: Any, as_user: str | None) -> list[Op]:
+    body = require_object(body)
+    reject_unknown(body, {"owner"})
+    owner = clean_id(body.get("owner"), "owner")
+    if guid in state.owners:
+        check_as(engine, state, as_user, "editGroup", guid)
+    if state.owners.get(guid) == owner:
+        return []
+    ops: list[Op] = [{"op": "put_group", "guid": guid, "owner": owner}]
+    if state.is_banned(guid, owner):
+        ops.insert(0, {"op": "unban", "guid": guid, "uid": owner})
+    if state.scope_of(guid, owner) != "admin":
+        ops.append({"op": "put_member", "guid": guid, "uid": owner, "scope": "admin"})
+    return ops
+
+
+def plan_delete_group(engine: Engine, state: RuntimeState, guid: str, as_user: str | None) -> list[Op]:
+    require_group(state, guid)
+    check_as(engine, state, as_user, "deleteGroup", guid)
+    return [{"op": "delete_group", "guid": guid}]
+
+
+# -- members -------------------------------------------------------------------------------
+def plan_set_member(engine: Engine, policy: PolicySet, state: RuntimeState, guid: str, uid: str,
+                    body: Any, as_user: str | None) -> list[Op]:
+    body = require_object(body)
+    reject_unknown(body, {"scope"})
+    scope = body.get("scope")
+    if scope not in policy.scopes:
+        raise BadRequestError.field("scope", f"The scope must be one of {', '.join(policy.scopes)}.")
+    require_group(state, guid)
+    current = state.scope_of(guid, uid)
+    if current is None:
+        return _add_member_ops(engine, state, guid, uid, scope, as_user)
+    if current == scope:
+        raise ConflictError(f"{uid} already has the scope {scope} in group {guid}.", code="ERR_SAME_SCOPE")
+    if state.owners.get(guid) == uid and scope != "admin":
+        raise RefusedError(f"{uid} owns group {guid} and stays admin; transfer ownership first.",
+                           code="ERR_GROUP_NO_SCOPE_CLEARANCE")
+    check_as(engine, state, as_user, "changeScope", guid, uid, newScope=scope)
+    return [{"op": "put_member", "guid": guid, "uid": uid, "scope": scope}]
+
+
+def _add_member_ops(engine: Engine, state: RuntimeState, guid: str, uid: str, scope: str,
+                    as_user: str | None) -> list[Op]:
+    if state.is_banned(guid, uid):
+        raise ConflictError(f"{uid} is banned from group {guid}; unban them first.",
+                            code="ERR_BANNED_GROUPMEMBER")
+    if state.scope_of(guid, uid) is not None:
+        raise ConflictError(f"{uid} is already a member of group {guid}.", code="ERR_ALREADY_JOINED")
+    check_as(engine, state, as_user, "addMembers", guid, uid, newScope=scope)
+    return [{"op": "put_member", "guid": guid, "uid": uid, "scope": scope}]
+
+
+def plan_add_members(engine: Engine, state: RuntimeState, guid: str, body: Any, as_user: str | None,
+                     results: dict[str, dict[str, Any]]) -> list[Op]:
+    """POST /groups/{guid}/members: per-member results (filled into `results`); one bad uid fails alone."""
+    body = require_object(body)
+    reject_unknown(body, {*SCOPE_LISTS, "usersToBan"})
+    require_group(state, guid)
+    wanted = _wanted_members(body)
+    ops: list[Op] = []
+    for list_name in (*SCOPE_LISTS, "usersToBan"):
+        results[list_name] = {}
+    for raw_uid, list_name in wanted.items():
+        try:
+            uid = clean_id(raw_uid, "uid")
+            if list_name == "usersToBan":
+                new_ops = _ban_ops(engine, state, guid, uid, as_user)
+            else:
+                new_ops = _add_member_ops(engine, state, guid, uid, LIST_SCOPE[list_name], as_user)
+            if any(op["uid"] == uid for op in ops):
+                raise BadRequestError.field("uid", f"{uid} is listed more than once.")
+            ops += new_ops
+            results[list_name][raw_uid] = {"success": True}
+        except (BadRequestError, ConflictError, RefusedError) as exc:
+            results[list_name][raw_uid] = {"success": False, "error": exc.to_dict()}
+    return ops
+
+
+def _wanted_members(body: dict[str, Any]) -> dict[str, str]:
+    """uid -> the list it lands in: the highest scope wins; usersToBan stands apart."""
+    wanted: dict[str, str] = {}
+    total = 0
+    for list_name in (*SCOPE_LISTS, "usersToBan"):
+        uids = body.get(list_name) or []
+        if not isinstance(uids, list) or not all(isinstance(u, str) for u in uids):
+            raise BadRequestError.field(list_name, f"The {list_name} must be a list of uids.")
+        total += len(uids)
+        for uid in uids:
+            if list_name == "usersToBan" and uid in wanted:
+                raise BadRequestError.field("usersToBan", f"{uid} is listed both to add and to ban.")
+            wanted.setdefault(uid, list_name)
+    if total == 0:
+        raise BadRequestError.field("participants", "List at least one uid to add or ban.")
+    if total > MAX_MEMBERS_PER_CALL:
+        raise BadRequestError.field("participants", f"At most {MAX_MEMBERS_PER_CALL} uids per call, "
+                                    f"across all lists; got {total}.")
+    return wanted
+
+
+def plan_remove_member(engine: Engine, state: RuntimeState, guid: str, uid: str, as_user: str | None) -> list[Op]:
+    require_group(state, guid)
+    if state.scope_of(guid, uid) is None:
+        raise ConflictError(f"{uid} is not a member of group {guid}.", code="ERR_NOT_A_MEMBER")
+    if state.owners.get(guid) == uid:
+        raise RefusedError(f"{uid} owns group {guid}; transfer ownership before removing them.",
+                           code="ERR_GROUP_NO_CLEARANCE")
+    check_as(engine, state, as_user, "kickMembers", guid, uid)
+    return [{"op": "delete_member", "guid": guid, "uid": uid}]
+
+
+def members_view(policy: PolicySet, state: RuntimeState, guid: str, scopes: str | None) -> list[dict[str, Any]]:
+    require_group(state, guid)
+    wanted = None
+    if scopes:
+        wanted = {s.strip() for s in scopes.split(",") if s.strip()}
+        if not wanted or wanted - set(policy.scopes):
+            raise BadRequestError.field("scopes", f"The scopes must be a comma-separated list of "
+                                        f"{', '.join(policy.scopes)}.")
+    members = state.members.get(guid, {})
+    return [{"uid": uid, "scope": scope, "role": state.users.get(uid, "default")}
+            for uid, scope in sorted(members.items()) if wanted is None or scope in wanted]
+
+
+# -- bans ----------------------------------------------------------------------------------
+def _ban_ops(engine: Engine, state: RuntimeState, guid: str, uid: str, as_user: str | None) -> list[Op]:
+    if state.is_banned(guid, uid):
+        raise ConflictError(f"{uid} is already banned from group {guid}.", code="ERR_ALREADY_BANNED")
+    if state.owners.get(guid) == uid:
+        raise RefusedError(f"{uid} owns group {guid} and cannot be banned.", code="ERR_GROUP_NO_CLEARANCE")
+    check_as(engine, state, as_user, "ban", guid, uid)
+    return [{"op": "ban", "guid": guid, "uid": uid}]
+
+
+def plan_ban(engine: Engine, state: RuntimeState, guid: str, uid: str, as_user: str | None) -> list[Op]:
+    require_group(state, guid)
+    return _ban_ops(engine, state, guid, uid, as_user)
+
+
+def plan_unban(engine: Engine, state: RuntimeState, guid: str, uid: str, as_user: str | None) -> list[Op]:
+    require_group(state, guid)
+    if not state.is_banned(guid, uid):
+        raise ConflictError(f"{uid} is not banned from group {guid}.", code="ERR_NOT_A_BANNED_USER")
+    check_as(engine, state, as_user, "unban", guid, uid)
+    return [{"op": "unban", "guid": guid, "uid": uid}]
+
+
+def bans_view(state: RuntimeState, guid: str) -> list[dict[str, Any]]:
+    require_group(state, guid)
+    return [{"uid": uid} for uid in sorted(state.bans.get(guid, ()))]
+
+
+# -- per-group scope permissions -----------------------------------------------------------
+def require_scope(policy: PolicySet, scope: str) -> None:
+    if scope not in policy.scopes:
+        raise NotFoundError(f"The scope {scope} does not exist; scopes are {', '.join(policy.scopes)}.",
+                            code="ERR_GROUP_SCOPE_NOT_FOUND")
+
+
+def scope_permissions_view(policy: PolicySet, state: RuntimeState, guid: str, scope: str) -> list[dict[str, Any]]:
+    from sidecar.rules import resolve_value
+    require_group(state, guid)
+    require_scope(policy, scope)
+    rows = []
+    for key, defn in policy.scope_keys.items():
+        value, source = resolve_value(policy, state, "scope", scope, guid, key)
+        rows.append({"id": key, "type": "scope", "title": defn.title, "dataType": defn.type,
+                     "availableValues": defn.available_values(), "defaultValue": defn.default,
+                     "value": value, "source": source})
+    return rows
+
+
+def plan_set_scope_permissions(policy: PolicySet, state: RuntimeState, guid: str, scope: str, body: Any) -> list[Op]:
+    from sidecar.management import checked_permissions
+    require_group(state, guid)
+    require_scope(policy, scope)
+    values = checked_permissions(body, policy.scope_keys, None)
+    return [{"op": "set_scope_permissions", "guid": guid, "scope": scope, "values": values}]
+
+
+def plan_unset_scope_permission(policy: PolicySet, state: RuntimeState, guid: str, scope: str, key: str) -> list[Op]:
+    require_group(state, guid)
+    require_scope(policy, scope)
+    if key not in state.overrides.get(guid, {}).get(scope, {}):
+        raise NotFoundError(f"Group {guid} has no override of {key} for scope {scope}.",
+                            code="ERR_PERMISSION_NOT_FOUND")
+    return [{"op": "unset_scope_permission", "guid": guid, "scope": scope, "key": key}]
+
+
+def explicit_scope_permissions(state: RuntimeState, guid: str, scope: str) -> dict[str, Any]:
+    return dict(state.overrides.get(guid, {}).get(scope, {}))
