@@ -23,11 +23,16 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--model", help="Casbin model (CHATAUTHZ_MODEL, default <policies>/../model.conf)")
     serve.add_argument("--workers", type=int, help="worker processes (CHATAUTHZ_WORKERS, default 1)")
     serve.add_argument("--threads", type=int, help="threads per worker (CHATAUTHZ_THREADS, default 4)")
+    serve.add_argument("--redis-url", help="keep runtime state in Redis (CHATAUTHZ_REDIS_URL)")
+    serve.add_argument("--redis-prefix", help="Redis key prefix (CHATAUTHZ_REDIS_PREFIX, default chatauthz:)")
+    serve.add_argument("--max-staleness", type=float, dest="max_staleness_s",
+                       help="deny when state is older than this many seconds (CHATAUTHZ_MAX_STALENESS_S)")
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env(host=args.host, port=args.port, data_dir=args.data_dir,
                                      policies=args.policies, model=args.model, workers=args.workers,
-                                     threads=args.threads)
+                                     threads=args.threads, redis_url=args.redis_url,
+                                     redis_prefix=args.redis_prefix, max_staleness_s=args.max_staleness_s)
     except ValueError as exc:
         print(f"chatauthz: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -35,19 +40,30 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def serve_forever(settings: Settings) -> int:
-    from sidecar.api import build_sidecar
     from sidecar.keys import load_keys
+    from sidecar.policy import load_policy
     try:
-        build_sidecar(settings).store.close()  # refuse to start on an invalid policy or store
+        load_policy(settings.policies, settings.model_path)  # refuse to start on an invalid policy
     except PolicyError as exc:
         print(f"chatauthz: refusing to start: {exc}", file=sys.stderr)
         return EXIT_INVALID_POLICY
     keys = load_keys(settings.data_dir, settings.api_key, settings.authorize_key)
+    where = f"Redis {redact(settings.redis_url)}" if settings.redis_url else f"{settings.data_dir.resolve()}"
     print(f"chatauthz: listening on http://{settings.host}:{settings.port} "
-          f"({settings.workers} worker(s), data in {settings.data_dir.resolve()})", flush=True)
+          f"({settings.workers} worker(s), state in {where})", flush=True)
     print(f"chatauthz: management API key from {keys.source}", flush=True)
     _GunicornApp(settings).run()
     return 0
+
+
+def redact(url: str) -> str:
+    """A URL without its password, for logs."""
+    from urllib.parse import urlsplit, urlunsplit
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
 
 
 class _GunicornApp:

@@ -24,6 +24,11 @@ class Settings:
     max_roles: int = 25
     revision_wait_s: float = 2.0
     max_batch: int = 1000
+    redis_url: str | None = None
+    redis_prefix: str = "chatauthz:"
+    redis_timeout_s: float = 1.0
+    sync_interval_s: float = 1.0
+    max_staleness_s: float | None = None
 
     @property
     def model_path(self) -> Path:
@@ -58,7 +63,7 @@ def _convert(name: str, raw: str) -> Any:
     try:
         if kind == "int":
             return int(raw)
-        if kind == "float":
+        if kind in ("float", "float | None"):
             return float(raw)
     except ValueError:
         raise ValueError(f"CHATAUTHZ_{name.upper()} must be a number, got {raw!r}") from None

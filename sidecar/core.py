@@ -1,7 +1,9 @@
 """The composition root: policy + store + engine + runtime state. Knows nothing of Flask.
 
-Reads catch up with other workers' commits before deciding; writes run their plan inside the
-store's exclusive transaction on caught-up state, then apply the committed ops locally.
+Decisions run on in-memory state under a short lock and never wait on store I/O (except a
+request that asks for a newer revision). Catching up reads the store outside the lock and
+applies under it; a full resync builds a new state aside and swaps it in. Writes run their
+plan inside the store's exclusive transaction on caught-up state, then apply the committed ops.
 """
 from __future__ import annotations
 
@@ -18,48 +20,95 @@ from sidecar.engine import AuthzRequest, Decision, Engine
 from sidecar.errors import ChatAuthzError, StoreError
 from sidecar.policy import PolicySet
 from sidecar.state import Op, RuntimeState, with_before
-from sidecar.stores.base import Store
+from sidecar.stores.base import ResyncNeeded, Store
 
 log = logging.getLogger("chatauthz.core")
+STALE_CODE = "ERR_STATE_TOO_STALE"
 
 
 class Sidecar:
-    def __init__(self, policy: PolicySet, store: Store, *, revision_wait_s: float = 2.0) -> None:
+    def __init__(self, policy: PolicySet, store: Store, *, revision_wait_s: float = 2.0,
+                 max_staleness_s: float | None = None, synced: bool = False) -> None:
         self.policy = policy
         self.engine = Engine(policy)
         self.store = store
         self.revision_wait_s = revision_wait_s
-        self._lock = threading.RLock()
+        self.max_staleness_s = max_staleness_s
+        self.synced = synced  # True when a sync thread keeps this state current (Redis)
+        self._lock = threading.RLock()        # guards self.state for decisions and applies
+        self._write_lock = threading.Lock()   # one writer at a time in this process
+        self._catch_up_lock = threading.Lock()
         self.state: RuntimeState = store.load()  # a store gone before the first load: no Sidecar
+        self.last_heard = time.monotonic()
         self.store_error: str | None = None
+        self.sync: Any = None  # a RedisSync when synced (set by the composition in api)
         self._ids = itertools.count(1)
         self._id_prefix = f"{secrets.token_hex(4)}{os.getpid():x}"
 
-    # -- reads -----------------------------------------------------------------------------
+    # -- keeping up with the store ---------------------------------------------------------
     def refresh(self) -> None:
-        """Apply what other workers committed since our revision (cheap when nothing did)."""
+        """Embedded store: apply what other workers committed (cheap when nothing did)."""
         try:
-            if not self.store.changed():
-                self.store_error = None
-                return
-            with self._lock:
-                for revision, ops in self.store.changes_since(self.state.revision):
-                    self.state.apply_all(ops, revision)
+            if self.store.changed():
+                self.catch_up()
+            elif not self.synced:
+                self.last_heard = time.monotonic()
             self.store_error = None
         except StoreError as exc:
             self.store_error = exc.message
             raise
 
+    def catch_up(self) -> None:
+        """Bring state to the store's revision: replay the journal, or resync in full."""
+        with self._catch_up_lock:
+            try:
+                entries = self.store.changes_since(self.state.revision)
+                with self._lock:
+                    self._apply_entries(entries)
+            except ResyncNeeded as why:
+                log.warning("full resync: %s", why)
+                if self.store.reseed(self.state):
+                    log.error("the store had lost its data; this sidecar wrote its state back "
+                              "(revision %s)", self.state.revision)
+                fresh = self.store.load()
+                with self._lock:
+                    self.state = fresh
+            self.last_heard = time.monotonic()
+
+    def _apply_entries(self, entries: list[tuple[int, list[Op]]]) -> None:
+        for revision, ops in entries:
+            if revision > self.state.revision:  # a writer may have applied it already
+                self.state.apply_all(ops, revision)
+
+    def staleness_s(self) -> float:
+        return time.monotonic() - self.last_heard
+
+    # -- decisions -------------------------------------------------------------------------
     def decide(self, request: AuthzRequest, at_least_revision: int | None = None) -> dict[str, Any]:
-        try:
-            self.refresh()
-        except StoreError:
-            log.warning("store unreadable; deciding from revision %s", self.state.revision)
+        if not self.synced:
+            try:
+                self.refresh()
+            except StoreError:
+                log.warning("store unreadable; deciding from revision %s", self.state.revision)
         if at_least_revision is not None and self.state.revision < at_least_revision:
             self._wait_for(at_least_revision)
+        stale = self.staleness_s()
         with self._lock:
-            decision = self.engine.decide(request, self.state)
-        return self.decision_body(decision)
+            if self.max_staleness_s is not None and stale > self.max_staleness_s:
+                decision = self._too_stale(request, stale)
+            else:
+                decision = self.engine.decide(request, self.state)
+        body = self.decision_body(decision)
+        if self.synced:
+            body["stalenessSeconds"] = round(stale, 3)
+        return body
+
+    def _too_stale(self, request: AuthzRequest, stale: float) -> Decision:
+        self.engine.validate(request)
+        return Decision(False, f"this sidecar last heard from its store {stale:.1f}s ago, more than "
+                        f"the {self.max_staleness_s}s allowed (--max-staleness); it denies until it "
+                        "catches up", "store", self.state.users.get(request.uid, "default"), STALE_CODE,
+                        None, self.state.revision, self.policy.content_hash)
 
     def decision_body(self, decision: Decision) -> dict[str, Any]:
         body = decision.to_dict()
@@ -68,31 +117,36 @@ class Sidecar:
 
     def _wait_for(self, revision: int) -> None:
         deadline = time.monotonic() + self.revision_wait_s
-        while self.state.revision < revision:
+        while True:
+            try:
+                self.catch_up()
+            except StoreError:
+                pass  # keep trying until the deadline
+            if self.state.revision >= revision:
+                return
             if time.monotonic() >= deadline:
                 raise ChatAuthzError(
                     f"This sidecar is at revision {self.state.revision}; revision {revision} was not "
                     f"reached within {self.revision_wait_s}s.", code="ERR_REVISION_NOT_REACHED", status=503)
             time.sleep(0.005)
-            with self._lock:
-                for rev, ops in self.store.changes_since(self.state.revision):
-                    self.state.apply_all(ops, rev)
 
     def read(self, view: Callable[[PolicySet, RuntimeState], Any]) -> Any:
         """Run a view function on caught-up state."""
-        self.refresh()
+        if not self.synced:
+            self.refresh()
         with self._lock:
             return view(self.policy, self.state)
 
     # -- writes ----------------------------------------------------------------------------
     def write(self, plan: Callable[[PolicySet, RuntimeState], list[Op]], actor: str) -> int:
         """Check and change in one step; returns the revision after the write."""
-        with self._lock:
+        with self._write_lock:
             def planned() -> list[Op]:
-                for rev, ops in self.store.changes_since(self.state.revision):
-                    self.state.apply_all(ops, rev)
-                return [with_before(self.state, op) for op in plan(self.policy, self.state)]
-            revision, ops = self.store.write(planned, actor)
-            if ops:
-                self.state.apply_all(ops, revision)
+                self.catch_up()
+                with self._lock:
+                    return [with_before(self.state, op) for op in plan(self.policy, self.state)]
+            revision, ops = self.store.write(planned, actor, self.state)
+            with self._lock:
+                self._apply_entries([(revision, ops)] if ops else [])
+            self.last_heard = time.monotonic()
             return revision

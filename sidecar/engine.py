@@ -75,12 +75,17 @@ class Engine:
         self._enforcer: casbin.Enforcer | None = None
         self._gates: dict[tuple[str, str, str, str], tuple[bool, str]] = {}
 
-    def decide(self, request: AuthzRequest, state: RuntimeState) -> Decision:
+    def validate(self, request: AuthzRequest) -> Action:
+        """The request's action, or a 400 for what the caller got wrong."""
         action = self.policy.actions.get(request.action)
         if action is None:
             raise BadRequestError.field("action", f"unknown action {request.action!r}; "
                                         "see the catalogue for the actions the sidecar knows")
         _require_inputs(action, request, self.policy)
+        return action
+
+    def decide(self, request: AuthzRequest, state: RuntimeState) -> Decision:
+        action = self.validate(request)
         role = state.users.get(request.uid, "default")
         scope: str | None = None
         try:

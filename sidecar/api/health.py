@@ -1,6 +1,8 @@
 """Liveness and readiness, each with a JSON body that says why."""
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Blueprint, jsonify
 from flask.wrappers import Response
 
@@ -18,9 +20,23 @@ def live() -> Response:
 @bp.get("/health/ready")
 def ready() -> tuple[Response, int]:
     core = sidecar()
-    try:
-        core.refresh()
-    except ChatAuthzError as exc:
-        return jsonify({"data": {"status": "degraded", "reason": exc.message}}), 503
-    return jsonify({"data": {"status": "ready", "policyHash": core.policy.content_hash,
-                             "revision": core.state.revision}}), 200
+    body: dict[str, Any] = {"policyHash": core.policy.content_hash}
+    problems: list[str] = []
+    if core.synced:
+        status = core.sync.status if core.sync else "NOT_READY"
+        body["sync"] = {"status": status, "message": core.sync.message if core.sync else "no sync"}
+        if status != "OK":
+            problems.append(f"sync with Redis is {status}")
+    else:
+        try:
+            core.refresh()
+        except ChatAuthzError as exc:
+            problems.append(exc.message)
+    staleness = core.staleness_s()
+    if core.max_staleness_s is not None and staleness > core.max_staleness_s:
+        problems.append(f"state is {staleness:.1f}s stale, past --max-staleness")
+    body.update(revision=core.state.revision, stalenessSeconds=round(staleness, 3))
+    body["status"] = "degraded" if problems else "ready"
+    if problems:
+        body["reasons"] = problems
+    return jsonify({"data": body}), 503 if problems else 200

@@ -9,6 +9,10 @@ from sidecar.state import Op, RuntimeState
 Plan = Callable[[], list[Op]]
 
 
+class ResyncNeeded(Exception):
+    """The journal cannot bring this reader up to date (gap, trimmed, or the store lost its data)."""
+
+
 class Store(Protocol):
     def load(self) -> RuntimeState:
         """The whole runtime state at the current revision."""
@@ -19,13 +23,17 @@ class Store(Protocol):
     def journal(self, since: int, offset: int, limit: int) -> tuple[int, list[dict[str, Any]]]:
         """The change log after `since`: (total, entries {revision, at, actor, ops})."""
 
+    def reseed(self, state: RuntimeState) -> bool:
+        """If the store lost its data, write `state` back and return True (else False)."""
+
     def changed(self) -> bool:
         """Cheap check: may another process have committed since this was last asked?"""
 
-    def write(self, plan: Plan, actor: str) -> tuple[int, list[Op]]:
+    def write(self, plan: Plan, actor: str, state: RuntimeState) -> tuple[int, list[Op]]:
         """Run plan() inside one exclusive transaction and commit its ops with a new revision.
 
         plan may read (through changes_since) and raise to refuse; then nothing is written.
+        `state` is the caller's state, caught up by plan(); a store may use it to expand ops.
         Returns (revision, ops); with no ops nothing is written and the revision is unchanged.
         """
 

@@ -126,6 +126,9 @@ class SQLiteStore:
         except sqlite3.Error as exc:
             raise StoreError(f"cannot read the embedded store journal: {exc}") from exc
 
+    def reseed(self, state: RuntimeState) -> bool:
+        return False  # the file is the only copy; it cannot lose data behind our back
+
     def changed(self) -> bool:
         conn = self._conn()
         version = conn.execute("PRAGMA data_version").fetchone()[0]
@@ -134,7 +137,7 @@ class SQLiteStore:
         self._local.data_version = version
         return True
 
-    def write(self, plan: Plan, actor: str) -> tuple[int, list[Op]]:
+    def write(self, plan: Plan, actor: str, state: RuntimeState | None = None) -> tuple[int, list[Op]]:
         conn = self._conn()
         try:
             conn.execute("BEGIN IMMEDIATE")

@@ -1,0 +1,71 @@
+"""Keeps a sidecar's state current with Redis: pub/sub hints plus a periodic revision check.
+
+A message is only a hint; on every hint, every tick and every reconnect the sidecar catches up
+from the journal (or resyncs in full), so a lost message, a dropped connection or a restarted
+Redis ends in the same state. Failures back off (bounded) and are reported, never swallowed.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+import redis
+
+log = logging.getLogger("chatauthz.sync")
+
+NOT_READY, OK, DEGRADED = "NOT_READY", "OK", "DEGRADED"
+
+
+class RedisSync:
+    def __init__(self, client: redis.Redis, channel: str, catch_up: Callable[[], None], *,
+                 interval_s: float = 1.0, max_backoff_s: float = 5.0) -> None:
+        self.client = client
+        self.channel = channel
+        self.catch_up = catch_up
+        self.interval_s = interval_s
+        self.max_backoff_s = max_backoff_s
+        self.status = NOT_READY
+        self.message = "not started"
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="chatauthz-sync", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        backoff = 0.1
+        while not self._stop.is_set():
+            try:
+                self._listen()
+            except Exception as exc:  # any failure: report, back off, reconnect, catch up
+                self.status, self.message = DEGRADED, f"{type(exc).__name__}: {exc}"
+                log.warning("sync with Redis failed (retrying in %.1fs): %s", backoff, self.message)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, self.max_backoff_s)
+            else:
+                backoff = 0.1
+
+    def _listen(self) -> None:
+        pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        try:
+            pubsub.subscribe(self.channel)
+            self.catch_up()  # whatever was published while we were away
+            self.status, self.message = OK, "subscribed"
+            last_check = time.monotonic()
+            while not self._stop.is_set():
+                message = pubsub.get_message(timeout=min(self.interval_s, 0.5))
+                if message is not None or time.monotonic() - last_check >= self.interval_s:
+                    self.catch_up()
+                    last_check = time.monotonic()
+                    self.status, self.message = OK, "subscribed"
+        finally:
+            try:
+                pubsub.close()
+            except redis.RedisError:
+                pass
