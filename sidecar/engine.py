@@ -71,7 +71,7 @@ class Engine:
     def __init__(self, policy: PolicySet) -> None:
         self.policy = policy
         self._lock = threading.Lock()
-        self._compiled_for: tuple[int, int] | None = None
+        self._compiled_for: tuple[RuntimeState, int] | None = None  # holds the state: ids get reused
         self._enforcer: casbin.Enforcer | None = None
         self._gates: dict[tuple[str, str, str, str], tuple[bool, str]] = {}
 
@@ -97,6 +97,8 @@ class Engine:
                 return self._allow(state, role, None, "role", role_reason)
             scope = self._membership(request, state)
             if scope == OWNER:
+                if action.target_required:
+                    _target_scope(action, request, state)  # self-action, non-member, same scope
                 return self._allow(state, role, scope, "scope", f"{role_reason}; {request.uid!r} "
                                    f"owns group {request.guid!r} and may do anything in it")
             scope_reason = self._scope_layer(action, request, state, scope)
@@ -183,9 +185,9 @@ class Engine:
             problem = self._violation(defn, value, request, state)
             if problem:
                 who = f"role {subject!r}" if layer == "role" else f"scope {subject!r} in group {guid!r}"
-                if code != DENIED and defn.fact == "target.scope":
-                    layer = "clearance"
-                raise _Refusal(layer, code, f"{who} has {defn.key} = {_show(value)} (from {source}); {problem}")
+                on_target = defn.fact == "target.scope"
+                raise _Refusal("clearance" if on_target else layer, code if on_target else DENIED,
+                               f"{who} has {defn.key} = {_show(value)} (from {source}); {problem}")
 
     def _violation(self, defn: PermissionDef, value: Any, request: AuthzRequest, state: RuntimeState) -> str | None:
         if value is None or value == "all" or (defn.type == "allowDeny" and value == "allow"):
@@ -197,6 +199,8 @@ class Engine:
         assert defn.fact is not None
         seen = _fact(defn.fact, request, state, self.policy)
         if seen is _MISSING:
+            if defn.fact.startswith("target."):
+                return f"send target (the uid acted on) so that its {defn.fact[7:]} can be checked"
             return f"send {defn.fact} so that it can be checked"
         if defn.type == "mode":
             return None if seen is True else f"{defn.fact} is {_show(seen)}, not true"
@@ -207,25 +211,29 @@ class Engine:
     # -- Casbin ----------------------------------------------------------------------------
     def _gate(self, state: RuntimeState, layer: str, sub: str, dom: str, obj: str) -> tuple[bool, str]:
         key = (layer, sub, dom, obj)
-        stamp = (id(state), state.policy_generation)
-        if self._compiled_for == stamp:
+        if self._compiled_for_state(state):
             cached = self._gates.get(key)
             if cached is not None:
                 return cached
         with self._lock:
-            if self._compiled_for != stamp:
-                self._compile(state, stamp)
+            if not self._compiled_for_state(state):
+                self._compile(state)
             allowed, rule = self._enforcer.enforce_ex(*key)  # type: ignore[union-attr]
             answer = (bool(allowed), rule[6] if rule else "no policy line")
             self._gates[key] = answer
             return answer
 
-    def _compile(self, state: RuntimeState, stamp: tuple[int, int]) -> None:
+    def _compiled_for_state(self, state: RuntimeState) -> bool:
+        compiled = self._compiled_for
+        return compiled is not None and compiled[0] is state and compiled[1] == state.policy_generation
+
+    def _compile(self, state: RuntimeState) -> None:
         enforcer = casbin.Enforcer(casbin.Enforcer.new_model(text=self.policy.model_text))
         rules = build_rules(self.policy, state)
         if rules:
             enforcer.add_policies(rules)
-        self._enforcer, self._gates, self._compiled_for = enforcer, {}, stamp
+        self._enforcer, self._gates = enforcer, {}
+        self._compiled_for = (state, state.policy_generation)
 
 
 def _in_group(action: Action) -> bool:
