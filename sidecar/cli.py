@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
 
 from sidecar.config import Settings
 from sidecar.errors import PolicyError
@@ -22,7 +21,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--policies", help="policy folder (CHATAUTHZ_POLICIES, default the shipped one)")
     serve.add_argument("--model", help="Casbin model (CHATAUTHZ_MODEL, default <policies>/../model.conf)")
     serve.add_argument("--workers", type=int, help="worker processes (CHATAUTHZ_WORKERS, default 1)")
-    serve.add_argument("--threads", type=int, help="threads per worker (CHATAUTHZ_THREADS, default 4)")
+    serve.add_argument("--threads", type=int, help="threads per worker (CHATAUTHZ_THREADS, default 1)")
+    serve.add_argument("--server", choices=("granian", "gunicorn"),
+                       help="WSGI server (CHATAUTHZ_SERVER, default granian)")
     serve.add_argument("--redis-url", help="keep runtime state in Redis (CHATAUTHZ_REDIS_URL)")
     serve.add_argument("--redis-prefix", help="Redis key prefix (CHATAUTHZ_REDIS_PREFIX, default chatauthz:)")
     serve.add_argument("--max-staleness", type=float, dest="max_staleness_s",
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings.from_env(host=args.host, port=args.port, data_dir=args.data_dir,
                                      policies=args.policies, model=args.model, workers=args.workers,
-                                     threads=args.threads, redis_url=args.redis_url,
+                                     threads=args.threads, server=args.server, redis_url=args.redis_url,
                                      redis_prefix=args.redis_prefix, max_staleness_s=args.max_staleness_s)
     except ValueError as exc:
         print(f"chatauthz: {exc}", file=sys.stderr)
@@ -52,7 +53,8 @@ def serve_forever(settings: Settings) -> int:
     print(f"chatauthz: listening on http://{settings.host}:{settings.port} "
           f"({settings.workers} worker(s), state in {where})", flush=True)
     print(f"chatauthz: management API key from {keys.source}", flush=True)
-    _GunicornApp(settings).run()
+    from sidecar import serving
+    serving.run(settings)
     return 0
 
 
@@ -64,28 +66,6 @@ def redact(url: str) -> str:
         netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
         return urlunsplit(parts._replace(netloc=netloc))
     return url
-
-
-class _GunicornApp:
-    """gunicorn's BaseApplication, built lazily so `import sidecar.cli` stays cheap."""
-
-    def __new__(cls, settings: Settings) -> Any:
-        from gunicorn.app.base import BaseApplication
-
-        class App(BaseApplication):  # type: ignore[misc]
-            def load_config(self) -> None:
-                options = {"bind": f"{settings.host}:{settings.port}", "workers": settings.workers,
-                           "threads": settings.threads, "worker_class": "gthread", "keepalive": 30,
-                           "timeout": 60, "graceful_timeout": 10, "accesslog": None,
-                           "errorlog": "-", "loglevel": "warning"}
-                for key, value in options.items():
-                    self.cfg.set(key, value)
-
-            def load(self) -> Any:
-                from sidecar.api import create_app
-                return create_app(settings)
-
-        return App()
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ class Settings:
     policies: Path = PROJECT_DIR / "policies"
     model: Path | None = None  # default: <policies>/../model.conf
     workers: int = 1
-    threads: int = 4
+    threads: int = 1
+    server: str = "granian"
     api_key: str | None = None
     authorize_key: str | None = None
     max_roles: int = 25
@@ -56,6 +57,8 @@ class Settings:
             raise ValueError(f"workers must be 1-64, got {self.workers}")
         if not 1 <= self.threads <= 64:
             raise ValueError(f"threads must be 1-64, got {self.threads}")
+        if self.server not in ("granian", "gunicorn"):
+            raise ValueError(f"server must be granian or gunicorn, got {self.server!r}")
 
 
 def _convert(name: str, raw: str) -> Any:

@@ -5,6 +5,7 @@ from flask import Flask
 
 from sidecar.api import authorize, changes, errors, groups, health, roles
 from sidecar.api.auth import install_auth
+from sidecar.api.fastpath import AuthorizeFastPath
 from sidecar.config import Settings
 from sidecar.core import Sidecar
 from sidecar.keys import KeyRing, load_keys
@@ -48,4 +49,5 @@ def create_app(settings: Settings | None = None, *, sidecar: Sidecar | None = No
     install_auth(app)
     for blueprint in (authorize.bp, roles.bp, groups.bp, changes.bp, health.bp):
         app.register_blueprint(blueprint)
+    app.wsgi_app = AuthorizeFastPath(app, MAX_BODY_BYTES)  # type: ignore[method-assign]
     return app

@@ -4,7 +4,7 @@ from __future__ import annotations
 from flask import Flask, current_app, g, request
 
 from sidecar.errors import AuthError
-from sidecar.keys import AUTH_ONLY, KeyRing
+from sidecar.keys import AUTH_ONLY, ApiKey, KeyRing
 
 OPEN_ENDPOINTS = {"health.live", "health.ready", "static"}
 AUTHORIZE_ENDPOINTS = {"authorize.authorize", "authorize.authorize_batch"}
@@ -15,13 +15,18 @@ def install_auth(app: Flask) -> None:
     def check_key() -> None:
         if request.endpoint is None or request.endpoint in OPEN_ENDPOINTS:
             return  # unknown routes answer 404/405 without revealing anything
-        presented = request.headers.get("apikey", "")
-        if not presented:
-            raise AuthError("The apikey header is missing.", code="AUTH_ERR_EMPTY_APIKEY")
         keys: KeyRing = current_app.extensions["chatauthz.keys"]
-        key = keys.find(presented)
-        if key is None:
-            raise AuthError("The apikey is not valid.", code="AUTH_ERR_APIKEY_NOT_FOUND")
-        if key.scope == AUTH_ONLY and request.endpoint not in AUTHORIZE_ENDPOINTS:
-            raise AuthError("This key may only call /authorize.", code="AUTH_ERR_NO_ACCESS", status=403)
+        key = authenticate(keys, request.headers.get("apikey", ""), request.endpoint in AUTHORIZE_ENDPOINTS)
         g.actor = key.name
+
+
+def authenticate(keys: KeyRing, presented: str, authorize_only: bool) -> ApiKey:
+    """The key for this header value, or the AUTH_ERR_* refusal."""
+    if not presented:
+        raise AuthError("The apikey header is missing.", code="AUTH_ERR_EMPTY_APIKEY")
+    key = keys.find(presented)
+    if key is None:
+        raise AuthError("The apikey is not valid.", code="AUTH_ERR_APIKEY_NOT_FOUND")
+    if key.scope == AUTH_ONLY and not authorize_only:
+        raise AuthError("This key may only call /authorize.", code="AUTH_ERR_NO_ACCESS", status=403)
+    return key

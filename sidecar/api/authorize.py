@@ -7,6 +7,7 @@ from flask import Blueprint, current_app, jsonify
 from flask.wrappers import Response
 
 from sidecar.api.common import json_body, sidecar
+from sidecar.core import Sidecar
 from sidecar.engine import AuthzRequest
 from sidecar.errors import BadRequestError, ChatAuthzError
 from sidecar.validation import clean_id, context, reject_unknown, require_object, revision
@@ -27,25 +28,33 @@ def parse_check(body: Any) -> tuple[AuthzRequest, int | None]:
     return request, revision(body.get("atLeastRevision"))
 
 
-@bp.post("/authorize")
-def authorize() -> Response:
-    request, at_least = parse_check(json_body())
-    return jsonify({"data": sidecar().decide(request, at_least)})
+def authorize_one(core: Sidecar, body: Any) -> dict[str, Any]:
+    request, at_least = parse_check(body)
+    return {"data": core.decide(request, at_least)}
 
 
-@bp.post("/authorize/batch")
-def authorize_batch() -> Response:
-    body = require_object(json_body())
+def authorize_many(core: Sidecar, body: Any, limit: int) -> dict[str, Any]:
+    body = require_object(body)
     reject_unknown(body, {"checks"})
     checks = body.get("checks")
-    limit = current_app.extensions["chatauthz.settings"].max_batch
     if not isinstance(checks, list) or not 1 <= len(checks) <= limit:
         raise BadRequestError.field("checks", f"The checks field must be a list of 1 to {limit} checks.")
     results: list[dict[str, Any]] = []
     for check in checks:
         try:
             request, at_least = parse_check(check)
-            results.append(sidecar().decide(request, at_least))
+            results.append(core.decide(request, at_least))
         except ChatAuthzError as exc:
             results.append({"error": exc.to_dict()})
-    return jsonify({"data": {"results": results}})
+    return {"data": {"results": results}}
+
+
+@bp.post("/authorize")
+def authorize() -> Response:
+    return jsonify(authorize_one(sidecar(), json_body()))
+
+
+@bp.post("/authorize/batch")
+def authorize_batch() -> Response:
+    limit = current_app.extensions["chatauthz.settings"].max_batch
+    return jsonify(authorize_many(sidecar(), json_body(), limit))

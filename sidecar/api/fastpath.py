@@ -1,0 +1,74 @@
+"""A lean WSGI path for POST /authorize and /authorize/batch, in front of the Flask app.
+
+Flask's request machinery costs more CPU than a decision. This path does the same work with
+the same functions (authenticate, parse_check, Sidecar.decide, the one error envelope) on the
+raw WSGI environ; every other request goes to Flask unchanged.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import orjson
+from flask import Flask
+
+from sidecar.api.auth import authenticate
+from sidecar.api.authorize import authorize_many, authorize_one
+from sidecar.errors import BadRequestError, ChatAuthzError
+
+log = logging.getLogger("chatauthz.api")
+JSON_HEADERS = [("Content-Type", "application/json")]
+STATUS_LINES = {200: "200 OK", 400: "400 BAD REQUEST", 401: "401 UNAUTHORIZED", 403: "403 FORBIDDEN",
+                413: "413 REQUEST ENTITY TOO LARGE", 500: "500 INTERNAL SERVER ERROR",
+                503: "503 SERVICE UNAVAILABLE"}
+
+
+class AuthorizeFastPath:
+    def __init__(self, app: Flask, max_body_bytes: int) -> None:
+        self.app = app
+        self.flask_wsgi = app.wsgi_app
+        self.core = app.extensions["chatauthz"]
+        self.keys = app.extensions["chatauthz.keys"]
+        self.max_batch = app.extensions["chatauthz.settings"].max_batch
+        self.max_body_bytes = max_body_bytes
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO")
+        if environ.get("REQUEST_METHOD") != "POST" or path not in ("/authorize", "/authorize/batch"):
+            return self.flask_wsgi(environ, start_response)  # type: ignore[no-any-return]
+        try:
+            authenticate(self.keys, environ.get("HTTP_APIKEY", ""), True)
+            body = self._json(environ)
+            if path == "/authorize":
+                status, payload = 200, authorize_one(self.core, body)
+            else:
+                status, payload = 200, authorize_many(self.core, body, self.max_batch)
+        except ChatAuthzError as exc:
+            status, payload = exc.status, {"error": exc.to_dict()}
+        except Exception:
+            log.exception("unhandled error in /authorize")
+            status, payload = 500, {"error": {"code": "ERR_INTERNAL", "message": "Internal error; see the "
+                                              "server log."}}
+        data = orjson.dumps(payload)
+        start_response(STATUS_LINES.get(status, f"{status} ERROR"),
+                       [*JSON_HEADERS, ("Content-Length", str(len(data)))])
+        return [data]
+
+    def _json(self, environ: dict[str, Any]) -> Any:
+        content_type = environ.get("CONTENT_TYPE", "")
+        if not (content_type.startswith("application/json") or content_type.endswith("+json")):
+            raise BadRequestError.field("body", "The request body must be JSON (Content-Type: application/json).")
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = -1
+        if length < 0:
+            raise BadRequestError.field("body", "The Content-Length header is invalid.")
+        if length > self.max_body_bytes:
+            raise ChatAuthzError("The request body is too large.", code="ERR_PAYLOAD_TOO_LARGE", status=413)
+        raw = environ["wsgi.input"].read(length) if length else b""
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise BadRequestError.field("body", "The request body is not valid JSON.") from None

@@ -1,0 +1,77 @@
+"""Runs the Flask app under a production WSGI server: granian (default, measured fastest here)
+or gunicorn. Worker processes rebuild Settings from CHATAUTHZ_* variables set from the flags."""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import fields
+from typing import Any
+
+from sidecar.config import Settings
+
+SERVERS = ("granian", "gunicorn")
+
+
+def export_settings(settings: Settings) -> None:
+    """Put every setting into CHATAUTHZ_* so that worker processes see the flags too."""
+    for f in fields(settings):
+        value = getattr(settings, f.name)
+        name = "CHATAUTHZ_" + f.name.upper()
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = str(value)
+
+
+def run(settings: Settings) -> None:
+    export_settings(settings)
+    if settings.server == "gunicorn":
+        _gunicorn(settings).run()
+    else:
+        _granian(settings).serve()
+
+
+def worker_app() -> Any:
+    """The app for one worker process, which exits if its server process dies (even by SIGKILL)."""
+    from sidecar.api import create_app
+    app = create_app(Settings.from_env())
+    _exit_with_parent()
+    return app
+
+
+def _exit_with_parent(poll_s: float = 0.5) -> None:
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(0)  # orphaned: the server is gone, so must we (and free the port)
+    threading.Thread(target=watch, name="chatauthz-parent-watch", daemon=True).start()
+
+
+def _granian(settings: Settings) -> Any:
+    from granian import Granian
+    from granian.constants import Interfaces
+    return Granian("sidecar.serving:worker_app", address=settings.host, port=settings.port,
+                   interface=Interfaces.WSGI, workers=settings.workers, factory=True,
+                   blocking_threads=settings.threads, respawn_failed_workers=True, log_level="warning")
+
+
+def _gunicorn(settings: Settings) -> Any:
+    from gunicorn.app.base import BaseApplication
+
+    class App(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            options = {"bind": f"{settings.host}:{settings.port}", "workers": settings.workers,
+                       "threads": settings.threads, "worker_class": "gthread", "keepalive": 30,
+                       "timeout": 60, "graceful_timeout": 10, "accesslog": None,
+                       "errorlog": "-", "loglevel": "warning"}
+            for key, value in options.items():
+                self.cfg.set(key, value)
+
+        def load(self) -> Any:
+            from sidecar.api import create_app
+            return create_app(Settings.from_env())
+
+    return App()
