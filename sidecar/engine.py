@@ -26,6 +26,8 @@ CLEARANCE_CODES = {"changeScope": "ERR_GROUP_NO_SCOPE_CLEARANCE"}
 # Actions whose target may be outside the group: treated as the lowest scope.
 OUTSIDER_TARGET_ACTIONS = ("ban", "unban")
 _MISSING = object()
+Constraint = tuple[PermissionDef, Any, str]         # key, its active value, where it comes from
+LayerAnswer = tuple[bool, str, tuple[Constraint, ...]]  # gate allowed, gate source, constraints
 
 
 @dataclass(frozen=True)
@@ -73,7 +75,7 @@ class Engine:
         self._lock = threading.Lock()
         self._compiled_for: tuple[RuntimeState, int] | None = None  # holds the state: ids get reused
         self._enforcer: casbin.Enforcer | None = None
-        self._gates: dict[tuple[str, str, str, str], tuple[bool, str]] = {}
+        self._answers: dict[tuple[str, str, str, str], LayerAnswer] = {}
 
     def validate(self, request: AuthzRequest) -> Action:
         """The request's action, or a 400 for what the caller got wrong."""
@@ -113,7 +115,7 @@ class Engine:
 
     # -- layers ----------------------------------------------------------------------------
     def _role_layer(self, action: Action, request: AuthzRequest, state: RuntimeState, role: str) -> str:
-        allowed, source = self._gate(state, "role", role, "*", action.name)
+        allowed, source, active = self._layer(state, action, "role", role, "*")
         if not allowed:
             if source.startswith("restricted feature"):
                 feature, _, origin = source.removeprefix("restricted feature ").partition(" (")
@@ -122,7 +124,7 @@ class Engine:
             else:
                 reason = f"role {role!r} denies {action.name} ({action.name} = deny, from {source})"
             raise _Refusal("role", DENIED, reason)
-        self._constraints(action.role_constraints, request, state, "role", role, None, DENIED)
+        self._constraints(active, request, state, "role", role, None, DENIED)
         return f"role {role!r} allows {action.name} (from {source})"
 
     def _membership(self, request: AuthzRequest, state: RuntimeState) -> str:
@@ -140,17 +142,15 @@ class Engine:
 
     def _scope_layer(self, action: Action, request: AuthzRequest, state: RuntimeState, scope: str) -> str:
         guid = request.guid or ""
-        source = "no scope key gates it"
-        if action.scope_key:
-            overridden = scope in state.overrides.get(guid, {})
-            allowed, source = self._gate(state, "scope", scope, guid if overridden else "*", action.name)
+        overridden = scope in state.overrides.get(guid, {})
+        allowed, source, active = self._layer(state, action, "scope", scope, guid if overridden else "*")
+        if not allowed:
             where = f"group {guid!r}" if source == "group override" else source
-            if not allowed:
-                raise _Refusal("scope", DENIED, f"scope {scope!r} in group {guid!r} may not {action.name} "
-                               f"({action.name} = deny, from {where})")
+            raise _Refusal("scope", DENIED, f"scope {scope!r} in group {guid!r} may not {action.name} "
+                           f"({action.name} = deny, from {where})")
         target_scope = _target_scope(action, request, state) if action.target_required else None
         clearance = CLEARANCE_CODES.get(action.name, "ERR_GROUP_NO_CLEARANCE")
-        self._constraints(action.scope_constraints, request, state, "scope", scope, guid, clearance)
+        self._constraints(active, request, state, "scope", scope, guid, clearance)
         if target_scope is not None:
             self._clearance(action, request, state, scope, target_scope)
         return f"scope {scope!r} in group {guid!r} allows {action.name} (from {source})"
@@ -178,10 +178,9 @@ class Engine:
                 raise _Refusal("clearance", code, f"scope {scope!r} may not give anyone the scope "
                                f"{new_scope!r}: the new scope may not rank above the actor's")
 
-    def _constraints(self, defs: tuple[PermissionDef, ...], request: AuthzRequest, state: RuntimeState,
+    def _constraints(self, active: tuple[Constraint, ...], request: AuthzRequest, state: RuntimeState,
                      layer: str, subject: str, guid: str | None, code: str) -> None:
-        for defn in defs:
-            value, source = resolve_value(self.policy, state, layer, subject, guid, defn.key)
+        for defn, value, source in active:
             problem = self._violation(defn, value, request, state)
             if problem:
                 who = f"role {subject!r}" if layer == "role" else f"scope {subject!r} in group {guid!r}"
@@ -190,8 +189,6 @@ class Engine:
                                f"{who} has {defn.key} = {_show(value)} (from {source}); {problem}")
 
     def _violation(self, defn: PermissionDef, value: Any, request: AuthzRequest, state: RuntimeState) -> str | None:
-        if value is None or value == "all" or (defn.type == "allowDeny" and value == "allow"):
-            return None
         for fact, values in defn.when.items():
             seen = _fact(fact, request, state, self.policy)
             if seen is not _MISSING and seen not in values:
@@ -209,18 +206,31 @@ class Engine:
         return None if seen in value else f"{defn.fact} is {_show(seen)}"
 
     # -- Casbin ----------------------------------------------------------------------------
-    def _gate(self, state: RuntimeState, layer: str, sub: str, dom: str, obj: str) -> tuple[bool, str]:
-        key = (layer, sub, dom, obj)
+    def _layer(self, state: RuntimeState, action: Action, layer: str, sub: str, dom: str) -> LayerAnswer:
+        """The gate (Casbin) and the active constraint values for sub in dom: cached by exactly
+        those inputs, rebuilt when the policy part of the state changes."""
+        key = (layer, sub, dom, action.name)
         if self._compiled_for_state(state):
-            cached = self._gates.get(key)
+            cached = self._answers.get(key)
             if cached is not None:
                 return cached
         with self._lock:
             if not self._compiled_for_state(state):
                 self._compile(state)
-            allowed, rule = self._enforcer.enforce_ex(*key)  # type: ignore[union-attr]
-            answer = (bool(allowed), rule[6] if rule else "no policy line")
-            self._gates[key] = answer
+            if layer == "role" or action.scope_key:
+                allowed, rule = self._enforcer.enforce_ex(*key)  # type: ignore[union-attr]
+                gate = (bool(allowed), rule[6] if rule else "no policy line")
+            else:
+                gate = (True, "no scope key gates it")
+            defs = action.role_constraints if layer == "role" else action.scope_constraints
+            guid = None if dom == "*" else dom
+            active = []
+            for defn in defs:
+                value, source = resolve_value(self.policy, state, layer, sub, guid, defn.key)
+                if not (value is None or value == "all" or (defn.type == "allowDeny" and value == "allow")):
+                    active.append((defn, value, source))
+            answer = (*gate, tuple(active))
+            self._answers[key] = answer
             return answer
 
     def _compiled_for_state(self, state: RuntimeState) -> bool:
@@ -232,7 +242,7 @@ class Engine:
         rules = build_rules(self.policy, state)
         if rules:
             enforcer.add_policies(rules)
-        self._enforcer, self._gates = enforcer, {}
+        self._enforcer, self._answers = enforcer, {}
         self._compiled_for = (state, state.policy_generation)
 
 

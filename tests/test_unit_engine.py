@@ -602,4 +602,4 @@ def test_big_state_decides_like_a_tiny_one() -> None:
         assert (small.allowed, small.code, small.layer, small.role, small.scope, small.reason) == \
                (large.allowed, large.code, large.layer, large.role, large.scope, large.reason), request
     # and the gate cache holds role/scope x action answers only, never one per user or group
-    assert len(big.engine._gates) <= len(_requests()) * 2
+    assert len(big.engine._answers) <= len(_requests()) * 2
