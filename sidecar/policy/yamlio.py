@@ -21,6 +21,8 @@ class LineDict(dict):  # type: ignore[type-arg]
 class _Loader(yaml.SafeLoader):
     """yaml.SafeLoader that records lines and refuses aliases (no alias bombs)."""
 
+    duplicates: list[tuple[int, str]]
+
     def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
@@ -29,18 +31,25 @@ class _Loader(yaml.SafeLoader):
         return super().compose_node(parent, index)
 
     def construct_mapping(self, node: Any, deep: bool = False) -> Any:
-        mapping = LineDict(super().construct_mapping(node, deep=True))
+        """A LineDict; a repeated key is recorded in self.duplicates and its first value kept,
+        so one duplicate does not hide every other problem of the file."""
+        self.flatten_mapping(node)
+        mapping = LineDict()
         mapping.line = node.start_mark.line + 1
         mapping.key_lines = {}
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
+        for key_node, value_node in node.value:
             key = self.construct_object(key_node, deep=True)
-            if isinstance(key, (str, int, float, bool)) or key is None:
-                if key in seen:
-                    raise yaml.MarkedYAMLError("while constructing a mapping", node.start_mark,
-                                               f"duplicate key {key!r}", key_node.start_mark)
-                seen.add(key)
-                mapping.key_lines[key] = key_node.start_mark.line + 1
+            try:
+                hash(key)
+            except TypeError:
+                raise yaml.constructor.ConstructorError("while constructing a mapping", node.start_mark,
+                                                        "found unhashable key", key_node.start_mark) from None
+            line = key_node.start_mark.line + 1
+            if key in mapping:
+                self.duplicates.append((line, f"duplicate key {key!r}"))
+                continue
+            mapping[key] = self.construct_object(value_node, deep=True)
+            mapping.key_lines[key] = line
         return mapping
 
 
@@ -48,14 +57,26 @@ _Loader.add_constructor("tag:yaml.org,2002:map", _Loader.construct_mapping)
 
 
 def parse_yaml(text: str, name: str) -> tuple[Any, str | None]:
-    """Return (data, None) or (None, 'name:line: problem')."""
+    """Return (data, None) or (None, 'name:line: problem') for the first problem."""
+    data, problems = parse_yaml_all(text, name)
+    return (None, problems[0]) if problems else (data, None)
+
+
+def parse_yaml_all(text: str, name: str) -> tuple[Any, list[str]]:
+    """Return (data, problems): duplicate keys are problems that still leave data (first value
+    kept); a syntax error leaves no data."""
     if len(text.encode("utf-8", "replace")) > MAX_POLICY_FILE_BYTES:
-        return None, f"{name}:1: file is larger than {MAX_POLICY_FILE_BYTES} bytes"
+        return None, [f"{name}:1: file is larger than {MAX_POLICY_FILE_BYTES} bytes"]
+    loader = _Loader(text)
+    loader.duplicates = []
     try:
-        return yaml.load(text, Loader=_Loader), None  # noqa: S506 - _Loader is a SafeLoader
+        data = loader.get_single_data()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 1
-        return None, f"{name}:{line}: invalid YAML: {exc.problem or exc.context}"
+        return None, [f"{name}:{line}: invalid YAML: {exc.problem or exc.context}"]
     except yaml.YAMLError as exc:
-        return None, f"{name}:1: invalid YAML: {exc}"
+        return None, [f"{name}:1: invalid YAML: {exc}"]
+    finally:
+        loader.dispose()
+    return data, [f"{name}:{line}: invalid YAML: {message}" for line, message in loader.duplicates]

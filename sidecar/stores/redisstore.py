@@ -62,11 +62,12 @@ class RedisStore:
             state.roles = {k: json.loads(v) for k, v in self._scan("roles")}
             state.role_permissions = {k: json.loads(v) for k, v in self._scan("roleperms")}
             state.restricted = {k: frozenset(json.loads(v)) for k, v in self._scan("restricted")}
-            state.users = dict(self._scan("users"))
+            shared: dict[str, str] = {}  # one str object per role and scope name, not one per entry
+            state.users = {uid: shared.setdefault(role, role) for uid, role in self._scan("users")}
             state.owners = dict(self._scan("owners"))
             for pair, scope in self._scan("members"):
                 guid, uid = pair.split(SEP, 1)
-                state.members.setdefault(guid, {})[uid] = scope
+                state.members.setdefault(guid, {})[uid] = shared.setdefault(scope, scope)
             for pair, _ in self._scan("bans"):
                 guid, uid = pair.split(SEP, 1)
                 state.bans.setdefault(guid, set()).add(uid)

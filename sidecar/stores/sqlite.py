@@ -97,10 +97,16 @@ class SQLiteStore:
         for role, key, value in conn.execute("SELECT role, key, value FROM role_permissions"):
             state.role_permissions.setdefault(role, {})[key] = json.loads(value)
         state.restricted = {r: frozenset(json.loads(f)) for r, f in conn.execute("SELECT * FROM restricted")}
-        state.users = dict(conn.execute("SELECT uid, role FROM users"))
+        shared: dict[str, str] = {}  # one str object per role and scope name, not one per row
+        state.users = {uid: shared.setdefault(role, role) for uid, role in conn.execute("SELECT uid, role FROM users")}
         state.owners = dict(conn.execute("SELECT guid, owner FROM groups"))
-        for guid, uid, scope in conn.execute("SELECT guid, uid, scope FROM members"):
-            state.members.setdefault(guid, {})[uid] = scope
+        group: dict[str, str] = {}
+        last_guid = None
+        for guid, uid, scope in conn.execute("SELECT guid, uid, scope FROM members ORDER BY guid"):
+            if guid != last_guid:
+                group = state.members.setdefault(guid, {})
+                last_guid = guid
+            group[uid] = shared.setdefault(scope, scope)
         for guid, uid in conn.execute("SELECT guid, uid FROM bans"):
             state.bans.setdefault(guid, set()).add(uid)
         for guid, scope, key, value in conn.execute("SELECT guid, scope, key, value FROM overrides"):
