@@ -1,0 +1,274 @@
+"""Integration-test helpers: run the REAL sidecar (`python -m sidecar serve`) as a subprocess.
+
+`Server` starts gunicorn through the chatauthz CLI on a free port with its own data folder,
+waits (bounded) for /health/live, and talks to it with `requests` (timeout 10 s, `apikey`
+header). Every request opens a new connection, so a restarted server never meets a stale
+pooled connection. `kill()` SIGKILLs the whole process group (gunicorn master and workers, as
+a crash would), `stop()` SIGTERMs it (bounded wait, then SIGKILL), `restart()` starts again on
+the same port and data folder.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+TEST_API_KEY = "test-full-access-key-0123456789"
+START_TIMEOUT_S = 20.0
+STOP_TIMEOUT_S = 15.0
+HTTP_TIMEOUT_S = 10.0
+
+_UNSET: Any = object()
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def unique(prefix: str) -> str:
+    """A fresh alpha-dash id (lowercase), so tests sharing a server never collide."""
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def server_env(api_key: str | None, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """os.environ without any CHATAUTHZ_* variable, plus the test key and `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATAUTHZ_")}
+    if api_key is not None:
+        env["CHATAUTHZ_API_KEY"] = api_key
+    env.update(extra or {})
+    return env
+
+
+class Server:
+    """One real sidecar process (gunicorn master + workers) in its own process group."""
+
+    def __init__(self, data_dir: Path, *, workers: int = 1, api_key: str | None = TEST_API_KEY,
+                 extra_env: Mapping[str, str] | None = None, port: int | None = None,
+                 log_dir: Path | None = None) -> None:
+        self.data_dir = Path(data_dir)
+        self.workers = workers
+        self.api_key = api_key
+        self.extra_env = dict(extra_env or {})
+        self.port = port or free_port()
+        self.log_dir = Path(log_dir) if log_dir else self.data_dir.parent / "logs"
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._starts = 0
+        self._stdout_path: Path | None = None
+        self._stderr_path: Path | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "sidecar", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+                "--data-dir", str(self.data_dir), "--workers", str(self.workers)]
+
+    def start(self) -> Server:
+        assert self.proc is None or self.proc.poll() is not None, "server already running"
+        self._starts += 1
+        self._stdout_path = self.log_dir / f"server-{self.port}-{self._starts}.out"
+        self._stderr_path = self.log_dir / f"server-{self.port}-{self._starts}.err"
+        with open(self._stdout_path, "wb") as out, open(self._stderr_path, "wb") as err:
+            self.proc = subprocess.Popen(self.command, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                                         env=server_env(self.api_key, self.extra_env),
+                                         cwd=str(self.log_dir), start_new_session=True)
+        self._wait_live()
+        return self
+
+    def _wait_live(self) -> None:
+        assert self.proc is not None
+        deadline = time.monotonic() + START_TIMEOUT_S
+        last_error = "no answer yet"
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"the server exited with {self.proc.returncode} before answering "
+                            f"/health/live; stderr:\n{self.stderr()}")
+            try:
+                response = requests.get(self.url + "/health/live", timeout=1.0)
+                if response.status_code == 200:
+                    return
+                last_error = f"HTTP {response.status_code}"
+            except requests.RequestException as exc:
+                last_error = repr(exc)
+            time.sleep(0.05)
+        self._killpg()
+        self._reap(STOP_TIMEOUT_S)
+        pytest.fail(f"the server did not answer /health/live within {START_TIMEOUT_S}s "
+                    f"({last_error}); stderr:\n{self.stderr()}")
+
+    def _killpg(self) -> None:
+        """SIGKILL every process of the server's group (master and workers)."""
+        assert self.proc is not None
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def _reap(self, timeout: float) -> bool:
+        """Wait (bounded) for the master to exit and its whole group to be gone."""
+        assert self.proc is not None
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return False
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:  # workers may outlive a killed master briefly
+            try:
+                os.killpg(self.proc.pid, 0)
+            except (ProcessLookupError, PermissionError):
+                return True
+            time.sleep(0.05)
+        self._killpg()
+        return True
+
+    def kill(self) -> None:
+        """SIGKILL the master and its workers at once: a crash, no clean shutdown."""
+        if self.proc is None:
+            return
+        self._killpg()
+        if not self._reap(STOP_TIMEOUT_S):
+            pytest.fail(f"server pid {self.proc.pid} survived SIGKILL")
+
+    def stop(self) -> None:
+        """SIGTERM (graceful), bounded; SIGKILL if it does not end in time."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            try:
+                self.proc.send_signal(signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            if self._reap(STOP_TIMEOUT_S):
+                return
+        self.kill()
+
+    def restart(self, *, kill: bool = False) -> Server:
+        """Stop (or kill) and start again on the same port and data folder."""
+        if kill:
+            self.kill()
+        else:
+            self.stop()
+        return self.start()
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stderr(self) -> str:
+        return self._stderr_path.read_text(errors="replace") if self._stderr_path and self._stderr_path.exists() else ""
+
+    def stdout(self) -> str:
+        return self._stdout_path.read_text(errors="replace") if self._stdout_path and self._stdout_path.exists() else ""
+
+    # -- HTTP ------------------------------------------------------------------------------
+    def request(self, method: str, path: str, *, apikey: Any = _UNSET, headers: Mapping[str, str] | None = None,
+                **kwargs: Any) -> requests.Response:
+        key = self.api_key if apikey is _UNSET else apikey
+        all_headers = {"Connection": "close"}
+        if key is not None:
+            all_headers["apikey"] = key
+        all_headers.update(headers or {})
+        kwargs.setdefault("timeout", HTTP_TIMEOUT_S)
+        return requests.request(method, self.url + path, headers=all_headers, **kwargs)
+
+    def get(self, path: str, **kwargs: Any) -> requests.Response:
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, json: Any = None, **kwargs: Any) -> requests.Response:
+        return self.request("POST", path, json=json, **kwargs)
+
+    def put(self, path: str, json: Any = None, **kwargs: Any) -> requests.Response:
+        return self.request("PUT", path, json=json, **kwargs)
+
+    def delete(self, path: str, **kwargs: Any) -> requests.Response:
+        return self.request("DELETE", path, **kwargs)
+
+    # -- conveniences used by several test files -------------------------------------------
+    def ok(self, method: str, path: str, json: Any = None, **kwargs: Any) -> dict[str, Any]:
+        """A request that must succeed (2xx); returns the JSON body."""
+        response = self.request(method, path, json=json, **kwargs)
+        assert response.ok, f"{method} {path} {json!r} -> {response.status_code} {response.text}"
+        return response.json()  # type: ignore[no-any-return]
+
+    def authorize(self, uid: str, action: str, guid: str | None = None, target: str | None = None,
+                  context: Mapping[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+        """POST /authorize; must answer 200; returns body["data"]."""
+        body: dict[str, Any] = {"uid": uid, "action": action}
+        if guid is not None:
+            body["guid"] = guid
+        if target is not None:
+            body["target"] = target
+        if context is not None:
+            body["context"] = dict(context)
+        body.update(extra)
+        response = self.post("/authorize", body)
+        assert response.status_code == 200, f"POST /authorize {body!r} -> {response.status_code} {response.text}"
+        return response.json()["data"]  # type: ignore[no-any-return]
+
+    def revision(self) -> int:
+        response = self.get("/health/ready")
+        assert response.status_code == 200, response.text
+        return int(response.json()["data"]["revision"])
+
+
+@pytest.fixture(autouse=True)
+def _no_chatauthz_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test sees a CHATAUTHZ_* variable from the outside world."""
+    for name in [k for k in os.environ if k.startswith("CHATAUTHZ_")]:
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[Any]:
+    """Factory: start_server(workers=1, api_key=TEST_API_KEY, extra_env=None, name="srv") -> Server.
+
+    Every server started through it is stopped at teardown.
+    """
+    started: list[Server] = []
+
+    def start(*, workers: int = 1, api_key: str | None = TEST_API_KEY,
+              extra_env: Mapping[str, str] | None = None, name: str | None = None) -> Server:
+        base = tmp_path / (name or f"srv{len(started)}")
+        server = Server(base / "data", workers=workers, api_key=api_key, extra_env=extra_env,
+                        log_dir=base / "logs")
+        started.append(server)
+        return server.start()
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def server(start_server: Any) -> Server:
+    """A fresh server (1 worker, empty data folder) for this test alone."""
+    return start_server(workers=1)  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One server per module for read-mostly tests; each test uses its own unique uids/guids."""
+    base = tmp_path_factory.mktemp("shared")
+    srv = Server(base / "data", workers=1, log_dir=base / "logs")
+    try:
+        srv.start()
+        yield srv
+    finally:
+        srv.stop()
