@@ -28,12 +28,21 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--redis-prefix", help="Redis key prefix (CHATAUTHZ_REDIS_PREFIX, default chatauthz:)")
     serve.add_argument("--max-staleness", type=float, dest="max_staleness_s",
                        help="deny when state is older than this many seconds (CHATAUTHZ_MAX_STALENESS_S)")
+    serve.add_argument("--decision-log", help="JSON-lines decision log: a file, or - for stdout "
+                       "(CHATAUTHZ_DECISION_LOG)")
+    serve.add_argument("--decision-log-deny-only", action="store_const", const=True,
+                       help="log denials only (CHATAUTHZ_DECISION_LOG_DENY_ONLY)")
+    serve.add_argument("--decision-log-sample", type=float,
+                       help="fraction of decisions to log, 0-1 (CHATAUTHZ_DECISION_LOG_SAMPLE)")
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env(host=args.host, port=args.port, data_dir=args.data_dir,
                                      policies=args.policies, model=args.model, workers=args.workers,
                                      threads=args.threads, server=args.server, redis_url=args.redis_url,
-                                     redis_prefix=args.redis_prefix, max_staleness_s=args.max_staleness_s)
+                                     redis_prefix=args.redis_prefix, max_staleness_s=args.max_staleness_s,
+                                     decision_log=args.decision_log,
+                                     decision_log_deny_only=args.decision_log_deny_only,
+                                     decision_log_sample=args.decision_log_sample)
     except ValueError as exc:
         print(f"chatauthz: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -30,6 +30,10 @@ class Settings:
     redis_timeout_s: float = 1.0
     sync_interval_s: float = 1.0
     max_staleness_s: float | None = None
+    policy_watch_s: float = 1.0
+    decision_log: str | None = None  # a file path, or "-" for stdout
+    decision_log_deny_only: bool = False
+    decision_log_sample: float = 1.0
 
     @property
     def model_path(self) -> Path:
@@ -57,6 +61,8 @@ class Settings:
             raise ValueError(f"workers must be 1-64, got {self.workers}")
         if not 1 <= self.threads <= 64:
             raise ValueError(f"threads must be 1-64, got {self.threads}")
+        if not 0.0 <= self.decision_log_sample <= 1.0:
+            raise ValueError(f"decision_log_sample must be 0-1, got {self.decision_log_sample}")
         if self.server not in ("granian", "gunicorn"):
             raise ValueError(f"server must be granian or gunicorn, got {self.server!r}")
 
@@ -70,6 +76,10 @@ def _convert(name: str, raw: str) -> Any:
             return float(raw)
     except ValueError:
         raise ValueError(f"CHATAUTHZ_{name.upper()} must be a number, got {raw!r}") from None
+    if kind == "bool":
+        if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
+            raise ValueError(f"CHATAUTHZ_{name.upper()} must be true or false, got {raw!r}")
+        return raw.lower() in ("1", "true", "yes")
     if "Path" in str(kind):
         return Path(raw)
     return raw

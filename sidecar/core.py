@@ -16,8 +16,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from sidecar.audit import DecisionLog
 from sidecar.engine import AuthzRequest, Decision, Engine
-from sidecar.errors import ChatAuthzError, StoreError
+from sidecar.errors import ChatAuthzError, PolicyError, StoreError
 from sidecar.policy import PolicySet
 from sidecar.state import Op, RuntimeState, with_before
 from sidecar.stores.base import ResyncNeeded, Store
@@ -28,9 +29,14 @@ STALE_CODE = "ERR_STATE_TOO_STALE"
 
 class Sidecar:
     def __init__(self, policy: PolicySet, store: Store, *, revision_wait_s: float = 2.0,
-                 max_staleness_s: float | None = None, synced: bool = False) -> None:
-        self.policy = policy
-        self.engine = Engine(policy)
+                 max_staleness_s: float | None = None, synced: bool = False,
+                 policy_loader: Callable[[], tuple[PolicySet, list[str]]] | None = None,
+                 decision_log: DecisionLog | None = None) -> None:
+        self.engine = Engine(policy)  # swapped whole on reload; a decision reads it once
+        self.policy_loader = policy_loader
+        self.policy_problems: list[str] = []  # why the files on disk are not being served
+        self.reload_failures = 0
+        self.decision_log = decision_log
         self.store = store
         self.revision_wait_s = revision_wait_s
         self.max_staleness_s = max_staleness_s
@@ -41,9 +47,38 @@ class Sidecar:
         self.state: RuntimeState = store.load()  # a store gone before the first load: no Sidecar
         self.last_heard = time.monotonic()
         self.store_error: str | None = None
-        self.sync: Any = None  # a RedisSync when synced (set by the composition in api)
+        self.sync: Any = None  # a RedisSync when synced (set by sidecar.compose)
+        self.watcher: Any = None  # a PolicyWatcher (set by sidecar.compose)
         self._ids = itertools.count(1)
         self._id_prefix = f"{secrets.token_hex(4)}{os.getpid():x}"
+
+    @property
+    def policy(self) -> PolicySet:
+        return self.engine.policy
+
+    def reload_policy(self) -> bool:
+        """Build the policy files aside and swap them in; a broken policy never replaces a good one."""
+        if self.policy_loader is None:
+            return False
+        try:
+            policy, problems = self.policy_loader()
+            if problems:
+                raise PolicyError(problems)
+            engine = Engine(policy)
+            with self._lock:
+                engine.decide(AuthzRequest("chatauthz-warmup", next(iter(policy.actions))), self.state)
+        except PolicyError as exc:
+            self.reload_failures += 1
+            self.policy_problems = exc.problems
+            log.error("policy change refused; still serving %s:\n  %s", self.policy.content_hash,
+                      "\n  ".join(exc.problems))
+            return False
+        except ChatAuthzError:
+            pass  # the warm-up request itself was refused (e.g. the action needs a group): fine
+        self.engine = engine
+        self.policy_problems = []
+        log.warning("policy reloaded: now serving %s", policy.content_hash)
+        return True
 
     # -- keeping up with the store ---------------------------------------------------------
     def refresh(self) -> None:
@@ -93,22 +128,25 @@ class Sidecar:
         if at_least_revision is not None and self.state.revision < at_least_revision:
             self._wait_for(at_least_revision)
         stale = self.staleness_s()
+        engine = self.engine
         with self._lock:
             if self.max_staleness_s is not None and stale > self.max_staleness_s:
-                decision = self._too_stale(request, stale)
+                decision = self._too_stale(engine, request, stale)
             else:
-                decision = self.engine.decide(request, self.state)
+                decision = engine.decide(request, self.state)
         body = self.decision_body(decision)
         if self.synced:
             body["stalenessSeconds"] = round(stale, 3)
+        if self.decision_log is not None:
+            self.decision_log.record(request, body)
         return body
 
-    def _too_stale(self, request: AuthzRequest, stale: float) -> Decision:
-        self.engine.validate(request)
+    def _too_stale(self, engine: Engine, request: AuthzRequest, stale: float) -> Decision:
+        engine.validate(request)
         return Decision(False, f"this sidecar last heard from its store {stale:.1f}s ago, more than "
                         f"the {self.max_staleness_s}s allowed (--max-staleness); it denies until it "
                         "catches up", "store", self.state.users.get(request.uid, "default"), STALE_CODE,
-                        None, self.state.revision, self.policy.content_hash)
+                        None, self.state.revision, engine.policy.content_hash)
 
     def decision_body(self, decision: Decision) -> dict[str, Any]:
         body = decision.to_dict()
@@ -141,10 +179,12 @@ class Sidecar:
     def write(self, plan: Callable[[PolicySet, RuntimeState], list[Op]], actor: str) -> int:
         """Check and change in one step; returns the revision after the write."""
         with self._write_lock:
+            policy = self.policy
+
             def planned() -> list[Op]:
                 self.catch_up()
                 with self._lock:
-                    return [with_before(self.state, op) for op in plan(self.policy, self.state)]
+                    return [with_before(self.state, op) for op in plan(policy, self.state)]
             revision, ops = self.store.write(planned, actor, self.state)
             with self._lock:
                 self._apply_entries([(revision, ops)] if ops else [])

@@ -3,6 +3,7 @@ or gunicorn. Worker processes rebuild Settings from CHATAUTHZ_* variables set fr
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 from dataclasses import fields
@@ -37,7 +38,16 @@ def worker_app() -> Any:
     from sidecar.api import create_app
     app = create_app(Settings.from_env())
     _exit_with_parent()
+    _reload_on_sighup(app.extensions["chatauthz"])
     return app
+
+
+def _reload_on_sighup(core: Any) -> None:
+    """SIGHUP to a worker re-reads the policy files at once (the watcher also polls)."""
+    try:
+        signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=core.reload_policy, daemon=True).start())
+    except ValueError:
+        pass  # not the main thread of this process: the watcher alone reloads
 
 
 def _exit_with_parent(poll_s: float = 0.5) -> None:

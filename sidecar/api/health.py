@@ -32,6 +32,10 @@ def ready() -> tuple[Response, int]:
             core.refresh()
         except ChatAuthzError as exc:
             problems.append(exc.message)
+    if core.policy_problems:
+        problems.append(f"the policy files on disk are invalid ({len(core.policy_problems)} problem(s)); "
+                        f"still serving {core.policy.content_hash}")
+        body["policyProblems"] = core.policy_problems
     staleness = core.staleness_s()
     if core.max_staleness_s is not None and staleness > core.max_staleness_s:
         problems.append(f"state is {staleness:.1f}s stale, past --max-staleness")

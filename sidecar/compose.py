@@ -1,0 +1,106 @@
+"""The composition root: Settings -> a running Sidecar (policy, store, sync, watcher, decision log).
+
+The server, the CLI and tests build through here; nothing here knows Flask.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from sidecar.audit import DecisionLog
+from sidecar.config import Settings
+from sidecar.core import Sidecar
+from sidecar.errors import PolicyError, StoreError
+from sidecar.policy import PolicySet, load_policy_texts
+from sidecar.policy.loader import POLICY_FILES
+from sidecar.reload import PolicyWatcher
+from sidecar.stores import SQLiteStore
+from sidecar.stores.base import Store
+from sidecar.stores.redisstore import RedisStore
+from sidecar.sync import RedisSync
+
+log = logging.getLogger("chatauthz.compose")
+
+
+def open_store(settings: Settings) -> Store:
+    """Redis when configured, else the embedded SQLite file in the data folder."""
+    if settings.redis_url:
+        return RedisStore(settings.redis_url, settings.redis_prefix, settings.redis_timeout_s)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return SQLiteStore(settings.data_dir / "chatauthz.sqlite3")
+
+
+def build_sidecar(settings: Settings, *, start_threads: bool = True) -> Sidecar:
+    """Refuses an invalid policy (PolicyError) and a store it cannot load (StoreError)."""
+    policy, problems = load_with_fallback(settings)
+    try:
+        store = open_store(settings)
+    except StoreError as exc:
+        raise StoreError(f"failed to open the store: {exc.message}") from exc
+    decision_log = None
+    if settings.decision_log:
+        decision_log = DecisionLog(settings.decision_log, deny_only=settings.decision_log_deny_only,
+                                   sample=settings.decision_log_sample)
+    core = Sidecar(policy, store, revision_wait_s=settings.revision_wait_s,
+                   max_staleness_s=settings.max_staleness_s, synced=isinstance(store, RedisStore),
+                   policy_loader=lambda: load_with_fallback(settings), decision_log=decision_log)
+    core.policy_problems = problems
+    if isinstance(store, RedisStore):
+        core.sync = RedisSync(store.client, store.channel, core.catch_up, interval_s=settings.sync_interval_s)
+    if settings.policy_watch_s > 0:
+        core.watcher = PolicyWatcher(settings.policies, settings.model_path, core.reload_policy,
+                                     interval_s=settings.policy_watch_s)
+    if start_threads:
+        for thread in (core.sync, core.watcher):
+            if thread is not None:
+                thread.start()
+    return core
+
+
+LAST_GOOD = "last-good-policy"
+
+
+def load_with_fallback(settings: Settings) -> tuple[PolicySet, list[str]]:
+    """The policy on disk, kept as the last good one; if it is invalid, the last good one.
+
+    Returns (policy, problems of the files on disk). Worker processes restarted by the server
+    (say after SIGHUP) thus never die on, nor serve, a broken edit; with no last good policy
+    the PolicyError stands (the CLI checks before starting, so that is the first start).
+    """
+    try:
+        texts, model_text = _read_texts(settings.policies, settings.model_path)
+        policy = load_policy_texts(texts, model_text)
+    except PolicyError as exc:
+        saved = settings.data_dir / LAST_GOOD
+        if not saved.is_dir():
+            raise
+        texts, model_text = _read_texts(saved, saved / "model.conf")
+        return load_policy_texts(texts, model_text), exc.problems
+    _save_last_good(settings.data_dir / LAST_GOOD, texts, model_text)
+    return policy, []
+
+
+def _read_texts(policy_dir: Path, model: Path) -> tuple[dict[str, str], str]:
+    texts: dict[str, str] = {}
+    problems: list[str] = []
+    for name, path in [(n, policy_dir / n) for n in POLICY_FILES] + [("model.conf", model)]:
+        try:
+            texts[name] = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.append(f"{name}:1: cannot read {path}: {exc}")
+    if problems:
+        raise PolicyError(problems)
+    return texts, texts.pop("model.conf")
+
+
+def _save_last_good(folder: Path, texts: dict[str, str], model_text: str) -> None:
+    """Write atomically (temp files, then rename), so a crash never leaves half a policy."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, text in [*texts.items(), ("model.conf", model_text)]:
+            temp = folder / f".{name}.tmp"
+            temp.write_text(text, encoding="utf-8")
+            os.replace(temp, folder / name)
+    except OSError as exc:
+        log.warning("could not keep the last good policy in %s: %s", folder, exc)
