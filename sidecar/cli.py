@@ -1,4 +1,4 @@
-"""The chatauthz command: `serve` runs the sidecar under gunicorn."""
+"""The chatauthz command: `serve` runs the sidecar; check, authorize and export are in sidecar.commands."""
 from __future__ import annotations
 
 import argparse
@@ -34,7 +34,11 @@ def main(argv: list[str] | None = None) -> int:
                        help="log denials only (CHATAUTHZ_DECISION_LOG_DENY_ONLY)")
     serve.add_argument("--decision-log-sample", type=float,
                        help="fraction of decisions to log, 0-1 (CHATAUTHZ_DECISION_LOG_SAMPLE)")
+    from sidecar.commands import add_commands  # check, authorize, export
+    add_commands(commands)
     args = parser.parse_args(argv)
+    if args.command != "serve":
+        return int(args.run(args))
     try:
         settings = Settings.from_env(host=args.host, port=args.port, data_dir=args.data_dir,
                                      policies=args.policies, model=args.model, workers=args.workers,

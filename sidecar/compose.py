@@ -8,6 +8,7 @@ import logging
 import os
 from pathlib import Path
 
+from sidecar import metrics
 from sidecar.audit import DecisionLog
 from sidecar.config import Settings
 from sidecar.core import Sidecar
@@ -51,8 +52,10 @@ def build_sidecar(settings: Settings, *, start_threads: bool = True) -> Sidecar:
     if settings.policy_watch_s > 0:
         core.watcher = PolicyWatcher(settings.policies, settings.model_path, core.reload_policy,
                                      interval_s=settings.policy_watch_s)
+    core.on_decision = metrics.observe_decision
+    core.gauges = metrics.GaugeUpdater(core)
     if start_threads:
-        for thread in (core.sync, core.watcher):
+        for thread in (core.sync, core.watcher, core.gauges):
             if thread is not None:
                 thread.start()
     return core

@@ -49,6 +49,9 @@ class Sidecar:
         self.store_error: str | None = None
         self.sync: Any = None  # a RedisSync when synced (set by sidecar.compose)
         self.watcher: Any = None  # a PolicyWatcher (set by sidecar.compose)
+        self.on_decision: Callable[[dict[str, Any], float], None] | None = None  # metrics hook
+        self.store_errors = 0
+        self.gauges: Any = None  # a metrics.GaugeUpdater (set by sidecar.compose)
         self._ids = itertools.count(1)
         self._id_prefix = f"{secrets.token_hex(4)}{os.getpid():x}"
 
@@ -91,6 +94,7 @@ class Sidecar:
             self.store_error = None
         except StoreError as exc:
             self.store_error = exc.message
+            self.store_errors += 1
             raise
 
     def catch_up(self) -> None:
@@ -116,7 +120,9 @@ class Sidecar:
                 self.state.apply_all(ops, revision)
 
     def staleness_s(self) -> float:
-        return time.monotonic() - self.last_heard
+        """Seconds since the store was last heard from; 0 for the embedded store, which every
+        request reads (its state is never older than the request)."""
+        return time.monotonic() - self.last_heard if self.synced else 0.0
 
     # -- decisions -------------------------------------------------------------------------
     def decide(self, request: AuthzRequest, at_least_revision: int | None = None) -> dict[str, Any]:
@@ -129,12 +135,16 @@ class Sidecar:
             self._wait_for(at_least_revision)
         stale = self.staleness_s()
         engine = self.engine
+        started = time.perf_counter()
         with self._lock:
             if self.max_staleness_s is not None and stale > self.max_staleness_s:
                 decision = self._too_stale(engine, request, stale)
             else:
                 decision = engine.decide(request, self.state)
+        elapsed = time.perf_counter() - started
         body = self.decision_body(decision)
+        if self.on_decision is not None:
+            self.on_decision(body, elapsed)
         if self.synced:
             body["stalenessSeconds"] = round(stale, 3)
         if self.decision_log is not None:
@@ -185,7 +195,11 @@ class Sidecar:
                 self.catch_up()
                 with self._lock:
                     return [with_before(self.state, op) for op in plan(policy, self.state)]
-            revision, ops = self.store.write(planned, actor, self.state)
+            try:
+                revision, ops = self.store.write(planned, actor, self.state)
+            except StoreError:
+                self.store_errors += 1
+                raise
             with self._lock:
                 self._apply_entries([(revision, ops)] if ops else [])
             self.last_heard = time.monotonic()

@@ -3,6 +3,7 @@ or gunicorn. Worker processes rebuild Settings from CHATAUTHZ_* variables set fr
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import threading
 import time
@@ -27,10 +28,19 @@ def export_settings(settings: Settings) -> None:
 
 def run(settings: Settings) -> None:
     export_settings(settings)
+    _metrics_dir(settings)
     if settings.server == "gunicorn":
         _gunicorn(settings).run()
     else:
         _granian(settings).serve()
+
+
+def _metrics_dir(settings: Settings) -> None:
+    """Workers share one fresh directory so that /metrics adds up every worker's values."""
+    folder = settings.data_dir.resolve() / "metrics"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
 
 
 def worker_app() -> Any:

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from flask import Flask
 
-from sidecar.api import authorize, changes, errors, groups, health, roles
+from sidecar.api import authorize, changes, errors, groups, health, ops, roles
 from sidecar.api.auth import install_auth
 from sidecar.api.fastpath import AuthorizeFastPath
+from sidecar.api.ops import install_request_timing
 from sidecar.compose import build_sidecar
 from sidecar.config import Settings
 from sidecar.core import Sidecar
@@ -27,7 +28,8 @@ def create_app(settings: Settings | None = None, *, sidecar: Sidecar | None = No
                                                          settings.authorize_key)
     errors.install(app)
     install_auth(app)
-    for blueprint in (authorize.bp, roles.bp, groups.bp, changes.bp, health.bp):
+    install_request_timing(app)
+    for blueprint in (authorize.bp, roles.bp, groups.bp, changes.bp, health.bp, ops.bp):
         app.register_blueprint(blueprint)
     app.wsgi_app = AuthorizeFastPath(app, MAX_BODY_BYTES)  # type: ignore[method-assign]
     return app

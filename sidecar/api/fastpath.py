@@ -7,6 +7,7 @@ raw WSGI environ; every other request goes to Flask unchanged.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -16,6 +17,7 @@ from flask import Flask
 from sidecar.api.auth import authenticate
 from sidecar.api.authorize import authorize_many, authorize_one
 from sidecar.errors import BadRequestError, ChatAuthzError
+from sidecar.metrics import observe_request
 
 log = logging.getLogger("chatauthz.api")
 JSON_HEADERS = [("Content-Type", "application/json")]
@@ -37,6 +39,7 @@ class AuthorizeFastPath:
         path = environ.get("PATH_INFO")
         if environ.get("REQUEST_METHOD") != "POST" or path not in ("/authorize", "/authorize/batch"):
             return self.flask_wsgi(environ, start_response)  # type: ignore[no-any-return]
+        started = time.perf_counter()
         try:
             authenticate(self.keys, environ.get("HTTP_APIKEY", ""), True)
             body = self._json(environ)
@@ -53,6 +56,7 @@ class AuthorizeFastPath:
         data = orjson.dumps(payload)
         start_response(STATUS_LINES.get(status, f"{status} ERROR"),
                        [*JSON_HEADERS, ("Content-Length", str(len(data)))])
+        observe_request(path, "POST", status, time.perf_counter() - started)
         return [data]
 
     def _json(self, environ: dict[str, Any]) -> Any:

@@ -11,7 +11,7 @@ import casbin
 from sidecar.errors import PolicyError
 from sidecar.policy.types import ARRAY_TYPES, VALUE_TYPES, Action, Feature, PermissionDef, PolicySet, RoleDef, ScopeDef
 from sidecar.policy.values import normalize_value
-from sidecar.policy.yamlio import LineDict, parse_yaml
+from sidecar.policy.yamlio import LineDict, parse_yaml_all
 
 POLICY_FILES = ("catalogue.yaml", "roles.yaml", "scopes.yaml")
 SCOPE_NAMES = ("admin", "moderator", "participant")
@@ -20,6 +20,7 @@ FACT_PATTERN = re.compile(r"^(context\.[A-Za-z][A-Za-z0-9_]*|target\.role|target
 MODEL_TOKENS = {"r": ["layer", "sub", "dom", "obj"],
                 "p": ["priority", "layer", "sub", "dom", "obj", "eft", "source"]}
 KEY_FIELDS = {"type", "title", "values", "default", "fact", "when", "target"}
+ROLE_SETTINGS = {"listUsers": ("all", "friendsOnly"), "sendMessagesTo": ("all", "friendsOnly")}  # as the API's
 
 
 def load_policy(policy_dir: Path | str, model_path: Path | str | None = None) -> PolicySet:
@@ -65,8 +66,10 @@ class _Builder:
         scope_keys = self._keys(docs["catalogue.yaml"], "scopeKeys", "scope")
         actions = self._actions(docs["catalogue.yaml"], role_keys, scope_keys)
         features = self._features(docs["catalogue.yaml"], actions)
-        scopes = self._scopes(docs["scopes.yaml"], scope_keys)
+        role_ids = _role_ids(docs["roles.yaml"])
+        scopes = self._scopes(docs["scopes.yaml"], scope_keys, role_ids)
         roles = self._roles(docs["roles.yaml"], role_keys, features)
+        self._check_role_defaults({**role_keys, **scope_keys}, role_ids)
         if self.problems:
             raise PolicyError(self.problems)
         digest = hashlib.sha256()
@@ -80,9 +83,9 @@ class _Builder:
         if name not in self.texts:
             self.problem(name, 1, "file is missing")
             return _empty()
-        data, error = parse_yaml(self.texts[name], name)
-        if error:
-            self.problems.append(error)
+        data, errors = parse_yaml_all(self.texts[name], name)
+        self.problems += errors
+        if data is None and errors:
             return _empty()
         if not isinstance(data, LineDict):
             self.problem(name, 1, "the file must be a YAML mapping")
@@ -154,16 +157,22 @@ class _Builder:
             values = None
         elif kind != "stringArray" and values is not None:
             self.problem(file, spec.line_of("values"), f"{key}: only a stringArray takes values")
+        for item in _repeated(values if kind == "stringArray" and values else []):
+            self.problem(file, spec.line_of("values"), f"{key}: values lists {item!r} more than once")
         fact = spec.get("fact")
         if fact is not None and not (isinstance(fact, str) and FACT_PATTERN.match(fact)):
             self.problem(file, spec.line_of("fact"), f"{key}: fact must be context.<name>, "
                          "target.role or target.scope")
         if "." in key and fact is None:
             self.problem(file, spec.line_of("type"), f"{key}: a constraint key needs a fact")
+        self._check_target_facts(file, key, layer, spec, values if kind == "stringArray" else None)
         when = self._when(file, key, spec)
         target = spec.get("target")
         if target not in (None, "required"):
             self.problem(file, spec.line_of("target"), f"{key}: target may only be 'required'")
+        elif target is not None and (layer != "scope" or "." in key):
+            self.problem(file, spec.line_of("target"), f"{key}: only an action key of scopeKeys takes "
+                         "target (the member acted on is known in a group only)")
         default = spec.get("default", "allow" if kind == "allowDeny" else "all" if kind == "mode" else None)
         title = spec.get("title", key)
         if not isinstance(title, str) or len(title) > 255:
@@ -200,6 +209,8 @@ class _Builder:
             if not defn.is_action and defn.action not in names:
                 self.problem("catalogue.yaml", self.key_lines[(defn.layer, defn.key)],
                              f"{defn.key}: constrains {defn.action!r}, which is not an action")
+        for name in _repeated(extra):
+            self.problem("catalogue.yaml", doc.line_of("extraActions"), f"extraActions: {name} is listed more than once")
         for name in extra:
             if name in names:
                 self.problem("catalogue.yaml", doc.line_of("extraActions"),
@@ -231,10 +242,18 @@ class _Builder:
                 continue
             for extra_field in set(spec) - {"actions", "title"}:
                 self.problem(file, spec.line_of(extra_field), f"feature {key}: unknown field {extra_field!r}")
+            if not all(isinstance(a, str) for a in spec["actions"]):
+                self.problem(file, spec.line_of("actions"), f"feature {key}: actions must be a list of action names")
+                continue
             for action in spec["actions"]:
                 if action not in actions:
                     self.problem(file, spec.line_of("actions"), f"feature {key}: unknown action {action!r}")
-            features[key] = Feature(key, tuple(spec["actions"]), str(spec.get("title", key)))
+            for action in _repeated(spec["actions"]):
+                self.problem(file, spec.line_of("actions"), f"feature {key}: action {action!r} is listed more than once")
+            title = spec.get("title", key)
+            if not isinstance(title, str) or len(title) > 255:
+                self.problem(file, spec.line_of("title"), f"feature {key}: title must be a string of at most 255 characters")
+            features[key] = Feature(key, tuple(spec["actions"]), str(title))
         return features
 
     # -- scopes and roles ------------------------------------------------------------------
@@ -256,7 +275,7 @@ class _Builder:
                 self.problem(file, line, f"{owner}: {exc}")
         return result
 
-    def _scopes(self, doc: LineDict, scope_keys: dict[str, PermissionDef]) -> dict[str, ScopeDef]:
+    def _scopes(self, doc: LineDict, scope_keys: dict[str, PermissionDef], role_ids: set[str]) -> dict[str, ScopeDef]:
         file = "scopes.yaml"
         entries = self._section(doc, file, "scopes", {"scopes"})
         scopes: dict[str, ScopeDef] = {}
@@ -274,7 +293,11 @@ class _Builder:
             if not isinstance(rank, int) or isinstance(rank, bool) or not 1 <= rank <= 100:
                 self.problem(file, spec.line_of("rank"), f"scope {name}: rank must be an integer 1-100")
                 rank = 0
-            perms = self._permissions(file, f"scope {name}", spec, scope_keys, None)
+            description = spec.get("description", "")
+            if not isinstance(description, str) or len(description) > 255:
+                self.problem(file, spec.line_of("description"), f"scope {name}: description must be a string of "
+                             "at most 255 characters")
+            perms = self._permissions(file, f"scope {name}", spec, scope_keys, role_ids)
             scopes[name] = ScopeDef(name, rank, str(spec.get("description", "")), perms, f"{file}:{line}")
         for name in SCOPE_NAMES:
             if name not in scopes and entries:
@@ -288,10 +311,19 @@ class _Builder:
                features: dict[str, Feature]) -> dict[str, RoleDef]:
         file = "roles.yaml"
         entries = self._section(doc, file, "roles", {"roles"})
-        known = {r for r in entries if isinstance(r, str)}
+        known = {r for r in entries if isinstance(r, str)} | {"default"}
         roles: dict[str, RoleDef] = {}
         for role, spec in entries.items():
             line = entries.line_of(role)
+            if isinstance(role, str) and role != role.lower() and role.lower() in known:
+                # "A role that can never be assigned": ids are forced to lowercase when a user is
+                # given a role (spec: role id), so assigning 'Support' gives the role 'support'.
+                # Every other malformed id is caught by ID_PATTERN below; any well-formed id is
+                # assignable (PUT /users/{uid} accepts every role the files define).
+                self.problem(file, line, f"role {role!r} can never be assigned: role ids are lowercased "
+                             f"on assignment, which gives the role {role.lower()!r} "
+                             f"(line {entries.line_of(role.lower())})")
+                continue
             if not isinstance(role, str) or not ID_PATTERN.match(role):
                 self.problem(file, line, f"role id {role!r} must be 1-100 characters of a-z, 0-9, - and _")
                 continue
@@ -317,11 +349,16 @@ class _Builder:
         for field_name in ("metadata", "settings"):
             if spec.get(field_name) is not None and not isinstance(spec.get(field_name), dict):
                 self.problem(file, spec.line_of(field_name), f"role {role}: {field_name} must be a mapping")
+        self._check_settings(file, role, spec.get("settings"))
         restricted = spec.get("restrictedFeatures") or []
         keys: set[str] = set()
-        if not isinstance(restricted, list):
-            self.problem(file, spec.line_of("restrictedFeatures"), f"role {role}: restrictedFeatures must be a list")
+        if not isinstance(restricted, list) or not all(isinstance(f, str) for f in restricted):
+            self.problem(file, spec.line_of("restrictedFeatures"), f"role {role}: restrictedFeatures must be a list "
+                         "of feature keys")
             restricted = []
+        for feature in _repeated([f.removeprefix("u.") for f in restricted]):
+            self.problem(file, spec.line_of("restrictedFeatures"), f"role {role}: feature 'u.{feature}' is "
+                         "listed more than once")
         for feature in restricted:
             bare = feature[2:] if isinstance(feature, str) and feature.startswith("u.") else feature
             if bare not in features:
@@ -333,6 +370,57 @@ class _Builder:
         perms = self._permissions(file, f"role {role}", spec, role_keys, known)
         return RoleDef(role, str(name), description, _plain(spec.get("metadata")), _plain(spec.get("settings")),
                        perms, frozenset(keys), f"{file}:{spec.line}")
+
+    # -- cross-checks ----------------------------------------------------------------------
+    def _check_target_facts(self, file: str, key: str, layer: str, spec: LineDict,
+                            values: Any) -> None:
+        """target.scope is a scope of the group: only scopeKeys can see it, and its vocabulary
+        must name scopes that exist."""
+        if spec.get("fact") != "target.scope":
+            return
+        if layer != "scope":
+            self.problem(file, spec.line_of("fact"), f"{key}: target.scope is known in a group only; "
+                         "use it in scopeKeys")
+        for value in values if isinstance(values, list) else []:
+            if value not in SCOPE_NAMES:
+                self.problem(file, spec.line_of("values"), f"{key}: {value!r} is not a scope; "
+                             f"scopes are {', '.join(SCOPE_NAMES)}")
+
+    def _check_settings(self, file: str, role: str, settings: Any) -> None:
+        if not isinstance(settings, LineDict):
+            return
+        for name, value in settings.items():
+            if name not in ROLE_SETTINGS:
+                self.problem(file, settings.line_of(name), f"role {role}: unknown setting {name!r}; "
+                             f"settings are {', '.join(ROLE_SETTINGS)}")
+            elif value not in ROLE_SETTINGS[name]:
+                self.problem(file, settings.line_of(name), f"role {role}: settings.{name} must be one of "
+                             f"{', '.join(ROLE_SETTINGS[name])}; got {value!r}")
+
+    def _check_role_defaults(self, keys: dict[str, PermissionDef], role_ids: set[str]) -> None:
+        """A catalogue default of a rolesStringArray must name roles that exist."""
+        for defn in keys.values():
+            if defn.type == "rolesStringArray" and defn.default:
+                for role in defn.default:
+                    if role not in role_ids | {"default"}:
+                        self.problem("catalogue.yaml", self.key_lines[(defn.layer, defn.key)],
+                                     f"{defn.key}: default names role {role!r}, which does not exist")
+
+
+def _role_ids(doc: LineDict) -> set[str]:
+    roles = doc.get("roles")
+    return {r for r in roles if isinstance(r, str)} | {"default"} if isinstance(roles, dict) else {"default"}
+
+
+def _repeated(items: list[Any]) -> list[Any]:
+    """Items that occur more than once (each once, in order)."""
+    seen: list[Any] = []
+    repeated: list[Any] = []
+    for item in items:
+        if item in seen and item not in repeated:
+            repeated.append(item)
+        seen.append(item)
+    return repeated
 
 
 def _empty() -> LineDict:
