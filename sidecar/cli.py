@@ -14,7 +14,7 @@ EXIT_INVALID_POLICY = 3
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="chatauthz", description="Authorization sidecar for chat services.")
     commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="serve the HTTP API (gunicorn)")
+    serve = commands.add_parser("serve", help="serve the HTTP API (granian or gunicorn)")
     serve.add_argument("--host", help="address to bind (CHATAUTHZ_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (CHATAUTHZ_PORT, default 8787)")
     serve.add_argument("--data-dir", help="data folder (CHATAUTHZ_DATA_DIR, default ./data)")
@@ -36,6 +36,11 @@ def main(argv: list[str] | None = None) -> int:
                        help="fraction of decisions to log, 0-1 (CHATAUTHZ_DECISION_LOG_SAMPLE)")
     from sidecar.commands import add_commands  # check, authorize, export
     add_commands(commands)
+    probe = commands.add_parser("healthcheck", help="exit 0 when the local sidecar is ready (container probes)")
+    probe.add_argument("--url", help="base URL (default http://127.0.0.1:<CHATAUTHZ_PORT or 8787>)")
+    probe.add_argument("--live", action="store_true", help="check liveness only (/health/live)")
+    probe.add_argument("--timeout", type=float, default=3.0, help="seconds to wait (default 3)")
+    probe.set_defaults(run=healthcheck)
     args = parser.parse_args(argv)
     if args.command != "serve":
         return int(args.run(args))
@@ -53,6 +58,23 @@ def main(argv: list[str] | None = None) -> int:
     return serve_forever(settings)
 
 
+def healthcheck(args: argparse.Namespace) -> int:
+    """GET /health/ready (or /health/live); print the answer; 0 when it is 200, else 1."""
+    import urllib.error
+    import urllib.request
+    base = args.url or f"http://127.0.0.1:{Settings.from_env().port}"
+    url = base.rstrip("/") + ("/health/live" if args.live else "/health/ready")
+    try:
+        with urllib.request.urlopen(url, timeout=args.timeout) as response:  # noqa: S310 - local probe
+            print(response.read().decode("utf-8", "replace"))
+            return 0
+    except urllib.error.HTTPError as exc:
+        print(exc.read().decode("utf-8", "replace"))
+    except (OSError, ValueError) as exc:
+        print(f"chatauthz healthcheck: {url}: {exc}", file=sys.stderr)
+    return 1
+
+
 def serve_forever(settings: Settings) -> int:
     from sidecar.keys import load_keys
     from sidecar.policy import load_policy
@@ -62,6 +84,7 @@ def serve_forever(settings: Settings) -> int:
         print(f"chatauthz: refusing to start: {exc}", file=sys.stderr)
         return EXIT_INVALID_POLICY
     keys = load_keys(settings.data_dir, settings.api_key, settings.authorize_key)
+    from sidecar.logs import redact
     where = f"Redis {redact(settings.redis_url)}" if settings.redis_url else f"{settings.data_dir.resolve()}"
     print(f"chatauthz: listening on http://{settings.host}:{settings.port} "
           f"({settings.workers} worker(s), state in {where})", flush=True)
@@ -71,14 +94,6 @@ def serve_forever(settings: Settings) -> int:
     return 0
 
 
-def redact(url: str) -> str:
-    """A URL without its password, for logs."""
-    from urllib.parse import urlsplit, urlunsplit
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
 
 
 if __name__ == "__main__":

@@ -46,6 +46,8 @@ def _metrics_dir(settings: Settings) -> None:
 def worker_app() -> Any:
     """The app for one worker process, which exits if its server process dies (even by SIGKILL)."""
     from sidecar.api import create_app
+    from sidecar.logs import configure
+    configure()
     app = create_app(Settings.from_env())
     _exit_with_parent()
     _reload_on_sighup(app.extensions["chatauthz"])
@@ -92,6 +94,8 @@ def _gunicorn(settings: Settings) -> Any:
 
         def load(self) -> Any:
             from sidecar.api import create_app
+            from sidecar.logs import configure
+            configure()
             return create_app(Settings.from_env())
 
     return App()

@@ -17,6 +17,7 @@ from flask import Flask
 from sidecar.api.auth import authenticate
 from sidecar.api.authorize import authorize_many, authorize_one
 from sidecar.errors import BadRequestError, ChatAuthzError
+from sidecar.logs import take_request_id
 from sidecar.metrics import observe_request
 
 log = logging.getLogger("chatauthz.api")
@@ -40,6 +41,7 @@ class AuthorizeFastPath:
         if environ.get("REQUEST_METHOD") != "POST" or path not in ("/authorize", "/authorize/batch"):
             return self.flask_wsgi(environ, start_response)  # type: ignore[no-any-return]
         started = time.perf_counter()
+        rid = take_request_id(environ.get("HTTP_X_REQUEST_ID"))
         try:
             authenticate(self.keys, environ.get("HTTP_APIKEY", ""), True)
             body = self._json(environ)
@@ -55,7 +57,7 @@ class AuthorizeFastPath:
                                               "server log."}}
         data = orjson.dumps(payload)
         start_response(STATUS_LINES.get(status, f"{status} ERROR"),
-                       [*JSON_HEADERS, ("Content-Length", str(len(data)))])
+                       [*JSON_HEADERS, ("Content-Length", str(len(data))), ("X-Request-Id", rid)])
         observe_request(path, "POST", status, time.perf_counter() - started)
         return [data]
 

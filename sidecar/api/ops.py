@@ -1,11 +1,15 @@
-"""GET /metrics (Prometheus) and per-request latency for every Flask route."""
+"""GET /metrics (Prometheus); per-request latency, request id and a log line for every Flask route."""
 from __future__ import annotations
 
+import logging
 import time
 
 from flask import Blueprint, Flask, Response, current_app, g, request
 
 from sidecar import metrics
+from sidecar.logs import take_request_id
+
+log = logging.getLogger("chatauthz.api")
 
 bp = Blueprint("ops", __name__)
 
@@ -23,11 +27,17 @@ def install_request_timing(app: Flask) -> None:
     @app.before_request
     def start_timer() -> None:
         g.started = time.perf_counter()
+        g.request_id = take_request_id(request.headers.get("X-Request-Id"))
 
     @app.after_request
     def record(response: Response) -> Response:
         started = g.get("started")
+        route = request.url_rule.rule if request.url_rule else "unmatched"
         if started is not None:
-            route = request.url_rule.rule if request.url_rule else "unmatched"
             metrics.observe_request(route, request.method, response.status_code, time.perf_counter() - started)
+        if g.get("request_id"):
+            response.headers["X-Request-Id"] = g.request_id
+        if request.method != "GET" and route != "unmatched":
+            log.info("%s %s -> %s", request.method, request.path, response.status_code,
+                     extra={"actor": g.get("actor"), "route": route, "status": response.status_code})
         return response

@@ -1,0 +1,60 @@
+"""Structured JSON logs, one object a line, each with the request id of the request it serves.
+
+The request id comes from X-Request-Id (when it is a sane token) or is made; secrets never
+reach a log: api keys are never passed to a logger, and URLs are logged through `redact`.
+"""
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import re
+import sys
+import time
+import uuid
+from urllib.parse import urlsplit, urlunsplit
+
+request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+_TOKEN = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def take_request_id(header: str | None) -> str:
+    """The caller's X-Request-Id if it is a sane token, else a new one; set for this context."""
+    value = header if header and _TOKEN.match(header) else uuid.uuid4().hex
+    request_id.set(value)
+    return value
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+                 + f".{int(record.msecs):03d}Z", "level": record.levelname, "logger": record.name,
+                 "message": record.getMessage()}
+        rid = request_id.get()
+        if rid:
+            entry["requestId"] = rid
+        for key in ("actor", "route", "status", "revision"):
+            if hasattr(record, key):
+                entry[key] = getattr(record, key)
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def configure(level: str = "INFO") -> None:
+    """JSON lines on stderr for the chatauthz loggers."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger("chatauthz")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def redact(url: str) -> str:
+    """A URL without its password."""
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
