@@ -76,13 +76,16 @@ def healthcheck(args: argparse.Namespace) -> int:
 
 
 def serve_forever(settings: Settings) -> int:
+    from sidecar.compose import load_with_fallback
     from sidecar.keys import load_keys
-    from sidecar.policy import load_policy
     try:
-        load_policy(settings.policies, settings.model_path)  # refuse to start on an invalid policy
+        _, problems = load_with_fallback(settings)  # refuse to start with no valid policy at all
     except PolicyError as exc:
         print(f"chatauthz: refusing to start: {exc}", file=sys.stderr)
         return EXIT_INVALID_POLICY
+    if problems:
+        print("chatauthz: the policy files are invalid; serving the last good policy kept in the data "
+              "folder:\n  " + "\n  ".join(problems), file=sys.stderr, flush=True)
     keys = load_keys(settings.data_dir, settings.api_key, settings.authorize_key)
     from sidecar.logs import redact
     where = f"Redis {redact(settings.redis_url)}" if settings.redis_url else f"{settings.data_dir.resolve()}"

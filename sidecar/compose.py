@@ -28,7 +28,7 @@ def open_store(settings: Settings) -> Store:
     """Redis when configured, else the embedded SQLite file in the data folder."""
     if settings.redis_url:
         return RedisStore(settings.redis_url, settings.redis_prefix, settings.redis_timeout_s)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # state and keys: owner only
     return SQLiteStore(settings.data_dir / "chatauthz.sqlite3")
 
 
@@ -100,7 +100,7 @@ def _read_texts(policy_dir: Path, model: Path) -> tuple[dict[str, str], str]:
 def _save_last_good(folder: Path, texts: dict[str, str], model_text: str) -> None:
     """Write atomically (temp files, then rename), so a crash never leaves half a policy."""
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         for name, text in [*texts.items(), ("model.conf", model_text)]:
             temp = folder / f".{name}.tmp"
             temp.write_text(text, encoding="utf-8")

@@ -8,6 +8,9 @@ from pathlib import Path
 from typing import Any
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
+# The shipped policies sit next to the package in a source checkout (and an editable install);
+# an installed wheel has none: then ./policies, or CHATAUTHZ_POLICIES.
+DEFAULT_POLICIES = PROJECT_DIR / "policies" if (PROJECT_DIR / "policies").is_dir() else Path("policies")
 
 
 @dataclass(frozen=True)
@@ -15,7 +18,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8787
     data_dir: Path = Path("data")
-    policies: Path = PROJECT_DIR / "policies"
+    policies: Path = DEFAULT_POLICIES
     model: Path | None = None  # default: <policies>/../model.conf
     workers: int = 1
     threads: int = 1

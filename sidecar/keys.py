@@ -44,7 +44,7 @@ def load_keys(data_dir: Path, api_key: str | None, authorize_key: str | None) ->
         return KeyRing([ApiKey("admin", api_key, FULL_ACCESS), *extra], "CHATAUTHZ_API_KEY")
     path = data_dir / KEY_FILE
     if not path.exists():
-        data_dir.mkdir(parents=True, exist_ok=True)
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as handle:
             json.dump([{"name": "admin", "key": secrets.token_urlsafe(32), "scope": FULL_ACCESS}], handle)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from sidecar.api import authorize, changes, errors, groups, health, ops, roles
+from sidecar.api import authorize, changes, errors, groups, health, openapi, ops, roles
 from sidecar.api.auth import install_auth
 from sidecar.api.fastpath import AuthorizeFastPath
 from sidecar.api.ops import install_request_timing
@@ -29,7 +29,7 @@ def create_app(settings: Settings | None = None, *, sidecar: Sidecar | None = No
     errors.install(app)
     install_auth(app)
     install_request_timing(app)
-    for blueprint in (authorize.bp, roles.bp, groups.bp, changes.bp, health.bp, ops.bp):
+    for blueprint in (authorize.bp, roles.bp, groups.bp, changes.bp, health.bp, ops.bp, openapi.bp):
         app.register_blueprint(blueprint)
     app.wsgi_app = AuthorizeFastPath(app, MAX_BODY_BYTES)  # type: ignore[method-assign]
     return app

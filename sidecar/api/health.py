@@ -1,4 +1,9 @@
-"""Liveness and readiness, each with a JSON body that says why."""
+"""Liveness and readiness, each with a JSON body that says why.
+
+/health/ready is 503 when this sidecar cannot answer from current state (store unreachable,
+sync down, past --max-staleness); 200 "degraded" when it serves correctly but something
+needs an operator (the policy files on disk are invalid: the last good policy serves).
+"""
 from __future__ import annotations
 
 from typing import Any
@@ -32,15 +37,18 @@ def ready() -> tuple[Response, int]:
             core.refresh()
         except ChatAuthzError as exc:
             problems.append(exc.message)
+    warnings: list[str] = []  # degraded but serving correctly: stay in the load balancer
     if core.policy_problems:
-        problems.append(f"the policy files on disk are invalid ({len(core.policy_problems)} problem(s)); "
+        # Every replica reads the same files: failing readiness here would take all of them out
+        # while each still serves the last good policy.
+        warnings.append(f"the policy files on disk are invalid ({len(core.policy_problems)} problem(s)); "
                         f"still serving {core.policy.content_hash}")
         body["policyProblems"] = core.policy_problems
     staleness = core.staleness_s()
     if core.max_staleness_s is not None and staleness > core.max_staleness_s:
         problems.append(f"state is {staleness:.1f}s stale, past --max-staleness")
     body.update(revision=core.state.revision, stalenessSeconds=round(staleness, 3))
-    body["status"] = "degraded" if problems else "ready"
-    if problems:
-        body["reasons"] = problems
+    body["status"] = "degraded" if problems or warnings else "ready"
+    if problems or warnings:
+        body["reasons"] = problems + warnings
     return jsonify({"data": body}), 503 if problems else 200

@@ -58,7 +58,7 @@ def policy_of(settings: Settings) -> PolicySet:
 def state_of(settings: Settings) -> tuple[RuntimeState, str]:
     """The runtime state from Redis or the embedded store (never created here), and its origin."""
     if settings.redis_url:
-        from sidecar.cli import redact
+        from sidecar.logs import redact
         from sidecar.stores.redisstore import RedisStore
         store: Any = RedisStore(settings.redis_url, settings.redis_prefix, settings.redis_timeout_s)
         origin = f"Redis {redact(settings.redis_url)} (prefix {settings.redis_prefix})"

@@ -142,7 +142,6 @@ class _Builder:
         return keys
 
     def _key(self, file: str, key: str, layer: str, spec: LineDict) -> PermissionDef | None:
-        bad = len(self.problems)
         for field_name in spec:
             if field_name not in KEY_FIELDS:
                 self.problem(file, spec.line_of(field_name), f"{key}: unknown field {field_name!r}")
@@ -184,7 +183,9 @@ class _Builder:
                                  defn.values, fact, when, target == "required")
         except ValueError as exc:
             self.problem(file, spec.line_of("default"), f"default: {exc}")
-        return defn if len(self.problems) == bad else None
+        # A key with a problem still counts as defined (its problem is reported): dropping it would
+        # add "unknown action/key" echoes of the same mistake wherever it is used.
+        return defn
 
     def _when(self, file: str, key: str, spec: LineDict) -> dict[str, tuple[str, ...]]:
         when = spec.get("when")
@@ -302,7 +303,7 @@ class _Builder:
         for name in SCOPE_NAMES:
             if name not in scopes and entries:
                 self.problem(file, entries.line, f"scope {name} is missing")
-        if len(scopes) == len(SCOPE_NAMES) and not (
+        if len(scopes) == len(SCOPE_NAMES) and all(s.rank for s in scopes.values()) and not (
                 scopes["admin"].rank > scopes["moderator"].rank > scopes["participant"].rank):
             self.problem(file, entries.line, "ranks must order admin > moderator > participant")
         return scopes
@@ -400,9 +401,9 @@ class _Builder:
     def _check_role_defaults(self, keys: dict[str, PermissionDef], role_ids: set[str]) -> None:
         """A catalogue default of a rolesStringArray must name roles that exist."""
         for defn in keys.values():
-            if defn.type == "rolesStringArray" and defn.default:
+            if defn.type == "rolesStringArray" and isinstance(defn.default, list):
                 for role in defn.default:
-                    if role not in role_ids | {"default"}:
+                    if isinstance(role, str) and role not in role_ids | {"default"}:
                         self.problem("catalogue.yaml", self.key_lines[(defn.layer, defn.key)],
                                      f"{defn.key}: default names role {role!r}, which does not exist")
 

@@ -120,7 +120,9 @@ class _SuiteLoader:
             name = self.file
         if data.get("version", 1) != 1:
             self.problem(data.line_of("version"), "version must be 1")
+        before = len(self.problems)
         shared = WorldBuilder(self.policy, self.problem).ops(data.get("world"), data.line_of("world"), ())
+        world_ok = len(self.problems) == before  # a broken world would make every case misleading
         cases = data.get("cases")
         if not isinstance(cases, list) or not cases:
             self.problem(data.line_of("cases"), "cases must be a non-empty list")
@@ -136,7 +138,7 @@ class _SuiteLoader:
                 continue
             seen[case.name] = case.line
             result.append(case)
-        return result
+        return result if world_ok else []
 
     def case(self, suite: str, spec: Any, number: int, shared: list[Op], cases_line: int) -> Case | None:
         if not isinstance(spec, LineDict):
@@ -147,13 +149,15 @@ class _SuiteLoader:
         if not isinstance(name, str) or not name.strip():
             self.problem(spec.line, f"case {number}: name must be a non-empty string")
             name = f"case {number}"
+        before = len(self.problems)
         ops = WorldBuilder(self.policy, self.problem).ops(spec.get("world"), spec.line_of("world"), shared)
+        world_ok = len(self.problems) == before
         checks = spec.get("checks")
         if not isinstance(checks, list) or not checks:
             self.problem(spec.line_of("checks"), f"case {name!r}: checks must be a non-empty list")
             return None
         built = [self.check(name, c, i, spec.line_of("checks")) for i, c in enumerate(checks, start=1)]
-        if any(c is None for c in built):
+        if any(c is None for c in built) or not world_ok:
             return None
         return Case(suite, name, self.file, spec.line, tuple(shared) + tuple(ops),
                     tuple(c for c in built if c is not None))

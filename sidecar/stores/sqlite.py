@@ -6,6 +6,7 @@ write's ops under its revision, so workers catch up by replaying only what is ne
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -64,7 +65,12 @@ class SQLiteStore:
         self.busy_timeout_s = busy_timeout_s
         self._local = threading.local()
         try:
-            self._conn().executescript(SCHEMA)
+            old_umask = os.umask(0o077)  # the database and its WAL files: owner only
+            try:
+                self._conn().executescript(SCHEMA)
+                self._conn().execute("SELECT 1 FROM meta").fetchall()
+            finally:
+                os.umask(old_umask)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the embedded store {self.path}: {exc}") from exc
 
