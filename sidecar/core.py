@@ -25,6 +25,7 @@ from sidecar.stores.base import ResyncNeeded, Store
 
 log = logging.getLogger("chatauthz.core")
 STALE_CODE = "ERR_STATE_TOO_STALE"
+NOT_LOADED_CODE = "ERR_STATE_NOT_LOADED"
 
 
 class Sidecar:
@@ -44,7 +45,14 @@ class Sidecar:
         self._lock = threading.RLock()        # guards self.state for decisions and applies
         self._write_lock = threading.Lock()   # one writer at a time in this process
         self._catch_up_lock = threading.Lock()
-        self.state: RuntimeState = store.load()  # a store gone before the first load: no Sidecar
+        self.loaded = True
+        try:
+            self.state: RuntimeState = store.load()
+        except StoreError as exc:
+            if not synced:
+                raise  # the embedded file must open; Redis may come later
+            log.error("starting without state: %s; denying until the first load", exc.message)
+            self.state, self.loaded = RuntimeState(), False
         self.last_heard = time.monotonic()
         self.store_error: str | None = None
         self.sync: Any = None  # a RedisSync when synced (set by sidecar.compose)
@@ -112,6 +120,7 @@ class Sidecar:
                 fresh = self.store.load()
                 with self._lock:
                     self.state = fresh
+                    self.loaded = True
             self.last_heard = time.monotonic()
 
     def _apply_entries(self, entries: list[tuple[int, list[Op]]]) -> None:
@@ -137,8 +146,13 @@ class Sidecar:
         engine = self.engine
         started = time.perf_counter()
         with self._lock:
-            if self.max_staleness_s is not None and stale > self.max_staleness_s:
-                decision = self._too_stale(engine, request, stale)
+            if not self.loaded:
+                decision = self._refuse(engine, request, NOT_LOADED_CODE, "this sidecar has not loaded "
+                                        "its state from the store yet; it denies until it has")
+            elif self.max_staleness_s is not None and stale > self.max_staleness_s:
+                decision = self._refuse(engine, request, STALE_CODE, f"this sidecar last heard from its "
+                                        f"store {stale:.1f}s ago, more than the {self.max_staleness_s}s "
+                                        "allowed (--max-staleness); it denies until it catches up")
             else:
                 decision = engine.decide(request, self.state)
         elapsed = time.perf_counter() - started
@@ -151,11 +165,10 @@ class Sidecar:
             self.decision_log.record(request, body)
         return body
 
-    def _too_stale(self, engine: Engine, request: AuthzRequest, stale: float) -> Decision:
+    def _refuse(self, engine: Engine, request: AuthzRequest, code: str, reason: str) -> Decision:
+        """Fail closed: a valid request denied because the state cannot be trusted."""
         engine.validate(request)
-        return Decision(False, f"this sidecar last heard from its store {stale:.1f}s ago, more than "
-                        f"the {self.max_staleness_s}s allowed (--max-staleness); it denies until it "
-                        "catches up", "store", self.state.users.get(request.uid, "default"), STALE_CODE,
+        return Decision(False, reason, "store", self.state.users.get(request.uid, "default"), code,
                         None, self.state.revision, engine.policy.content_hash)
 
     def decision_body(self, decision: Decision) -> dict[str, Any]:
@@ -196,7 +209,7 @@ class Sidecar:
                 with self._lock:
                     return [with_before(self.state, op) for op in plan(policy, self.state)]
             try:
-                revision, ops = self.store.write(planned, actor, self.state)
+                revision, ops = self.store.write(planned, actor)
             except StoreError:
                 self.store_errors += 1
                 raise

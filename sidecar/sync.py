@@ -16,6 +16,7 @@ import redis
 log = logging.getLogger("chatauthz.sync")
 
 NOT_READY, OK, DEGRADED = "NOT_READY", "OK", "DEGRADED"
+MIN_BACKOFF_S = 0.1
 
 
 class RedisSync:
@@ -27,6 +28,7 @@ class RedisSync:
         self.interval_s = interval_s
         self.max_backoff_s = max_backoff_s
         self.status = NOT_READY
+        self._backoff = MIN_BACKOFF_S
         self.message = "not started"
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="chatauthz-sync", daemon=True)
@@ -39,17 +41,14 @@ class RedisSync:
         self._thread.join(timeout=5)
 
     def _run(self) -> None:
-        backoff = 0.1
         while not self._stop.is_set():
             try:
                 self._listen()
             except Exception as exc:  # any failure: report, back off, reconnect, catch up
                 self.status, self.message = DEGRADED, f"{type(exc).__name__}: {exc}"
-                log.warning("sync with Redis failed (retrying in %.1fs): %s", backoff, self.message)
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, self.max_backoff_s)
-            else:
-                backoff = 0.1
+                log.warning("sync with Redis failed (retrying in %.1fs): %s", self._backoff, self.message)
+                self._stop.wait(self._backoff)
+                self._backoff = min(self._backoff * 2, self.max_backoff_s)
 
     def _listen(self) -> None:
         pubsub = self.client.pubsub(ignore_subscribe_messages=True)
@@ -57,6 +56,7 @@ class RedisSync:
             pubsub.subscribe(self.channel)
             self.catch_up()  # whatever was published while we were away
             self.status, self.message = OK, "subscribed"
+            self._backoff = MIN_BACKOFF_S  # healthy again: the next failure starts from the bottom
             last_check = time.monotonic()
             while not self._stop.is_set():
                 message = pubsub.get_message(timeout=min(self.interval_s, 0.5))

@@ -27,6 +27,8 @@ def ready() -> tuple[Response, int]:
     core = sidecar()
     body: dict[str, Any] = {"policyHash": core.policy.content_hash}
     problems: list[str] = []
+    if not core.loaded:
+        problems.append("the state has not been loaded from the store yet")
     if core.synced:
         status = core.sync.status if core.sync else "NOT_READY"
         body["sync"] = {"status": status, "message": core.sync.message if core.sync else "no sync"}

@@ -29,11 +29,11 @@ class Store(Protocol):
     def changed(self) -> bool:
         """Cheap check: may another process have committed since this was last asked?"""
 
-    def write(self, plan: Plan, actor: str, state: RuntimeState) -> tuple[int, list[Op]]:
+    def write(self, plan: Plan, actor: str) -> tuple[int, list[Op]]:
         """Run plan() inside one exclusive transaction and commit its ops with a new revision.
 
         plan may read (through changes_since) and raise to refuse; then nothing is written.
-        `state` is the caller's state, caught up by plan(); a store may use it to expand ops.
+        Ops apply in order and each is absolute, so a store needs no reader's memory.
         Returns (revision, ops); with no ops nothing is written and the revision is unchanged.
         """
 

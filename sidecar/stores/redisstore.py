@@ -1,21 +1,26 @@
 """The distributed store: runtime state in Redis, shared by every sidecar on every host.
 
-Keys (all under a prefix, so several apps can share one Redis):
-  rev        the revision counter            epoch     an id that changes if Redis loses its data
-  journal    hash revision -> {at, actor, ops} (the last JOURNAL_KEEP writes)
-  roles, roleperms, restricted, users, owners, members ("guid uid" -> scope), bans ("guid uid"),
-  overrides (guid -> {scope: {key: value}})                                  all hashes
-  channel    pub/sub: {"epoch", "revision"} after every write (a hint; the journal is the truth)
-A write is WATCH rev -> catch up -> plan -> MULTI (ops, INCR rev, journal, PUBLISH) -> EXEC:
-it commits only if nobody else wrote meanwhile (then it retries), and a failed write changes
-nothing. This is the only module that talks to Redis for state; its errors become StoreError.
+Keys, all under a prefix so that several apps can share one Redis:
+  rev, epoch                 the revision counter; an id that changes if Redis loses its data
+  journal                    hash revision -> {at, actor, ops} (the last JOURNAL_KEEP writes)
+  roles, restricted          hashes role -> JSON        roleperms:<role>   hash key -> JSON
+  users                      hash uid -> role           roleusers:<role>   set of uids (index)
+  owners                     hash guid -> owner         members:<guid>     hash uid -> scope
+  bans:<guid>                set of uids                overrides:<guid>   hash "scope key" -> JSON
+  channel                    pub/sub {"epoch", "revision"} after every write (a hint only)
+Every op is an absolute command on one entity's keys (the few that must read first are Lua
+scripts), so the ops of a write apply in order inside MULTI with no help from any sidecar's
+memory. A write is WATCH rev -> catch up -> plan -> MULTI(ops, rev, journal, PUBLISH) -> EXEC;
+it commits only if nobody wrote meanwhile (else it retries after a short random pause).
+This is the only module that talks to Redis for state; its errors become StoreError.
 """
 from __future__ import annotations
 
 import json
+import random
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Iterator
 from typing import Any
 
 import redis
@@ -25,9 +30,31 @@ from sidecar.state import Op, RuntimeState
 from sidecar.stores.base import Plan, ResyncNeeded
 
 JOURNAL_KEEP = 50_000
-WRITE_RETRIES = 50
-SCAN_COUNT = 10_000
-SEP = " "  # ids are alpha-dash, so a space cannot occur inside one
+WRITE_RETRIES = 30
+BATCH = 500
+
+# KEYS[1] users hash; ARGV: uid, role, roleusers key prefix
+PUT_USER = """
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+if old then redis.call('SREM', ARGV[3] .. old, ARGV[1]) end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('SADD', ARGV[3] .. ARGV[2], ARGV[1])
+"""
+# KEYS[1] users hash; ARGV: uid, roleusers key prefix
+DELETE_USER = """
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+if old then
+  redis.call('SREM', ARGV[2] .. old, ARGV[1])
+  redis.call('HDEL', KEYS[1], ARGV[1])
+end
+"""
+# KEYS[1] users hash, KEYS[2] roleusers:<role>: the role's users go back to default
+DELETE_ROLE_USERS = """
+local uids = redis.call('SMEMBERS', KEYS[2])
+for i = 1, #uids do redis.call('HDEL', KEYS[1], uids[i]) end
+redis.call('DEL', KEYS[2])
+return #uids
+"""
 
 
 class RedisStore:
@@ -38,17 +65,14 @@ class RedisStore:
                                            decode_responses=True, health_check_interval=5)
         self.channel = self.key("channel")
         self.epoch: str | None = None  # the epoch of the data this sidecar holds
+        self._put_user = self.client.register_script(PUT_USER)
+        self._delete_user = self.client.register_script(DELETE_USER)
+        self._delete_role_users = self.client.register_script(DELETE_ROLE_USERS)
 
     def key(self, name: str) -> str:
         return self.prefix + name
 
     # -- reads -----------------------------------------------------------------------------
-    def current_epoch(self) -> str:
-        """Redis's epoch, creating one if Redis is new or lost its data."""
-        with _mapped("read the epoch"):
-            self.client.set(self.key("epoch"), uuid.uuid4().hex, nx=True)
-            return str(self.client.get(self.key("epoch")))
-
     def revision(self) -> int:
         with _mapped("read the revision"):
             return int(self.client.get(self.key("rev")) or 0)
@@ -56,29 +80,47 @@ class RedisStore:
     def load(self) -> RuntimeState:
         """Everything, without blocking Redis: scan, then replay what was written meanwhile."""
         with _mapped("load the runtime state"):
-            epoch = self.current_epoch()
+            self.client.set(self.key("epoch"), uuid.uuid4().hex, nx=True)  # a new or emptied Redis
+            epoch = self.client.get(self.key("epoch"))
             start = self.revision()
             state = RuntimeState(revision=start)
-            state.roles = {k: json.loads(v) for k, v in self._scan("roles")}
-            state.role_permissions = {k: json.loads(v) for k, v in self._scan("roleperms")}
-            state.restricted = {k: frozenset(json.loads(v)) for k, v in self._scan("restricted")}
             shared: dict[str, str] = {}  # one str object per role and scope name, not one per entry
-            state.users = {uid: shared.setdefault(role, role) for uid, role in self._scan("users")}
-            state.owners = dict(self._scan("owners"))
-            for pair, scope in self._scan("members"):
-                guid, uid = pair.split(SEP, 1)
-                state.members.setdefault(guid, {})[uid] = shared.setdefault(scope, scope)
-            for pair, _ in self._scan("bans"):
-                guid, uid = pair.split(SEP, 1)
-                state.bans.setdefault(guid, set()).add(uid)
-            state.overrides = {k: json.loads(v) for k, v in self._scan("overrides")}
+            state.roles = {r: json.loads(v) for r, v in self._hscan("roles")}
+            state.restricted = {r: frozenset(json.loads(v)) for r, v in self._hscan("restricted")}
+            state.users = {uid: shared.setdefault(role, role) for uid, role in self._hscan("users")}
+            state.owners = dict(self._hscan("owners"))
+            for role, perms in self._per_entity("roleperms:", "hgetall"):
+                state.role_permissions[role] = {k: json.loads(v) for k, v in perms.items()}
+            for guid, members in self._per_entity("members:", "hgetall"):
+                state.members[guid] = {uid: shared.setdefault(s, s) for uid, s in members.items()}
+            for guid, banned in self._per_entity("bans:", "smembers"):
+                state.bans[guid] = set(banned)
+            for guid, values in self._per_entity("overrides:", "hgetall"):
+                scopes: dict[str, dict[str, Any]] = {}
+                for field, value in values.items():
+                    scope, key = field.split(" ", 1)
+                    scopes.setdefault(scope, {})[key] = json.loads(value)
+                state.overrides[guid] = scopes
             self.epoch = epoch
             for revision, ops in self.changes_since(start):  # ops are idempotent: safe to replay
                 state.apply_all(ops, revision)
             return state
 
-    def _scan(self, name: str) -> list[tuple[str, str]]:
-        return list(self.client.hscan_iter(self.key(name), count=SCAN_COUNT))
+    def _hscan(self, name: str) -> Iterator[tuple[str, str]]:
+        return self.client.hscan_iter(self.key(name), count=10_000)
+
+    def _per_entity(self, kind: str, command: str) -> Iterator[tuple[str, Any]]:
+        """(entity id, value) for every key prefix+kind+<id>, fetched in pipelined batches."""
+        keys = list(self.client.scan_iter(match=self.key(kind) + "*", count=10_000))
+        for start in range(0, len(keys), BATCH):
+            batch = keys[start:start + BATCH]
+            with self.client.pipeline(transaction=False) as pipe:
+                for key in batch:
+                    getattr(pipe, command)(key)
+                values = pipe.execute()
+            for key, value in zip(batch, values, strict=True):
+                if value:
+                    yield key[len(self.key(kind)):], value
 
     def changes_since(self, revision: int) -> list[tuple[int, list[Op]]]:
         with _mapped("read the journal"):
@@ -103,36 +145,13 @@ class RedisStore:
             found = [{"revision": r, **json.loads(e)} for r, e in zip(revisions, entries, strict=True) if e]
             return max(0, current - oldest + 1), found
 
-    def reseed(self, state: RuntimeState) -> bool:
-        """Redis lost its data (no revision key) while we hold some: write ours back.
-
-        One sidecar wins (a short lock); it writes the whole state at its revision under a new
-        epoch, so every other sidecar resyncs to it. Returns True if this call reseeded.
-        """
-        with _mapped("reseed"):
-            if state.revision == 0 or self.client.exists(self.key("rev")):
-                return False
-            if not self.client.set(self.key("reseed-lock"), uuid.uuid4().hex, nx=True, ex=60):
-                return False
-            epoch = uuid.uuid4().hex
-            with self.client.pipeline(transaction=True) as pipe:
-                pipe.delete(*[self.key(t) for t in ("roles", "roleperms", "restricted", "users", "owners",
-                                                    "members", "bans", "overrides", "journal")])
-                _put_all(pipe, self.key, state)
-                pipe.set(self.key("rev"), state.revision)
-                pipe.set(self.key("epoch"), epoch)
-                pipe.delete(self.key("reseed-lock"))
-                pipe.publish(self.channel, json.dumps({"epoch": epoch, "revision": state.revision}))
-                pipe.execute()
-            return True
-
     def changed(self) -> bool:
         return False  # the sync thread applies changes; requests never wait on Redis
 
     # -- writes ----------------------------------------------------------------------------
-    def write(self, plan: Plan, actor: str, state: RuntimeState) -> tuple[int, list[Op]]:
+    def write(self, plan: Plan, actor: str) -> tuple[int, list[Op]]:
         with _mapped("write"):
-            for _ in range(WRITE_RETRIES):
+            for attempt in range(WRITE_RETRIES):
                 with self.client.pipeline(transaction=True) as pipe:
                     try:
                         pipe.watch(self.key("rev"), self.key("epoch"))
@@ -144,99 +163,117 @@ class RedisStore:
                         revision = current + 1
                         pipe.multi()
                         for op in ops:
-                            _apply(pipe, self.key, op, state)
-                        pipe.set(self.key("rev"), revision)
-                        entry = {"at": time.time(), "actor": actor, "ops": ops}
-                        pipe.hset(self.key("journal"), str(revision), json.dumps(entry, separators=(",", ":")))
-                        if revision > JOURNAL_KEEP:
-                            pipe.hdel(self.key("journal"), str(revision - JOURNAL_KEEP))
-                        pipe.publish(self.channel, json.dumps({"epoch": self.epoch, "revision": revision}))
+                            self._queue(pipe, op)
+                        self._commit(pipe, revision, actor, ops)
                         pipe.execute()
                         return revision, ops
                     except redis.WatchError:
-                        continue
+                        time.sleep(random.uniform(0, min(0.05, 0.001 * 2 ** attempt)))
             raise StoreError("too many concurrent writes; try again", status=503)
+
+    def _commit(self, pipe: Any, revision: int, actor: str, ops: list[Op]) -> None:
+        pipe.set(self.key("rev"), revision)
+        entry = {"at": time.time(), "actor": actor, "ops": ops}
+        pipe.hset(self.key("journal"), str(revision), json.dumps(entry, separators=(",", ":")))
+        if revision > JOURNAL_KEEP:
+            pipe.hdel(self.key("journal"), str(revision - JOURNAL_KEEP))
+        pipe.publish(self.channel, json.dumps({"epoch": self.epoch, "revision": revision}))
+
+    def _queue(self, pipe: Any, op: Op) -> None:
+        """Queue one op as absolute commands on its entity's keys."""
+        key, name = self.key, op["op"]
+        if name == "put_role":
+            pipe.hset(key("roles"), op["role"], json.dumps(op["record"]))
+        elif name == "delete_role":
+            pipe.hdel(key("roles"), op["role"])
+            pipe.hdel(key("restricted"), op["role"])
+            pipe.delete(key("roleperms:" + op["role"]))
+            self._delete_role_users(keys=[key("users"), key("roleusers:" + op["role"])], client=pipe)
+        elif name == "set_role_permissions":
+            pipe.hset(key("roleperms:" + op["role"]), mapping={k: json.dumps(v) for k, v in op["values"].items()})
+        elif name == "unset_role_permission":
+            pipe.hdel(key("roleperms:" + op["role"]), op["key"])
+        elif name == "set_restricted_features":
+            pipe.hset(key("restricted"), op["role"], json.dumps(sorted(op["features"])))
+        elif name == "put_user":
+            self._put_user(keys=[key("users")], args=[op["uid"], op["role"], key("roleusers:")], client=pipe)
+        elif name == "delete_user":
+            self._delete_user(keys=[key("users")], args=[op["uid"], key("roleusers:")], client=pipe)
+        elif name == "put_group":
+            pipe.hset(key("owners"), op["guid"], op["owner"])
+        elif name == "delete_group":
+            pipe.hdel(key("owners"), op["guid"])
+            pipe.delete(*(key(kind + op["guid"]) for kind in ("members:", "bans:", "overrides:")))
+        elif name == "put_member":
+            pipe.hset(key("members:" + op["guid"]), op["uid"], op["scope"])
+        elif name == "delete_member":
+            pipe.hdel(key("members:" + op["guid"]), op["uid"])
+        elif name == "ban":
+            pipe.hdel(key("members:" + op["guid"]), op["uid"])
+            pipe.sadd(key("bans:" + op["guid"]), op["uid"])
+        elif name == "unban":
+            pipe.srem(key("bans:" + op["guid"]), op["uid"])
+        elif name == "set_scope_permissions":
+            values = {f"{op['scope']} {k}": json.dumps(v) for k, v in op["values"].items()}
+            pipe.hset(key("overrides:" + op["guid"]), mapping=values)
+        elif name == "unset_scope_permission":
+            pipe.hdel(key("overrides:" + op["guid"]), f"{op['scope']} {op['key']}")
+        else:
+            raise ValueError(f"unknown op {name!r}")
+
+    # -- recovery --------------------------------------------------------------------------
+    def reseed(self, state: RuntimeState) -> bool:
+        """Redis lost its data (no revision key) while we hold some: write ours back.
+
+        One sidecar wins a short lock and writes its whole state at its revision under a new
+        epoch; every other sidecar then resyncs to it. A sidecar that loses the lock must not
+        adopt the empty Redis meanwhile: it gets a StoreError and retries (its sync backs off).
+        """
+        with _mapped("reseed"):
+            if state.revision == 0 or self.client.exists(self.key("rev")):
+                return False
+            if not self.client.set(self.key("reseed-lock"), uuid.uuid4().hex, nx=True, ex=60):
+                raise StoreError("Redis lost its data and another sidecar is restoring it; waiting")
+            epoch = uuid.uuid4().hex
+            with self.client.pipeline(transaction=True) as pipe:
+                stale = list(self.client.scan_iter(match=self.prefix + "*", count=10_000))
+                stale = [k for k in stale if not k.endswith("reseed-lock")]
+                if stale:
+                    pipe.delete(*stale)
+                self._put_all(pipe, state)
+                pipe.set(self.key("rev"), state.revision)
+                pipe.set(self.key("epoch"), epoch)
+                pipe.delete(self.key("reseed-lock"))
+                pipe.publish(self.channel, json.dumps({"epoch": epoch, "revision": state.revision}))
+                pipe.execute()
+            return True
+
+    def _put_all(self, pipe: Any, state: RuntimeState) -> None:
+        key = self.key
+        hashes: dict[str, dict[str, str]] = {
+            key("roles"): {r: json.dumps(rec) for r, rec in state.roles.items()},
+            key("restricted"): {r: json.dumps(sorted(f)) for r, f in state.restricted.items()},
+            key("users"): state.users, key("owners"): state.owners}
+        hashes.update({key("roleperms:" + r): {k: json.dumps(v) for k, v in p.items()}
+                       for r, p in state.role_permissions.items()})
+        hashes.update({key("members:" + g): m for g, m in state.members.items()})
+        hashes.update({key("overrides:" + g): {f"{s} {k}": json.dumps(v) for s, vals in o.items() for k, v in vals.items()}
+                       for g, o in state.overrides.items()})
+        for name, mapping in hashes.items():
+            items = list(mapping.items())
+            for start in range(0, len(items), 10_000):
+                pipe.hset(name, mapping=dict(items[start:start + 10_000]))
+        sets: dict[str, list[str]] = {key("bans:" + g): sorted(us) for g, us in state.bans.items()}
+        by_role: dict[str, list[str]] = {}
+        for uid, role in state.users.items():
+            by_role.setdefault(role, []).append(uid)
+        sets.update({key("roleusers:" + r): uids for r, uids in by_role.items()})
+        for name, members in sets.items():
+            for start in range(0, len(members), 10_000):
+                pipe.sadd(name, *members[start:start + 10_000])
 
     def close(self) -> None:
         self.client.close()
-
-
-def _apply(pipe: Any, key: Callable[[str], str], op: Op, state: RuntimeState) -> None:
-    """Queue one op; `state` (caught up, before the write) expands ops that touch many fields."""
-    name = op["op"]
-    pair = f"{op.get('guid')}{SEP}{op.get('uid')}"
-    if name == "put_role":
-        pipe.hset(key("roles"), op["role"], json.dumps(op["record"]))
-    elif name == "delete_role":
-        for table in ("roles", "roleperms", "restricted"):
-            pipe.hdel(key(table), op["role"])
-        holders = [uid for uid, role in state.users.items() if role == op["role"]]
-        for start in range(0, len(holders), 10_000):
-            pipe.hdel(key("users"), *holders[start:start + 10_000])
-    elif name in ("set_role_permissions", "unset_role_permission"):
-        perms = dict(state.role_permissions.get(op["role"], {}))
-        if name == "set_role_permissions":
-            perms.update(op["values"])
-        else:
-            perms.pop(op["key"], None)
-        _set_or_delete(pipe, key("roleperms"), op["role"], perms)
-    elif name == "set_restricted_features":
-        pipe.hset(key("restricted"), op["role"], json.dumps(sorted(op["features"])))
-    elif name == "put_user":
-        pipe.hset(key("users"), op["uid"], op["role"])
-    elif name == "delete_user":
-        pipe.hdel(key("users"), op["uid"])
-    elif name == "put_group":
-        pipe.hset(key("owners"), op["guid"], op["owner"])
-    elif name == "delete_group":
-        guid = op["guid"]
-        pipe.hdel(key("owners"), guid)
-        pipe.hdel(key("overrides"), guid)
-        for table, uids in (("members", list(state.members.get(guid, {}))), ("bans", list(state.bans.get(guid, ())))):
-            if uids:
-                pipe.hdel(key(table), *[f"{guid}{SEP}{uid}" for uid in uids])
-    elif name == "put_member":
-        pipe.hset(key("members"), pair, op["scope"])
-    elif name == "delete_member":
-        pipe.hdel(key("members"), pair)
-    elif name == "ban":
-        pipe.hdel(key("members"), pair)
-        pipe.hset(key("bans"), pair, "1")
-    elif name == "unban":
-        pipe.hdel(key("bans"), pair)
-    elif name in ("set_scope_permissions", "unset_scope_permission"):
-        scopes = json.loads(json.dumps(state.overrides.get(op["guid"], {})))
-        values = scopes.setdefault(op["scope"], {})
-        if name == "set_scope_permissions":
-            values.update(op["values"])
-        else:
-            values.pop(op["key"], None)
-        scopes = {scope: vals for scope, vals in scopes.items() if vals}
-        _set_or_delete(pipe, key("overrides"), op["guid"], scopes)
-    else:
-        raise ValueError(f"unknown op {name!r}")
-
-
-def _put_all(pipe: Any, key: Callable[[str], str], state: RuntimeState) -> None:
-    tables: dict[str, dict[str, str]] = {
-        "roles": {r: json.dumps(rec) for r, rec in state.roles.items()},
-        "roleperms": {r: json.dumps(p) for r, p in state.role_permissions.items() if p},
-        "restricted": {r: json.dumps(sorted(f)) for r, f in state.restricted.items()},
-        "users": state.users, "owners": state.owners,
-        "members": {f"{g}{SEP}{u}": s for g, ms in state.members.items() for u, s in ms.items()},
-        "bans": {f"{g}{SEP}{u}": "1" for g, us in state.bans.items() for u in us},
-        "overrides": {g: json.dumps(o) for g, o in state.overrides.items() if o}}
-    for table, mapping in tables.items():
-        items = list(mapping.items())
-        for start in range(0, len(items), 10_000):
-            pipe.hset(key(table), mapping=dict(items[start:start + 10_000]))
-
-
-def _set_or_delete(pipe: Any, table: str, field: str, value: dict[str, Any]) -> None:
-    if value:
-        pipe.hset(table, field, json.dumps(value))
-    else:
-        pipe.hdel(table, field)
 
 
 class _mapped:

@@ -149,7 +149,7 @@ class SQLiteStore:
         self._local.data_version = version
         return True
 
-    def write(self, plan: Plan, actor: str, state: RuntimeState | None = None) -> tuple[int, list[Op]]:
+    def write(self, plan: Plan, actor: str) -> tuple[int, list[Op]]:
         conn = self._conn()
         try:
             conn.execute("BEGIN IMMEDIATE")

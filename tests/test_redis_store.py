@@ -1,0 +1,524 @@
+"""The Redis store's contract, straight against a real redis-server (no HTTP).
+
+The same behaviours as the embedded store: a write commits all its ops or none and bumps the one
+revision counter by one, a no-op write changes nothing, load() equals replaying the journal, keys
+stay under their prefix, concurrent writers never lose an update (WATCH/MULTI), a write while
+Redis is down or hung fails with StoreError (503) and changes nothing, and a sidecar that holds
+state writes it back after Redis lost its data (reseed). Each test uses its own key prefix on one
+module-wide Redis; tests that kill or pause Redis get their own server.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from redis_support import RedisServer, unique
+
+from sidecar.core import Sidecar
+from sidecar.engine import AuthzRequest
+from sidecar.errors import StoreError
+from sidecar.policy import load_policy
+from sidecar.state import Op, RuntimeState
+from sidecar.stores.base import ResyncNeeded
+from sidecar.stores.redisstore import RedisStore
+
+REPO = Path(__file__).resolve().parents[1]
+POLICY = load_policy(REPO / "policies")
+FIELDS = ("revision", "roles", "role_permissions", "restricted", "users", "owners", "members", "bans", "overrides")
+
+# Ops of every kind, in an order that leaves something of each in the final state (and that
+# exercises the ops the Redis store expands from the caller's state: delete_role, delete_group,
+# set/unset role and scope permissions).
+EVERY_OP: list[Op] = [
+    {"op": "put_role", "role": "agent", "record": {"role": "agent", "name": "Agent", "metadata": {"a": [1, 2]},
+                                                   "createdAt": 5}},
+    {"op": "put_role", "role": "temp", "record": {"role": "temp", "name": "Temp", "createdAt": 6}},
+    {"op": "set_role_permissions", "role": "agent",
+     "values": {"createGroup": "deny", "sendMessage.allowedMessageTypes": ["text", "image"],
+                "listUsers.allowedRoles": None, "sendMessage.mode": "friends"}},
+    {"op": "set_role_permissions", "role": "agent", "values": {"blockUser": "deny"}},
+    {"op": "set_role_permissions", "role": "temp", "values": {"blockUser": "deny"}},
+    {"op": "unset_role_permission", "role": "agent", "key": "sendMessage.mode"},
+    {"op": "set_role_permissions", "role": "support", "values": {"editProfile": "deny"}},
+    {"op": "unset_role_permission", "role": "support", "key": "editProfile"},
+    {"op": "set_restricted_features", "role": "agent", "features": ["joinGroup", "createMessage"]},
+    {"op": "set_restricted_features", "role": "restricted", "features": []},
+    {"op": "set_restricted_features", "role": "temp", "features": ["listUsers"]},
+    {"op": "put_user", "uid": "u1", "role": "agent"},
+    {"op": "put_user", "uid": "u2", "role": "temp"},
+    {"op": "put_user", "uid": "u3", "role": "support"},
+    {"op": "put_user", "uid": "u4", "role": "agent"},
+    {"op": "put_user", "uid": "u8", "role": "temp"},
+    {"op": "delete_user", "uid": "u4"},
+    {"op": "delete_role", "role": "temp"},
+    {"op": "put_group", "guid": "g1", "owner": "u1"},
+    {"op": "put_group", "guid": "g2", "owner": "u3"},
+    {"op": "put_member", "guid": "g1", "uid": "u1", "scope": "admin"},
+    {"op": "put_member", "guid": "g1", "uid": "u3", "scope": "moderator"},
+    {"op": "put_member", "guid": "g1", "uid": "u5", "scope": "participant"},
+    {"op": "put_member", "guid": "g1", "uid": "u6", "scope": "participant"},
+    {"op": "put_member", "guid": "g2", "uid": "u3", "scope": "admin"},
+    {"op": "delete_member", "guid": "g1", "uid": "u6"},
+    {"op": "ban", "guid": "g1", "uid": "u5"},
+    {"op": "ban", "guid": "g1", "uid": "outsider"},
+    {"op": "ban", "guid": "g1", "uid": "u7"},
+    {"op": "unban", "guid": "g1", "uid": "u7"},
+    {"op": "set_scope_permissions", "guid": "g1", "scope": "participant",
+     "values": {"addMembers": "allow", "sendMessage.allowedMessageTypes": ["text"]}},
+    {"op": "set_scope_permissions", "guid": "g1", "scope": "moderator", "values": {"deleteGroup": "allow"}},
+    {"op": "set_scope_permissions", "guid": "g1", "scope": "moderator", "values": {"editGroup": "deny"}},
+    {"op": "set_scope_permissions", "guid": "g2", "scope": "admin", "values": {"editGroup": "deny"}},
+    {"op": "unset_scope_permission", "guid": "g1", "scope": "moderator", "key": "deleteGroup"},
+    {"op": "set_scope_permissions", "guid": "g2", "scope": "participant", "values": {"kickMembers": "allow"}},
+    {"op": "unset_scope_permission", "guid": "g2", "scope": "participant", "key": "kickMembers"},
+    {"op": "put_group", "guid": "g3", "owner": "u9"},
+    {"op": "put_member", "guid": "g3", "uid": "u9", "scope": "admin"},
+    {"op": "put_member", "guid": "g3", "uid": "u1", "scope": "participant"},
+    {"op": "ban", "guid": "g3", "uid": "u2"},
+    {"op": "set_scope_permissions", "guid": "g3", "scope": "admin", "values": {"kickMembers": "deny"}},
+    {"op": "delete_group", "guid": "g3"},
+]
+
+
+# -- fixtures --------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def shared_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis-store"))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis of the test's own, for tests that kill, pause or flush it."""
+    server = RedisServer(tmp_path)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def prefix() -> str:
+    return unique("t") + ":"
+
+
+@pytest.fixture
+def open_store() -> Iterator[Callable[..., RedisStore]]:
+    """Factory: open_store(server, prefix) -> RedisStore (0.5 s timeouts); all closed at teardown."""
+    opened: list[RedisStore] = []
+
+    def open_one(server: RedisServer, key_prefix: str) -> RedisStore:
+        store = RedisStore(server.url, key_prefix, timeout_s=0.5)
+        opened.append(store)
+        return store
+    yield open_one
+    for store in opened:
+        store.close()
+
+
+# -- helpers ---------------------------------------------------------------------------------
+def fields(state: RuntimeState) -> dict[str, Any]:
+    return {name: getattr(state, name) for name in FIELDS}
+
+
+def in_memory(ops: list[Op], revision: int) -> RuntimeState:
+    state = RuntimeState()
+    for op in ops:
+        state.apply(op)
+    state.revision = revision
+    return state
+
+
+def replay(store: RedisStore) -> RuntimeState:
+    state = RuntimeState()
+    for revision, ops in store.changes_since(0):
+        state.apply_all(ops, revision)
+    return state
+
+
+def write(store: RedisStore, state: RuntimeState, ops: list[Op], actor: str = "tester") -> int:
+    """One committed write of `ops`, keeping `state` (the caller's mirror) caught up like a Sidecar."""
+    revision, written = store.write(lambda: [dict(op) for op in ops], actor)
+    if written:
+        state.apply_all(written, revision)
+    return revision
+
+
+def dump(client: redis.Redis, key_prefix: str) -> dict[str, Any]:
+    """Every key under the prefix with its value (the channel is not a key)."""
+    out: dict[str, Any] = {}
+    for key in sorted(client.scan_iter(match=key_prefix + "*", count=1000)):
+        kind = client.type(key)
+        if kind == "hash":
+            out[key] = client.hgetall(key)
+        elif kind == "string":
+            out[key] = client.get(key)
+        else:
+            out[key] = (kind, None)
+    return out
+
+
+def core(store: RedisStore) -> Sidecar:
+    """A Sidecar as in distributed mode (synced=True), without its sync thread."""
+    return Sidecar(POLICY, store, synced=True)
+
+
+# -- writes ----------------------------------------------------------------------------------
+def test_every_op_kind_is_covered() -> None:
+    handlers = {name[1:] for name in vars(RuntimeState) if name.startswith("_") and not name.startswith("__")
+                and callable(getattr(RuntimeState, name))}
+    assert {op["op"] for op in EVERY_OP} == handlers
+
+
+def test_write_commits_ops_and_bumps_revision_by_one(shared_redis: RedisServer, open_store: Any,
+                                                       prefix: str) -> None:
+    store = open_store(shared_redis, prefix)
+    state = store.load()
+    assert state.revision == 0 and fields(state) == fields(RuntimeState())
+    ops: list[Op] = [{"op": "put_user", "uid": "u1", "role": "support"},
+                     {"op": "put_group", "guid": "g1", "owner": "u1"}]
+    revision, written = store.write(lambda: [dict(op) for op in ops], "tester")
+    assert (revision, written) == (1, ops)
+    assert store.revision() == 1
+    loaded = store.load()
+    assert loaded.revision == 1
+    assert loaded.users == {"u1": "support"} and loaded.owners == {"g1": "u1"}
+    assert store.changes_since(0) == [(1, ops)]
+    state.apply_all(written, revision)
+    assert write(store, state, [{"op": "put_user", "uid": "u2", "role": "default"}]) == 2
+    assert [rev for rev, _ in store.changes_since(0)] == [1, 2]
+    assert [rev for rev, _ in store.changes_since(1)] == [2]
+    assert store.changes_since(2) == []
+    # the journal carries who and when
+    total, entries = store.journal(0, 0, 10)
+    assert total == 2
+    assert [e["revision"] for e in entries] == [1, 2]
+    assert all(e["actor"] == "tester" and abs(e["at"] - time.time()) < 60 for e in entries)
+
+
+def test_a_plan_that_raises_writes_nothing(shared_redis: RedisServer, open_store: Any, prefix: str) -> None:
+    store, admin = open_store(shared_redis, prefix), shared_redis.client()
+    state = store.load()
+    write(store, state, EVERY_OP[:12])
+    before, before_state = dump(admin, prefix), fields(store.load())
+
+    class Refused(Exception):
+        pass
+
+    def plan() -> list[Op]:
+        raise Refused("no")
+    with pytest.raises(Refused):
+        store.write(plan, "tester")
+    assert dump(admin, prefix) == before
+    assert fields(store.load()) == before_state
+    assert store.revision() == 1
+    # the store is still usable afterwards
+    assert write(store, state, [{"op": "put_user", "uid": "after", "role": "support"}]) == 2
+
+
+def test_a_failing_op_rolls_back_the_ops_before_it(shared_redis: RedisServer, open_store: Any,
+                                                    prefix: str) -> None:
+    store, admin = open_store(shared_redis, prefix), shared_redis.client()
+    state = store.load()
+    write(store, state, [{"op": "put_user", "uid": "u0", "role": "support"}])
+    before = dump(admin, prefix)
+    with pytest.raises(ValueError):
+        store.write(lambda: [{"op": "put_user", "uid": "u1", "role": "support"}, {"op": "no_such_op"}],
+                    "tester")
+    assert dump(admin, prefix) == before
+    assert store.revision() == 1
+    assert write(store, state, [{"op": "put_user", "uid": "u1", "role": "support"}]) == 2
+
+
+def test_a_write_with_no_ops_changes_nothing_and_publishes_nothing(shared_redis: RedisServer, open_store: Any,
+                                                                   prefix: str) -> None:
+    store, admin = open_store(shared_redis, prefix), shared_redis.client()
+    state = store.load()
+    write(store, state, EVERY_OP[:3])
+    before = dump(admin, prefix)
+    pubsub = admin.pubsub(ignore_subscribe_messages=True)
+    try:
+        pubsub.subscribe(store.channel)
+        assert pubsub.get_message(timeout=1.0) is None  # the subscribe confirmation, ignored
+        assert store.write(lambda: [], "tester") == (1, [])
+        assert dump(admin, prefix) == before
+        assert store.revision() == 1
+        assert pubsub.get_message(timeout=0.3) is None
+        # a real write publishes {epoch, revision}
+        write(store, state, [{"op": "put_user", "uid": "u1", "role": "support"}])
+        message = pubsub.get_message(timeout=2.0)
+        assert message is not None and json.loads(message["data"]) == {"epoch": store.epoch, "revision": 2}
+    finally:
+        pubsub.close()
+
+
+def test_load_equals_replaying_the_journal_and_the_ops_in_memory(shared_redis: RedisServer, open_store: Any,
+                                                                  prefix: str) -> None:
+    store = open_store(shared_redis, prefix)
+    state = store.load()
+    for index, op in enumerate(EVERY_OP, start=1):
+        assert write(store, state, [op]) == index
+        loaded = store.load()
+        assert fields(loaded) == fields(in_memory(EVERY_OP[:index], index)), f"after op {index}: {op}"
+    final = fields(store.load())
+    assert all(final[name] for name in FIELDS), final  # something of every table survives
+    assert final["restricted"]["restricted"] == frozenset()  # an empty runtime list is kept
+    assert "temp" not in final["roles"] and "u2" not in final["users"] and "u8" not in final["users"]
+    assert "support" not in final["role_permissions"]
+    assert "g3" not in final["owners"] and "g3" not in final["bans"] and "g3" not in final["overrides"]
+    # a new store object (another sidecar) loads and replays to the same thing
+    other = open_store(shared_redis, prefix)
+    assert fields(other.load()) == fields(replay(other)) == final == fields(state)
+
+
+def test_multi_op_writes_load_equals_replay(shared_redis: RedisServer, open_store: Any, prefix: str) -> None:
+    store = open_store(shared_redis, prefix)
+    state = store.load()
+    for start in range(0, len(EVERY_OP), 5):
+        write(store, state, EVERY_OP[start:start + 5])
+    revisions = -(-len(EVERY_OP) // 5)
+    loaded = store.load()
+    assert loaded.revision == revisions
+    assert fields(loaded) == fields(replay(store)) == fields(in_memory(EVERY_OP, revisions))
+
+
+def test_key_prefixes_isolate_two_apps_on_one_redis(shared_redis: RedisServer, open_store: Any) -> None:
+    first_prefix, second_prefix = unique("app1") + ":", unique("app2") + ":"
+    first, second = open_store(shared_redis, first_prefix), open_store(shared_redis, second_prefix)
+    first_state, second_state = first.load(), second.load()
+    admin = shared_redis.client()
+    keys_before = set(admin.scan_iter(count=1000))
+    for op in EVERY_OP[:20]:
+        write(first, first_state, [op])
+    write(second, second_state, [{"op": "put_user", "uid": "u1", "role": "restricted"}])
+    write(second, second_state, [{"op": "put_group", "guid": "g1", "owner": "u1"}])
+    assert first.revision() == 20 and second.revision() == 2
+    assert fields(first.load()) == fields(in_memory(EVERY_OP[:20], 20))
+    assert fields(second.load()) == fields(in_memory([{"op": "put_user", "uid": "u1", "role": "restricted"},
+                                                      {"op": "put_group", "guid": "g1", "owner": "u1"}], 2))
+    new_keys = set(admin.scan_iter(count=1000)) - keys_before
+    assert new_keys, "the writes created no keys"
+    assert all(k.startswith((first_prefix, second_prefix)) for k in new_keys), new_keys
+    assert {k for k in new_keys if k.startswith(first_prefix)} and {k for k in new_keys if k.startswith(second_prefix)}
+    assert first.channel != second.channel
+    # flushing one app's keys leaves the other whole
+    admin.delete(*[k for k in new_keys if k.startswith(first_prefix)])
+    assert fields(second.load()) == fields(second_state)
+
+
+# -- concurrency -----------------------------------------------------------------------------
+def test_a_write_that_loses_the_watch_race_retries_on_fresh_state(shared_redis: RedisServer, open_store: Any,
+                                                                  prefix: str) -> None:
+    """Another writer commits between our WATCH and our EXEC: ours retries, nothing is lost."""
+    ours, theirs = core(open_store(shared_redis, prefix)), core(open_store(shared_redis, prefix))
+    ours.write(lambda p, s: [{"op": "set_role_permissions", "role": "support", "values": {"blockUser": "allow"}}],
+               "ours")
+    seen: list[dict[str, Any]] = []
+
+    def plan(policy: Any, state: RuntimeState) -> list[Op]:
+        seen.append(dict(state.role_permissions.get("support", {})))
+        if len(seen) == 1:  # the first attempt: someone else writes the same role meanwhile
+            theirs.write(lambda p, s: [{"op": "set_role_permissions", "role": "support",
+                                        "values": {"createGroup": "allow"}}], "theirs")
+        return [{"op": "set_role_permissions", "role": "support", "values": {"editProfile": "deny"}}]
+    assert ours.write(plan, "ours") == 3
+    assert len(seen) == 2, seen  # planned twice: the first EXEC was refused
+    assert seen[1] == {"blockUser": "allow", "createGroup": "allow"}
+    expected = {"blockUser": "allow", "createGroup": "allow", "editProfile": "deny"}
+    loaded = ours.store.load()
+    assert loaded.role_permissions["support"] == expected
+    assert ours.state.role_permissions["support"] == expected
+    assert [rev for rev, _ in ours.store.changes_since(0)] == [1, 2, 3]
+
+
+def test_concurrent_writers_on_two_sidecars_never_lose_an_update(shared_redis: RedisServer, open_store: Any,
+                                                                prefix: str) -> None:
+    """4 threads on 2 sidecars (each sidecar writes one at a time, so 2 writers race in Redis),
+    1000 put_member writes: every one acknowledged, revisions 1..1000 with no gap, all in Redis."""
+    sidecars = [core(open_store(shared_redis, prefix)), core(open_store(shared_redis, prefix))]
+    threads_n, per_thread = 4, 250
+    attempts = [0]
+    results: list[list[int]] = [[] for _ in range(threads_n)]
+    errors: list[BaseException] = []
+    attempts_lock = threading.Lock()
+
+    def worker(index: int) -> None:
+        sidecar = sidecars[index % 2]
+        try:
+            for n in range(per_thread):
+                uid = f"w{index}-m{n}"
+
+                def plan(policy: Any, state: RuntimeState, uid: str = uid) -> list[Op]:
+                    with attempts_lock:
+                        attempts[0] += 1
+                    return [{"op": "put_member", "guid": "busy", "uid": uid, "scope": "participant"}]
+                results[index].append(sidecar.write(plan, f"thread-{index}"))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(threads_n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not any(thread.is_alive() for thread in threads), "writers still running after 60 s"
+    assert not errors, (f"{len(errors)} of {threads_n * per_thread} writes failed with two writers on a healthy "
+                        f"Redis: {errors[:3]}")
+    total = threads_n * per_thread
+    every_revision = sorted(r for rs in results for r in rs)
+    assert every_revision == list(range(1, total + 1)), "revisions must be 1..N with no gap and no repeat"
+    for rs in results:
+        assert rs == sorted(rs), "one thread's writes are acknowledged in order"
+    expected = {f"w{i}-m{n}": "participant" for i in range(threads_n) for n in range(per_thread)}
+    store = sidecars[0].store
+    loaded = store.load()
+    assert loaded.revision == total
+    assert loaded.members == {"busy": expected}
+    journal = store.changes_since(0)
+    assert [rev for rev, _ in journal] == list(range(1, total + 1))
+    assert sorted(op["uid"] for _, ops in journal for op in ops) == sorted(expected)
+    for sidecar in sidecars:
+        sidecar.catch_up()
+        assert fields(sidecar.state) == fields(loaded)
+    print(f"{total} writes took {attempts[0]} plan attempts ({attempts[0] - total} WATCH retries)")
+
+
+# -- failures --------------------------------------------------------------------------------
+def test_a_write_while_redis_is_down_raises_store_error_and_changes_nothing(own_redis: RedisServer,
+                                                                           open_store: Any, prefix: str) -> None:
+    sidecar = core(open_store(own_redis, prefix))
+    sidecar.write(lambda p, s: [{"op": "put_user", "uid": "u1", "role": "support"}], "t")
+    before_state = fields(sidecar.state)
+    own_redis.kill()
+    started = time.monotonic()
+    with pytest.raises(StoreError) as caught:
+        sidecar.write(lambda p, s: [{"op": "put_user", "uid": "u2", "role": "support"}], "t")
+    assert time.monotonic() - started < 5.0
+    assert caught.value.status == 503 and caught.value.code == "ERR_STORE_UNAVAILABLE"
+    assert "Redis" in caught.value.message
+    assert fields(sidecar.state) == before_state
+    # decisions still come from memory while Redis is gone
+    assert sidecar.decide(AuthzRequest("u1", "createGroup"))["allowed"] is False
+
+
+def test_a_write_while_redis_hangs_raises_store_error_and_is_not_applied_later(own_redis: RedisServer,
+                                                                               open_store: Any,
+                                                                               prefix: str) -> None:
+    """SIGSTOP: the commands sit in Redis's socket buffers; after SIGCONT nothing may apply them."""
+    sidecar = core(open_store(own_redis, prefix))
+    sidecar.write(lambda p, s: [{"op": "put_user", "uid": "u1", "role": "support"}], "t")
+    admin = own_redis.client()
+    before, before_state = dump(admin, prefix), fields(sidecar.state)
+    own_redis.pause()
+    try:
+        started = time.monotonic()
+        with pytest.raises(StoreError) as caught:
+            sidecar.write(lambda p, s: [{"op": "put_user", "uid": "u2", "role": "support"}], "t")
+        elapsed = time.monotonic() - started
+        assert caught.value.status == 503
+        assert elapsed < 5.0, f"a write against a hung Redis took {elapsed:.1f}s to fail (timeout 0.5 s)"
+    finally:
+        own_redis.resume()
+    time.sleep(0.5)  # let Redis drain whatever the client had sent
+    assert dump(admin, prefix) == before
+    assert fields(sidecar.state) == before_state
+    # and once Redis answers again the next write goes through as revision 2
+    assert sidecar.write(lambda p, s: [{"op": "put_user", "uid": "u3", "role": "support"}], "t") == 2
+    assert sidecar.store.load().users == {"u1": "support", "u3": "support"}
+
+
+def test_changes_since_asks_for_a_resync_on_a_gap_or_a_new_epoch(shared_redis: RedisServer, open_store: Any,
+                                                                 prefix: str) -> None:
+    store, admin = open_store(shared_redis, prefix), shared_redis.client()
+    state = store.load()
+    for n in range(3):
+        write(store, state, [{"op": "put_user", "uid": f"u{n}", "role": "support"}])
+    admin.hdel(prefix + "journal", "2")
+    with pytest.raises(ResyncNeeded):
+        store.changes_since(0)
+    assert [rev for rev, _ in store.changes_since(2)] == [3]
+    admin.set(prefix + "epoch", "someone-else")
+    with pytest.raises(ResyncNeeded):
+        store.changes_since(3)
+    reloaded = store.load()  # a full load adopts the new epoch
+    assert reloaded.revision == 3 and store.changes_since(3) == []
+
+
+# -- reseed ----------------------------------------------------------------------------------
+def test_after_flushall_a_sidecar_writes_its_state_back_and_others_load_it(own_redis: RedisServer,
+                                                                          open_store: Any,
+                                                                          prefix: str) -> None:
+    holder, other = core(open_store(own_redis, prefix)), core(open_store(own_redis, prefix))
+    for start in range(0, len(EVERY_OP), 3):
+        ops = EVERY_OP[start:start + 3]
+        holder.write(lambda p, s, ops=ops: [dict(op) for op in ops], "t")
+    other.catch_up()
+    expected = fields(holder.state)
+    assert fields(other.state) == expected
+    old_epoch = holder.store.epoch
+    admin = own_redis.client()
+    admin.flushall()
+    holder.catch_up()  # sees the loss, writes its state back, reloads it
+    assert fields(holder.state) == expected
+    assert holder.store.epoch != old_epoch
+    assert admin.get(prefix + "rev") == str(expected["revision"])
+    other.catch_up()  # sees a new epoch: a full resync to the reseeded state
+    assert fields(other.state) == expected
+    fresh = open_store(own_redis, prefix)
+    assert fields(fresh.load()) == expected
+    # and the next write continues from there, visible to everyone
+    revision = other.write(lambda p, s: [{"op": "put_user", "uid": "late", "role": "restricted"}], "t")
+    assert revision == expected["revision"] + 1
+    holder.catch_up()
+    assert holder.state.users["late"] == "restricted" and fields(holder.state) == fields(fresh.load())
+
+
+def test_reseed_only_when_redis_lost_its_data_and_only_once(own_redis: RedisServer, open_store: Any,
+                                                            prefix: str) -> None:
+    first, second = open_store(own_redis, prefix), open_store(own_redis, prefix)
+    state = first.load()
+    write(first, state, EVERY_OP[:6])
+    assert first.reseed(state) is False  # Redis still has its data
+    assert first.reseed(RuntimeState()) is False  # nothing to write back
+    own_redis.client().flushall()
+    assert [first.reseed(state), second.reseed(state)] == [True, False]
+    assert fields(second.load()) == fields(state)
+
+
+def test_a_write_that_needs_a_full_resync_plans_and_expands_on_the_fresh_state(own_redis: RedisServer,
+                                                                               open_store: Any,
+                                                                               prefix: str) -> None:
+    """A sidecar still on the old epoch writes after Redis was flushed, reseeded and written to.
+
+    Its write's catch-up is a full resync (a new state object); the ops the store expands from
+    the caller's state (here the whole permission map of a role) must come from that fresh state,
+    or the write silently drops what the others wrote and this sidecar diverges from Redis.
+    """
+    lagging, other = core(open_store(own_redis, prefix)), core(open_store(own_redis, prefix))
+    lagging.write(lambda p, s: [{"op": "set_role_permissions", "role": "support",
+                                 "values": {"blockUser": "allow"}}], "lagging")
+    other.catch_up()
+    own_redis.client().flushall()
+    other.catch_up()  # reseeds (new epoch); `lagging` has not noticed yet
+    other.write(lambda p, s: [{"op": "set_role_permissions", "role": "support",
+                               "values": {"createGroup": "allow"}}], "other")
+    lagging.write(lambda p, s: [{"op": "set_role_permissions", "role": "support",
+                                 "values": {"editProfile": "deny"}}], "lagging")
+    expected = {"blockUser": "allow", "createGroup": "allow", "editProfile": "deny"}
+    assert lagging.state.role_permissions["support"] == expected
+    loaded = open_store(own_redis, prefix).load()
+    assert loaded.role_permissions["support"] == expected, (
+        "Redis lost the other sidecar's createGroup value: the write expanded its op from the "
+        "pre-resync state object")
+    assert fields(lagging.state) == fields(loaded)
