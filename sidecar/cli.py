@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--policies", help="policy folder (CHATAUTHZ_POLICIES, default the shipped one)")
     serve.add_argument("--model", help="Casbin model (CHATAUTHZ_MODEL, default <policies>/../model.conf)")
     serve.add_argument("--workers", type=int, help="worker processes (CHATAUTHZ_WORKERS, default 1)")
-    serve.add_argument("--threads", type=int, help="threads per worker (CHATAUTHZ_THREADS, default 1)")
+    serve.add_argument("--threads", type=int, help="threads per worker (CHATAUTHZ_THREADS, default 4)")
     serve.add_argument("--server", choices=("granian", "gunicorn"),
                        help="WSGI server (CHATAUTHZ_SERVER, default granian)")
     serve.add_argument("--redis-url", help="keep runtime state in Redis (CHATAUTHZ_REDIS_URL)")

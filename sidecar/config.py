@@ -21,7 +21,7 @@ class Settings:
     policies: Path = DEFAULT_POLICIES
     model: Path | None = None  # default: <policies>/../model.conf
     workers: int = 1
-    threads: int = 1
+    threads: int = 4
     server: str = "granian"
     api_key: str | None = None
     authorize_key: str | None = None
