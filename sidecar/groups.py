@@ -28,7 +28,7 @@ def require_group(state: RuntimeState, guid: str) -> None:
         raise group_not_found(guid)
 
 
-def check_as(engine: Engine, state: RuntimeState, as_user: str | None, action: str, guid: str,
+def check_as(engine: Engine, state: RuntimeState, as_user: str | None, action: str, guid: str | None,
              target: str | None = None, **context: Any) -> None:
     """Refuse (403 with the decision's code and reason) unless as_user may do this."""
     if as_user is None:
@@ -48,9 +48,16 @@ def plan_set_group(engine: Engine, state: RuntimeState, guid: str, body: Any, as
     body = require_object(body)
     reject_unknown(body, {"owner"})
     owner = clean_id(body.get("owner"), "owner")
-    if guid in state.owners:
+    current = state.owners.get(guid)
+    if current is None:
+        check_as(engine, state, as_user, "createGroup", None)
+    elif current != owner:  # a transfer: the owner's alone
+        check_as(engine, state, as_user, "transferOwnership", None)
+        if as_user is not None and as_user != current:
+            raise RefusedError(f"Only the owner of group {guid} ({current}) may transfer its ownership.",
+                               code="ERR_GROUP_NO_CLEARANCE")
+    else:
         check_as(engine, state, as_user, "editGroup", guid)
-    if state.owners.get(guid) == owner:
         return []
     ops: list[Op] = [{"op": "put_group", "guid": guid, "owner": owner}]
     if state.is_banned(guid, owner):
@@ -72,7 +79,7 @@ def plan_set_member(engine: Engine, policy: PolicySet, state: RuntimeState, guid
     body = require_object(body)
     reject_unknown(body, {"scope"})
     scope = body.get("scope")
-    if scope not in policy.scopes:
+    if not isinstance(scope, str) or scope not in policy.scopes:
         raise BadRequestError.field("scope", f"The scope must be one of {', '.join(policy.scopes)}.")
     require_group(state, guid)
     current = state.scope_of(guid, uid)
@@ -115,8 +122,6 @@ def plan_add_members(engine: Engine, state: RuntimeState, guid: str, body: Any, 
                 new_ops = _ban_ops(engine, state, guid, uid, as_user)
             else:
                 new_ops = _add_member_ops(engine, state, guid, uid, LIST_SCOPE[list_name], as_user)
-            if any(op["uid"] == uid for op in ops):
-                raise BadRequestError.field("uid", f"{uid} is listed more than once.")
             ops += new_ops
             results[list_name][raw_uid] = {"success": True}
         except (BadRequestError, ConflictError, RefusedError) as exc:
@@ -134,6 +139,7 @@ def _wanted_members(body: dict[str, Any]) -> dict[str, str]:
             raise BadRequestError.field(list_name, f"The {list_name} must be a list of uids.")
         total += len(uids)
         for uid in uids:
+            uid = uid.lower()  # ids are lowercased: "Bob" and "bob" are one user
             if list_name == "usersToBan" and uid in wanted:
                 raise BadRequestError.field("usersToBan", f"{uid} is listed both to add and to ban.")
             wanted.setdefault(uid, list_name)

@@ -203,8 +203,8 @@ def plan_allow_features(policy: PolicySet, state: RuntimeState, role: str, body:
         raise BadRequestError.field("allowAll", "The allowAll field must be a boolean.")
     current, _ = effective_restrictions(policy, state, role)
     remaining = frozenset() if allow_all else current - set(_feature_keys(policy, body, "featuresToAllow"))
-    if remaining == current and role in state.restricted:
-        return []
+    if remaining == current:
+        return []  # allowing what is not restricted changes nothing
     return [{"op": "set_restricted_features", "role": role, "features": sorted(remaining)}]
 
 
