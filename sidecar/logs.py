@@ -8,6 +8,8 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import logging.handlers
+import queue
 import re
 import sys
 import time
@@ -30,7 +32,7 @@ class JsonFormatter(logging.Formatter):
         entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
                  + f".{int(record.msecs):03d}Z", "level": record.levelname, "logger": record.name,
                  "message": record.getMessage()}
-        rid = request_id.get()
+        rid = getattr(record, "requestId", None) or request_id.get()
         if rid:
             entry["requestId"] = rid
         for key in ("actor", "route", "status", "revision"):
@@ -41,12 +43,34 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
-def configure(level: str = "INFO") -> None:
-    """JSON lines on stderr for the chatauthz loggers."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
+class DroppingQueueHandler(logging.handlers.QueueHandler):
+    """Hands records to a writer thread; when the queue is full (stderr stuck), drops them.
+
+    A request must never wait on a log sink: a full pipe or a slow terminal costs log lines,
+    counted in `dropped`, not latency.
+    """
+
+    dropped = 0
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        record.requestId = request_id.get()  # the writer thread has no request context
+        return super().prepare(record)
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        try:
+            self.queue.put_nowait(record)
+        except queue.Full:
+            DroppingQueueHandler.dropped += 1
+
+
+def configure(level: str = "INFO", max_queue: int = 10_000) -> None:
+    """JSON lines on stderr for the chatauthz loggers, written by a background thread."""
+    stream = logging.StreamHandler(sys.stderr)
+    stream.setFormatter(JsonFormatter())
+    records: queue.Queue[logging.LogRecord] = queue.Queue(maxsize=max_queue)
+    logging.handlers.QueueListener(records, stream).start()
     root = logging.getLogger("chatauthz")
-    root.handlers[:] = [handler]
+    root.handlers[:] = [DroppingQueueHandler(records)]
     root.setLevel(level)
     root.propagate = False
 
