@@ -45,7 +45,7 @@ def role_entries(policy: PolicySet, state: RuntimeState) -> list[tuple[str, dict
             body["restrictedFeatures"] = [f"u.{f}" for f in sorted(features)]
         if origin == "runtime" and features != file_features:
             changed.append("restrictedFeatures")
-        entries.append((role, body, _summary(file_role is not None, record is not None, changed)))
+        entries.append((role, body, _summary(file_role is not None, changed)))
     return entries
 
 
@@ -71,7 +71,7 @@ def group_overrides_yaml(state: RuntimeState, origin: str = "") -> str:
     return "\n".join(head) + "\n" + _dump({"groupOverrides": overrides})
 
 
-def _summary(in_file: bool, in_runtime: bool, changed: list[str]) -> str:
+def _summary(in_file: bool, changed: list[str]) -> str:
     if not in_file:
         return "created at runtime"
     if changed:

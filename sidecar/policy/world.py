@@ -131,7 +131,7 @@ class WorldBuilder:
                          {"op": "put_member", "guid": guid, "uid": owner, "scope": "admin"}]
         members = self._mapping(spec, "members")
         for uid, scope in members.items():
-            if scope not in self.policy.scopes:
+            if not isinstance(scope, str) or scope not in self.policy.scopes:
                 self.problem(members.line_of(uid), f"group {guid}: member {uid} has unknown scope {scope!r}; "
                              f"scopes are {', '.join(self.policy.scopes)}")
             elif not isinstance(uid, str):
