@@ -9,6 +9,7 @@ from typing import Any
 
 from sidecar.engine import AuthzRequest, Engine
 from sidecar.errors import BadRequestError, ConflictError, NotFoundError, RefusedError
+from sidecar.management import checked_permissions, permission_rows
 from sidecar.policy import PolicySet
 from sidecar.state import Op, RuntimeState
 from sidecar.validation import clean_id, reject_unknown, require_object
@@ -211,20 +212,12 @@ def require_scope(policy: PolicySet, scope: str) -> None:
 
 
 def scope_permissions_view(policy: PolicySet, state: RuntimeState, guid: str, scope: str) -> list[dict[str, Any]]:
-    from sidecar.rules import resolve_value
     require_group(state, guid)
     require_scope(policy, scope)
-    rows = []
-    for key, defn in policy.scope_keys.items():
-        value, source = resolve_value(policy, state, "scope", scope, guid, key)
-        rows.append({"id": key, "type": "scope", "title": defn.title, "dataType": defn.type,
-                     "availableValues": defn.available_values(), "defaultValue": defn.default,
-                     "value": value, "source": source})
-    return rows
+    return permission_rows(policy, state, "scope", scope, guid)
 
 
 def plan_set_scope_permissions(policy: PolicySet, state: RuntimeState, guid: str, scope: str, body: Any) -> list[Op]:
-    from sidecar.management import checked_permissions
     require_group(state, guid)
     require_scope(policy, scope)
     values = checked_permissions(body, policy.scope_keys, None)

@@ -11,6 +11,7 @@ from typing import Any
 from sidecar.errors import BadRequestError, ConflictError, NotFoundError, RefusedError
 from sidecar.policy import PolicySet
 from sidecar.policy.values import normalize_value
+from sidecar.rules import effective_restrictions, resolve_value
 from sidecar.state import Op, RuntimeState
 from sidecar.validation import clean_id, metadata, reject_unknown, require_object, settings, text
 
@@ -106,16 +107,22 @@ def plan_unset_role_permission(policy: PolicySet, state: RuntimeState, role: str
     return [{"op": "unset_role_permission", "role": role, "key": key}]
 
 
-def role_permissions_view(policy: PolicySet, state: RuntimeState, role: str) -> list[dict[str, Any]]:
-    from sidecar.rules import resolve_value  # local: rules imports state only
-    role_view(policy, state, role)
+def permission_rows(policy: PolicySet, state: RuntimeState, layer: str, subject: str,
+                    guid: str | None) -> list[dict[str, Any]]:
+    """CometChat's permDef list for one role or one scope (in a group), with each key's
+    effective value and where it comes from."""
     rows = []
-    for key, defn in policy.role_keys.items():
-        value, source = resolve_value(policy, state, "role", role, None, key)
-        rows.append({"id": key, "type": "role", "title": defn.title, "dataType": defn.type,
+    for key, defn in policy.keys_of(layer).items():
+        value, source = resolve_value(policy, state, layer, subject, guid, key)
+        rows.append({"id": key, "type": layer, "title": defn.title, "dataType": defn.type,
                      "availableValues": defn.available_values(), "defaultValue": defn.default,
                      "value": value, "source": source})
     return rows
+
+
+def role_permissions_view(policy: PolicySet, state: RuntimeState, role: str) -> list[dict[str, Any]]:
+    role_view(policy, state, role)
+    return permission_rows(policy, state, "role", role, None)
 
 
 def explicit_role_permissions(state: RuntimeState, role: str) -> dict[str, Any]:
@@ -182,7 +189,6 @@ def _feature_keys(policy: PolicySet, body: dict[str, Any], field: str) -> list[s
 
 
 def plan_restrict_features(policy: PolicySet, state: RuntimeState, role: str, body: Any) -> list[Op]:
-    from sidecar.rules import effective_restrictions
     role_view(policy, state, role)
     body = require_object(body)
     reject_unknown(body, {"featuresToRestrict"})
@@ -194,7 +200,6 @@ def plan_restrict_features(policy: PolicySet, state: RuntimeState, role: str, bo
 
 
 def plan_allow_features(policy: PolicySet, state: RuntimeState, role: str, body: Any) -> list[Op]:
-    from sidecar.rules import effective_restrictions
     role_view(policy, state, role)
     body = require_object(body)
     reject_unknown(body, {"featuresToAllow", "allowAll"})
@@ -209,7 +214,6 @@ def plan_allow_features(policy: PolicySet, state: RuntimeState, role: str, body:
 
 
 def restricted_features_view(policy: PolicySet, state: RuntimeState, role: str) -> list[dict[str, Any]]:
-    from sidecar.rules import effective_restrictions
     role_view(policy, state, role)
     features, source = effective_restrictions(policy, state, role)
     return [{"key": f"u.{key}", "title": policy.features[key].title,
