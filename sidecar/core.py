@@ -134,14 +134,20 @@ class Sidecar:
         return time.monotonic() - self.last_heard if self.synced else 0.0
 
     # -- decisions -------------------------------------------------------------------------
-    def decide(self, request: AuthzRequest, at_least_revision: int | None = None) -> dict[str, Any]:
+    def decide(self, request: AuthzRequest, at_least_revision: int | None = None, *,
+               wait: bool = True) -> dict[str, Any]:
+        """One decision as the API's body. With at_least_revision, answer only from state at
+        least that new: wait (bounded) for it, or with wait=False refuse at once."""
         if not self.synced:
             try:
                 self.refresh()
             except StoreError:
                 log.warning("store unreadable; deciding from revision %s", self.state.revision)
         if at_least_revision is not None and self.state.revision < at_least_revision:
-            self._wait_for(at_least_revision)
+            if not (wait and self.wait_for_revision(at_least_revision)):
+                raise ChatAuthzError(
+                    f"This sidecar is at revision {self.state.revision}; revision {at_least_revision} was "
+                    f"not reached within {self.revision_wait_s}s.", code="ERR_REVISION_NOT_REACHED", status=503)
         stale = self.staleness_s()
         engine = self.engine
         started = time.perf_counter()
@@ -176,7 +182,8 @@ class Sidecar:
         body["decisionId"] = f"{self._id_prefix}-{next(self._ids)}"
         return body
 
-    def _wait_for(self, revision: int) -> None:
+    def wait_for_revision(self, revision: int) -> bool:
+        """Catch up until the state reaches `revision` or revision_wait_s passes; reached?"""
         deadline = time.monotonic() + self.revision_wait_s
         while True:
             try:
@@ -184,11 +191,9 @@ class Sidecar:
             except StoreError:
                 pass  # keep trying until the deadline
             if self.state.revision >= revision:
-                return
+                return True
             if time.monotonic() >= deadline:
-                raise ChatAuthzError(
-                    f"This sidecar is at revision {self.state.revision}; revision {revision} was not "
-                    f"reached within {self.revision_wait_s}s.", code="ERR_REVISION_NOT_REACHED", status=503)
+                return False
             time.sleep(0.005)
 
     def read(self, view: Callable[[PolicySet, RuntimeState], Any]) -> Any:

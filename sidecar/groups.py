@@ -12,7 +12,7 @@ from sidecar.errors import BadRequestError, ConflictError, NotFoundError, Refuse
 from sidecar.management import checked_permissions, permission_rows
 from sidecar.policy import PolicySet
 from sidecar.state import Op, RuntimeState
-from sidecar.validation import clean_id, reject_unknown, require_object
+from sidecar.validation import clean_id, optional_list, reject_unknown, require_object
 
 MAX_MEMBERS_PER_CALL = 25
 SCOPE_LISTS = ("admins", "moderators", "participants")  # highest first
@@ -135,8 +135,8 @@ def _wanted_members(body: dict[str, Any]) -> dict[str, str]:
     wanted: dict[str, str] = {}
     total = 0
     for list_name in (*SCOPE_LISTS, "usersToBan"):
-        uids = body.get(list_name) or []
-        if not isinstance(uids, list) or not all(isinstance(u, str) for u in uids):
+        uids = optional_list(body, list_name)
+        if not all(isinstance(u, str) for u in uids):
             raise BadRequestError.field(list_name, f"The {list_name} must be a list of uids.")
         total += len(uids)
         for uid in uids:

@@ -13,7 +13,7 @@ from sidecar.policy import PolicySet
 from sidecar.policy.values import normalize_value
 from sidecar.rules import effective_restrictions, resolve_value
 from sidecar.state import Op, RuntimeState
-from sidecar.validation import clean_id, metadata, reject_unknown, require_object, settings, text
+from sidecar.validation import clean_id, metadata, optional_list, reject_unknown, require_object, settings, text
 
 ROLE_FIELDS = ("name", "description", "metadata", "settings")
 UNSETTABLE = ("description", "metadata", "settings")
@@ -65,8 +65,8 @@ def plan_update_role(policy: PolicySet, state: RuntimeState, role: str, body: An
     body = require_object(body)
     reject_unknown(body, {*ROLE_FIELDS, "unset"})
     record = {k: v for k, v in role_view(policy, state, role).items() if k != "source"}
-    unset = body.get("unset") or []
-    if not isinstance(unset, list) or any(u not in UNSETTABLE for u in unset):
+    unset = optional_list(body, "unset")
+    if any(not isinstance(u, str) or u not in UNSETTABLE for u in unset):
         raise BadRequestError.field("unset", f"The unset field may only list {', '.join(UNSETTABLE)}.")
     changes = {"name": text(body, "name", 100), "description": text(body, "description", 255),
                "metadata": metadata(body), "settings": settings(body)}

@@ -7,7 +7,7 @@ from typing import Any
 
 from sidecar.errors import BadRequestError
 
-ID_RE = re.compile(r"^[a-z0-9_-]{1,100}$")
+ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,100}$")  # ASCII only: checked before lowercasing
 MAX_METADATA_BYTES = 4096
 MAX_CONTEXT_KEYS = 32
 MAX_CONTEXT_STRING = 255
@@ -17,11 +17,10 @@ def clean_id(value: Any, field: str) -> str:
     """An id: alpha-dash (a-z, 0-9, -, _), 1-100 characters, lowercased."""
     if not isinstance(value, str) or not value:
         raise BadRequestError.field(field, f"The {field} field is required and must be a string.")
-    lowered = value.lower()
-    if not ID_RE.match(lowered):
+    if not ID_RE.match(value):  # before lower(): "\u212a".lower() is "k"
         raise BadRequestError.field(field, f"The {field} may only contain letters, numbers, dashes and "
                                     "underscores, and be at most 100 characters.")
-    return lowered
+    return value.lower()
 
 
 def require_object(body: Any, field: str = "body") -> dict[str, Any]:
@@ -98,13 +97,28 @@ def revision(value: Any, field: str = "atLeastRevision") -> int | None:
     return value
 
 
+def is_ascii_number(raw: str) -> bool:
+    """Digits 0-9 only ("\u00b2".isdigit() is true, but int() refuses it)."""
+    return raw.isascii() and raw.isdigit()
+
+
+def optional_list(body: dict[str, Any], field: str) -> list[Any]:
+    """A list field that may be absent or null (then empty); anything else but a list is a 400."""
+    value = body.get(field)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise BadRequestError.field(field, f"The {field} field must be a list.")
+    return value
+
+
 def paging(args: dict[str, Any], max_per_page: int = 1000) -> tuple[int, int]:
     """perPage (default 100, at most max_per_page) and page (default 1)."""
     def number(name: str, default: int, high: int) -> int:
         raw = args.get(name)
         if raw is None or raw == "":
             return default
-        if not str(raw).isdigit() or not 1 <= int(raw) <= high:
+        if not is_ascii_number(str(raw)) or not 1 <= int(raw) <= high:
             raise BadRequestError.field(name, f"The {name} must be an integer from 1 to {high}.")
         return int(raw)
     return number("perPage", 100, max_per_page), number("page", 1, 10**9)

@@ -1,7 +1,10 @@
 """The Flask app factory. Builds nothing at import time; the Sidecar lives in app.extensions."""
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Flask
+from flask.json.provider import DefaultJSONProvider
 
 from sidecar.api import authorize, changes, errors, groups, health, openapi, ops, roles
 from sidecar.api.auth import install_auth
@@ -15,13 +18,27 @@ from sidecar.keys import KeyRing, load_keys
 MAX_BODY_BYTES = 1024 * 1024
 
 
+class StrictJSONProvider(DefaultJSONProvider):
+    """Flask's JSON, minus what JSON is not: NaN and Infinity are refused (a 400), never stored."""
+
+    sort_keys = False
+    compact = True
+
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        kwargs.setdefault("parse_constant", _refuse_constant)
+        return super().loads(s, **kwargs)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
 def create_app(settings: Settings | None = None, *, sidecar: Sidecar | None = None,
                keys: KeyRing | None = None) -> Flask:
     settings = settings or Settings.from_env()
     app = Flask("chatauthz")
-    app.config.update(MAX_CONTENT_LENGTH=MAX_BODY_BYTES, JSON_SORT_KEYS=False)
-    app.json.sort_keys = False  # type: ignore[attr-defined]
-    app.json.compact = True  # type: ignore[attr-defined]
+    app.config.update(MAX_CONTENT_LENGTH=MAX_BODY_BYTES)
+    app.json = StrictJSONProvider(app)
     app.extensions["chatauthz"] = sidecar or build_sidecar(settings)
     app.extensions["chatauthz.settings"] = settings
     app.extensions["chatauthz.keys"] = keys or load_keys(settings.data_dir, settings.api_key,

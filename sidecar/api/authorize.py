@@ -39,11 +39,21 @@ def authorize_many(core: Sidecar, body: Any, limit: int) -> dict[str, Any]:
     checks = body.get("checks")
     if not isinstance(checks, list) or not 1 <= len(checks) <= limit:
         raise BadRequestError.field("checks", f"The checks field must be a list of 1 to {limit} checks.")
-    results: list[dict[str, Any]] = []
+    parsed: list[tuple[AuthzRequest, int | None] | ChatAuthzError] = []
     for check in checks:
         try:
-            request, at_least = parse_check(check)
-            results.append(core.decide(request, at_least))
+            parsed.append(parse_check(check))
+        except ChatAuthzError as exc:
+            parsed.append(exc)
+    wanted = [item[1] for item in parsed if isinstance(item, tuple) and item[1] is not None]
+    if wanted:
+        core.wait_for_revision(max(wanted))  # one bounded wait for the whole batch
+    results: list[dict[str, Any]] = []
+    for item in parsed:
+        try:
+            if isinstance(item, ChatAuthzError):
+                raise item
+            results.append(core.decide(item[0], item[1], wait=False))
         except ChatAuthzError as exc:
             results.append({"error": exc.to_dict()})
     return {"data": {"results": results}}

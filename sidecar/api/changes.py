@@ -5,7 +5,7 @@ from flask import Blueprint, request
 from flask.wrappers import Response
 
 from sidecar.api.common import paged, sidecar
-from sidecar.validation import paging, revision
+from sidecar.validation import is_ascii_number, paging, revision
 
 bp = Blueprint("changes", __name__)
 
@@ -13,7 +13,7 @@ bp = Blueprint("changes", __name__)
 @bp.get("/changes")
 def list_changes() -> Response:
     raw = request.args.get("since", "0")
-    since = revision(int(raw) if raw.isdigit() else raw, "since") or 0
+    since = revision(int(raw) if is_ascii_number(raw) else raw, "since") or 0
     per_page, current = paging(request.args)
     total, entries = sidecar().store.journal(since, (current - 1) * per_page, per_page)
     return paged(entries, total, per_page, current)

@@ -24,7 +24,8 @@ ID_PATTERN = "^[A-Za-z0-9_-]{1,100}$"     # what a request may send (the server 
 STORED_ID_PATTERN = "^[a-z0-9_-]{1,100}$"  # what a response shows
 PERMISSION_PATTERN = "^[A-Za-z0-9_.-]{1,100}$"
 SCOPES = ["admin", "moderator", "participant"]
-SCOPES_PATTERN = "^((admin|moderator|participant)(,(admin|moderator|participant))*)?$"
+_SCOPE = "(admin|moderator|participant)"
+SCOPES_PATTERN = f"^([\\s,]*{_SCOPE}(\\s*,[\\s,]*{_SCOPE})*[\\s,]*)?$"  # blanks and empty items are ignored
 MAX_MEMBERS_PER_CALL = 25
 MAX_PER_PAGE = 1000
 MAX_BATCH = 1000  # the default of --max-batch / CHATAUTHZ_MAX_BATCH
@@ -140,7 +141,7 @@ def errors(*, full_access: bool = True, body: bool = False, store: bool = True,
 
 # -- parameters and bodies -------------------------------------------------------------------------
 def path_id(name: str, description: str) -> dict[str, Any]:
-    return {"name": name, "in": "path", "required": True, "description": description + " (lowercased)",
+    return {"name": name, "in": "path", "required": True, "description": f"{description}; lowercased by the server.",
             "schema": string(pattern=ID_PATTERN)}
 
 
@@ -148,18 +149,21 @@ def path_param(name: str, description: str, schema: dict[str, Any]) -> dict[str,
     return {"name": name, "in": "path", "required": True, "description": description, "schema": schema}
 
 
-def query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
-    return {"name": name, "in": "query", "required": False, "description": description, "schema": schema}
+def query(name: str, description: str, schema: dict[str, Any], *, empty_is_default: bool = False) -> dict[str, Any]:
+    param = {"name": name, "in": "query", "required": False, "description": description, "schema": schema}
+    if empty_is_default:  # ?perPage= is taken as absent
+        param["allowEmptyValue"] = True
+    return param
 
 
-ROLE = path_id("role", "The role id.")
-UID = path_id("uid", "The user's uid.")
-GUID = path_id("guid", "The group's guid.")
+ROLE = path_id("role", "The role id")
+UID = path_id("uid", "The user's uid")
+GUID = path_id("guid", "The group's guid")
 SCOPE = path_param("scope", "A group scope; another value is ERR_GROUP_SCOPE_NOT_FOUND.", {"enum": SCOPES})
 PERMISSION = path_param("permission", "A permission key of the catalogue, e.g. sendMessage.allowedMessageTypes.",
                         string(pattern=PERMISSION_PATTERN))
-PAGING = [query("perPage", "Items per page (default 100).", integer(1, MAX_PER_PAGE)),
-          query("page", "The page, from 1 (default 1).", integer(1, 10**9))]
+PAGING = [query("perPage", "Items per page (default 100).", integer(1, MAX_PER_PAGE), empty_is_default=True),
+          query("page", "The page, from 1 (default 1).", integer(1, 10**9), empty_is_default=True)]
 ON_BEHALF_OF = {"name": "onBehalfOf", "in": "header", "required": False,
                 "description": "Decide the operation as this uid first (with its role and scope in the group) "
                                "and do it only if allowed: check and change in one step. A refusal is a 403 "
@@ -202,11 +206,12 @@ def mapped() -> dict[str, Any]:
 
 
 SCHEMAS: dict[str, Any] = {
-    "Error": obj({"error": obj({
+    "Error": obj({"error": ref("ErrorBody")}, ("error",)),
+    "ErrorBody": obj({
         "code": string(description="A stable code, e.g. ERR_BAD_REQUEST, ERR_ROLE_NOT_FOUND."),
         "message": string(minLength=1, description="What went wrong, for a person."),
         "details": {"type": "object", "description": "For ERR_BAD_REQUEST: field -> its problems.",
-                    "additionalProperties": array(string())}}, ("code", "message"))}, ("error",)),
+                    "additionalProperties": array(string())}}, ("code", "message")),
     "Pagination": obj({"total": integer(), "count": integer(), "per_page": integer(1, MAX_PER_PAGE),
                        "current_page": integer(1), "total_pages": integer(1)},
                       ("total", "count", "per_page", "current_page", "total_pages")),
@@ -239,9 +244,6 @@ SCHEMAS: dict[str, Any] = {
     "MemberResult": {"oneOf": [obj({"success": {"const": True}}, ("success",)),
                                obj({"success": {"const": False}, "error": ref("ErrorBody")},
                                    ("success", "error"))]},
-    "ErrorBody": obj({"code": string(), "message": string(minLength=1),
-                      "details": {"type": "object", "additionalProperties": array(string())}},
-                     ("code", "message")),
     "Change": obj({"revision": integer(1), "at": {"type": "number", "description": "Unix seconds."},
                    "actor": string(description="The name of the key that wrote."),
                    "ops": array({"type": "object", "required": ["op"], "properties": {"op": string()}})},
@@ -289,9 +291,7 @@ PERMISSIONS_BODY = obj({"permissions": {"type": "object", "minProperties": 1,
 FEATURES = array(string(), minItems=1, description="Feature keys, with or without the u. prefix.")
 ROLE_404 = ["ERR_ROLE_NOT_FOUND", NO_ROUTE]
 GROUP_404 = ["ERR_GUID_NOT_FOUND", NO_ROUTE]
-REFUSALS = ["ERR_PERMISSION_DENIED", "ERR_GROUP_NO_CLEARANCE", "ERR_GROUP_NO_SCOPE_CLEARANCE",
-            "ERR_GROUP_NO_SELF_ACTION", "ERR_GROUP_NOT_JOINED", "ERR_BANNED_GROUPMEMBER", "ERR_NOT_A_MEMBER",
-            "ERR_SAME_SCOPE", "ERR_STATE_TOO_STALE"]  # an onBehalfOf decision's codes, as a 403
+REFUSALS = DECISION_CODES  # an onBehalfOf write refused: the decision's code, as a 403
 
 
 def _paths() -> dict[str, dict[str, Any]]:
@@ -311,8 +311,11 @@ def _paths() -> dict[str, dict[str, Any]]:
                            ("results",)))),
              **errors(full_access=False, body=True, store=False)},
             description=f"At most {MAX_BATCH} checks (--max-batch). A bad check fails alone, in its result.",
-            request=body(obj({"checks": array(ref("AuthorizeRequest"), minItems=1, maxItems=MAX_BATCH)},
-                             ("checks",))))},
+            request=body(obj({"checks": array({
+                "description": "A check: the body of POST /authorize (the AuthorizeRequest schema). Any JSON value "
+                               "is taken: one that is not a valid check is answered by its own error, in its place.",
+                "examples": [{"uid": "alice", "action": "sendMessage", "guid": "support-team"}]},
+                minItems=1, maxItems=MAX_BATCH)}, ("checks",))))},
         "/roles": {
             "post": op("Create a role", "Roles",
                        {**ok("The role.", written(ref("Role"))),
@@ -330,8 +333,8 @@ def _paths() -> dict[str, dict[str, Any]]:
                       {**ok("The role after the update.", written(ref("Role"))),
                        **errors(body=True, s404=ROLE_404)},
                       description="A role of the policy files may be edited at runtime. A field may not be "
-                                  "both set and unset.",
-                      request=body(obj({**ROLE_FIELDS, "unset": nullable(array(
+                                  "both set and unset; a field sent as null is left as it is.",
+                      request=body(obj({**ROLE_FIELDS, "name": nullable(ROLE_FIELDS["name"]), "unset": nullable(array(
                           {"enum": ["description", "metadata", "settings"]}))}))),
             "delete": op("Delete a role", "Roles",
                          {**ok("Deleted; its users now hold the default role.", written(obj({
@@ -370,10 +373,12 @@ def _paths() -> dict[str, dict[str, Any]]:
                          {**ok("Allowed.", written(success())), **errors(body=True, s404=ROLE_404)},
                          description="featuresToAllow is required unless allowAll is true (which allows all and "
                                      "ignores featuresToAllow).",
-                         request=body(obj({"featuresToAllow": FEATURES, "allowAll": {"type": "boolean"}},
-                                          anyOf=[{"required": ["featuresToAllow"]},
-                                                 {"required": ["allowAll"],
-                                                  "properties": {"allowAll": {"const": True}}}])))},
+                         request=body(obj({"featuresToAllow": {"description": "Feature keys, with or without "
+                                                                  "the u. prefix; not read when allowAll is true."},
+                                           "allowAll": {"type": "boolean"}},
+                                          **{"if": {"required": ["allowAll"], "properties": {"allowAll": {"const": True}}},
+                                             "else": {"required": ["featuresToAllow"],
+                                                      "properties": {"featuresToAllow": FEATURES}}})))},
         "/users/{uid}": {
             "parameters": [UID],
             "get": op("Get a user's role", "Users", {**ok("The user.", data(ref("User"))),
@@ -391,8 +396,10 @@ def _paths() -> dict[str, dict[str, Any]]:
             "put": op("Create a group or set its owner", "Groups",
                       {**ok("The group.", written(ref("Group"))),
                        **errors(body=True, s403=REFUSALS, s404=[NO_ROUTE])},
-                      description="The owner becomes an admin member (and is unbanned). With onBehalfOf, "
-                                  "changing an existing group needs editGroup.",
+                      description="Creates the group, or transfers it; the owner becomes an admin member (and "
+                                  "is unbanned). With onBehalfOf: creating needs createGroup; a transfer needs "
+                                  "transferOwnership and is the current owner's alone (ERR_GROUP_NO_CLEARANCE); "
+                                  "naming the same owner needs editGroup.",
                       params=[ON_BEHALF_OF],
                       request=body(obj({"owner": id_string("The owner's uid.")}, ("owner",)))),
             "delete": op("Delete a group", "Groups", {**ok("Deleted.", written(success())),
@@ -520,13 +527,60 @@ METHODS = ("get", "put", "post", "delete", "patch")
 
 
 # -- the readable page -----------------------------------------------------------------------------
-def _schema_text(schema: Any) -> str:
-    """A schema as indented JSON, each $ref turned into a link to its component."""
-    text = html.escape(json.dumps(schema, indent=2, ensure_ascii=False))
-    for name in SCHEMAS:
-        quoted = html.escape(json.dumps(f"#/components/schemas/{name}"))
-        text = text.replace(quoted, f'<a href="#schema-{name}">{quoted}</a>')
-    return text
+def _type_html(schema: Any) -> str:
+    """A schema in a few words: `string, pattern ^[a-z]+$`, `integer 1..1000`, `Role or null`, ..."""
+    esc = html.escape
+    if not isinstance(schema, dict) or not schema:
+        return "any JSON value"
+    if "$ref" in schema:
+        name = schema["$ref"].rsplit("/", 1)[-1]
+        return f'<a href="#schema-{esc(name)}">{esc(name)}</a>'
+    if "enum" in schema:
+        return "one of " + ", ".join(f"<code>{esc(json.dumps(v))}</code>" for v in schema["enum"])
+    if "const" in schema:
+        return f"<code>{esc(json.dumps(schema['const']))}</code>"
+    if "anyOf" in schema or "oneOf" in schema:
+        return " or ".join(_type_html(s) for s in schema.get("anyOf", schema.get("oneOf")))
+    kind = schema.get("type", "any JSON value")
+    words = [esc(str(kind))]
+    if kind in ("integer", "number") and ("minimum" in schema or "maximum" in schema):
+        words.append(f"{schema.get('minimum', '')}..{schema.get('maximum', '')}")
+    if kind == "string":
+        if "minLength" in schema or "maxLength" in schema:
+            words.append(f"{schema.get('minLength', 0)}..{schema.get('maxLength', '')} characters")
+        if "pattern" in schema:
+            words.append(f"matching <code>{esc(schema['pattern'])}</code>")
+    if kind == "array":
+        limits = f" ({schema.get('minItems', 0)}..{schema.get('maxItems', '')} items)" \
+            if "minItems" in schema or "maxItems" in schema else ""
+        return f"array{limits} of {_type_html(schema.get('items', {}))}"
+    if kind == "object" and isinstance(schema.get("additionalProperties"), dict) and not schema.get("properties"):
+        return f"object: name &rarr; {_type_html(schema['additionalProperties'])}"
+    return " ".join(words)
+
+
+def _outline_html(schema: Any) -> str:
+    """A schema as a list of its fields (required ones in bold), nested objects indented."""
+    esc = html.escape
+    if not isinstance(schema, dict) or schema.get("type") != "object" or not schema.get("properties"):
+        text = _type_html(schema)
+        if isinstance(schema, dict) and schema.get("type") == "array" and isinstance(schema.get("items"), dict) \
+                and schema["items"].get("properties"):
+            text += _outline_html(schema["items"])
+        return text + (f" — {esc(schema['description'])}" if isinstance(schema, dict) and "description" in schema
+                       else "")
+    required = set(schema.get("required", []))
+    items = []
+    for name, field in schema["properties"].items():
+        label = f"<b>{esc(name)}</b>" if name in required else esc(name)
+        items.append(f"<li><code>{label}</code>: {_outline_html(field)}</li>")
+    extra = schema.get("additionalProperties")
+    if isinstance(extra, dict):
+        items.append(f"<li><i>any other name</i>: {_outline_html(extra)}</li>")
+    closed = " (no other fields)" if extra is False else ""
+    rules = "".join(f" {esc(k)}: <code>{esc(json.dumps(schema[k]))}</code>" for k in ("anyOf", "if", "else")
+                    if k in schema)
+    return f"object{closed}{rules}<ul>{''.join(items)}</ul>"
 
 
 def _operation_html(path: str, method: str, operation: dict[str, Any], shared: list[dict[str, Any]]) -> str:
@@ -542,7 +596,7 @@ def _operation_html(path: str, method: str, operation: dict[str, Any], shared: l
     if params:
         rows = "".join(f"<tr><td><code>{esc(p['name'])}</code></td><td>{esc(p['in'])}</td>"
                        f"<td>{'yes' if p.get('required') else 'no'}</td>"
-                       f"<td><code>{esc(json.dumps(p['schema']))}</code></td><td>{esc(p.get('description', ''))}</td>"
+                       f"<td>{_type_html(p['schema'])}</td><td>{esc(p.get('description', ''))}</td>"
                        "</tr>" for p in params)
         parts.append("<h4>Parameters</h4><table><tr><th>name</th><th>in</th><th>required</th><th>schema</th>"
                      f"<th>description</th></tr>{rows}</table>")
@@ -552,15 +606,25 @@ def _operation_html(path: str, method: str, operation: dict[str, Any], shared: l
         if request.get("description"):
             parts.append(f"<p>{esc(request['description'])}</p>")
         for content in request["content"].values():
-            parts.append(f"<pre>{_schema_text(content['schema'])}</pre>")
+            parts.append(f"<div class=schema>{_outline_html(content['schema'])}</div>")
     parts.append("<h4>Responses</h4><table><tr><th>status</th><th>description</th><th>schema</th></tr>")
     for status, response in operation["responses"].items():
-        schemas = "".join(f"<details><summary>{esc(media)}</summary><pre>{_schema_text(c.get('schema', {}))}"
-                          "</pre></details>" for media, c in response.get("content", {}).items())
+        schemas = "".join(_response_schema_html(media, c.get("schema", {}))
+                          for media, c in response.get("content", {}).items())
         parts.append(f"<tr><td><b>{esc(status)}</b></td><td>{esc(response['description'])}</td>"
                      f"<td>{schemas}</td></tr>")
     parts.append("</table></section>")
     return "".join(parts)
+
+
+def _response_schema_html(media: str, schema: dict[str, Any]) -> str:
+    """An error response names its codes and links the envelope; a success shows its schema."""
+    parts = schema.get("allOf", [])
+    if parts and parts[0] == ref("Error"):
+        codes = parts[1]["properties"]["error"]["properties"]["code"]["enum"]
+        return ('<a href="#schema-Error">error envelope</a>, code: '
+                + ", ".join(f"<code>{html.escape(code)}</code>" for code in codes))
+    return f"<code>{html.escape(media)}</code>: {_outline_html(schema)}"
 
 
 STYLE = """body{font:15px/1.45 system-ui,sans-serif;max-width:1100px;margin:auto;padding:1em;color:#222}
@@ -568,7 +632,7 @@ code,pre{font:13px ui-monospace,monospace}pre{background:#f5f5f5;padding:.6em;ov
 table{border-collapse:collapse;width:100%;margin:.3em 0}td,th{border:1px solid #ddd;padding:.3em;
 vertical-align:top;text-align:left}.op{border-top:2px solid #ccc;margin-top:1.5em}.m{padding:.1em .4em;
 border-radius:3px;color:#fff;font-size:13px}.get{background:#2a7}.post{background:#27c}.put{background:#c82}
-.delete{background:#c33}.key{color:#666}nav li{margin:.1em 0}"""
+.delete{background:#c33}.key{color:#666}nav li{margin:.1em 0}.schema ul{margin:.1em 0;padding-left:1.4em}"""
 
 
 @lru_cache(maxsize=1)
@@ -584,7 +648,7 @@ def render_docs() -> str:
                 toc.append(f'<li><a href="#{esc(anchor)}"><span class="m {method}">{method.upper()}</span> '
                            f"<code>{esc(path)}</code></a> {esc(item[method]['summary'])}</li>")
                 body_parts.append(_operation_html(path, method, item[method], shared))
-    schemas = "".join(f'<h3 id="schema-{esc(name)}">{esc(name)}</h3><pre>{_schema_text(schema)}</pre>'
+    schemas = "".join(f'<h3 id="schema-{esc(name)}">{esc(name)}</h3><div class=schema>{_outline_html(schema)}</div>'
                       for name, schema in SCHEMAS.items())
     info = document["info"]
     return (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{esc(info['title'])} API</title>"

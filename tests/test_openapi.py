@@ -1,0 +1,352 @@
+"""The OpenAPI document (sidecar/api/openapi.py) is true to the app.
+
+(a) every rule of app.url_map is documented with its methods, and nothing else is;
+(b) real responses of a live server, for a representative request per route (success and
+    errors), match the document: status documented, content type, schema;
+(c) every route that needs a key refuses a missing key, a wrong key and (off /authorize) an
+    authorize-only key, so that a new route cannot be left open.
+"""
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import jsonschema_rs
+import pytest
+import requests
+from conftest import TEST_API_KEY, Server, unique
+from flask import Flask
+
+from sidecar.api import create_app
+from sidecar.api.auth import AUTHORIZE_ENDPOINTS, OPEN_ENDPOINTS
+from sidecar.api.openapi import DOCUMENT, METHODS
+from sidecar.compose import build_sidecar
+from sidecar.config import Settings
+
+AUTHORIZE_KEY = "test-authorize-only-key-0123456789"
+AUTOMATIC_METHODS = {"HEAD", "OPTIONS"}  # Flask adds these to every rule
+SERVER_ENV = {"CHATAUTHZ_AUTHORIZE_KEY": AUTHORIZE_KEY, "CHATAUTHZ_REVISION_WAIT_S": "0.2"}
+ENVELOPE_EXEMPT = {("get", "/health/ready", 503)}  # readiness says why in {"data": ...}, by design
+
+
+# -- the document, as a validator -------------------------------------------------------------------
+def openapi_path(rule: str) -> str:
+    """/roles/<role> -> /roles/{role}; /static/<path:filename> -> /static/{filename}."""
+    return re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule)
+
+
+def operation(method: str, template: str) -> dict[str, Any]:
+    item = DOCUMENT["paths"].get(template)
+    assert item is not None, f"{template} is not in the document"
+    assert method.lower() in item, f"{method.upper()} {template} is not in the document"
+    return item[method.lower()]  # type: ignore[no-any-return]
+
+
+_VALIDATORS: dict[str, Any] = {}
+
+
+def validator(schema: dict[str, Any]) -> Any:
+    """A Draft 2020-12 validator of `schema`, its $refs resolved in the document's components."""
+    key = json.dumps(schema, sort_keys=True)
+    if key not in _VALIDATORS:
+        _VALIDATORS[key] = jsonschema_rs.Draft202012Validator({**schema, "components": DOCUMENT["components"]})
+    return _VALIDATORS[key]
+
+
+def assert_matches(method: str, template: str, response: requests.Response) -> None:
+    """The response's status is documented for the operation, its content type too, and the body
+    matches that status's schema; an error (4xx/5xx) is the error envelope."""
+    where = f"{method.upper()} {template} -> {response.status_code} {response.text[:500]}"
+    responses = operation(method, template)["responses"]
+    status = str(response.status_code)
+    assert status in responses, f"undocumented status: {where}"
+    documented = responses[status].get("content", {})
+    media = response.headers.get("Content-Type", "").split(";")[0].strip()
+    assert media in documented, f"content type {media!r} not in {list(documented)}: {where}"
+    if media != "application/json":
+        return
+    body = response.json()
+    errors = [f"{e.instance_path}: {e.message}" for e in validator(documented[media]["schema"]).iter_errors(body)]
+    assert not errors, f"does not match the document: {where}\n" + "\n".join(errors[:10])
+    if response.status_code >= 400 and (method.lower(), template, response.status_code) not in ENVELOPE_EXEMPT:
+        assert validator({"$ref": "#/components/schemas/Error"}).is_valid(body), f"not an error envelope: {where}"
+
+
+# -- fixtures --------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flask]:
+    """The app in this process (no threads), for its URL map."""
+    settings = Settings(data_dir=tmp_path_factory.mktemp("urlmap"), api_key=TEST_API_KEY, policy_watch_s=0)
+    core = build_sidecar(settings, start_threads=False)
+    yield create_app(settings, sidecar=core)
+    core.store.close()
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    base = tmp_path_factory.mktemp("openapi")
+    srv = Server(base / "data", workers=1, log_dir=base / "logs", extra_env=SERVER_ENV)
+    try:
+        yield srv.start()
+    finally:
+        srv.stop()
+
+
+def rules(app: Flask) -> Iterator[tuple[str, str, set[str]]]:
+    """(endpoint, OpenAPI path, methods) of every rule but Flask's static files."""
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint != "static":
+            yield rule.endpoint, openapi_path(rule.rule), set(rule.methods or ())
+
+
+# -- (a) every route is documented -----------------------------------------------------------------
+def test_every_route_is_documented_with_its_methods(app: Flask) -> None:
+    in_app = {(path, method.lower()) for _, path, methods in rules(app) for method in methods - AUTOMATIC_METHODS}
+    in_document = {(path, method) for path, item in DOCUMENT["paths"].items() for method in METHODS if method in item}
+    assert sorted(in_app - in_document) == [], "routes missing from sidecar/api/openapi.py"
+    assert sorted(in_document - in_app) == [], "the document names routes the app does not have"
+
+
+def test_document_declares_each_path_parameter(app: Flask) -> None:
+    for _, path, _methods in rules(app):
+        item = DOCUMENT["paths"][path]
+        names = set(re.findall(r"{([^}]+)}", path))
+        for method in METHODS:
+            if method in item:
+                declared = {p["name"] for p in [*item.get("parameters", []), *item[method].get("parameters", [])]
+                            if p["in"] == "path"}
+                assert declared == names, (method, path, declared, names)
+
+
+def test_open_routes_are_exactly_the_documented_open_ones(app: Flask) -> None:
+    open_in_app = {path for endpoint, path, _ in rules(app) if endpoint in OPEN_ENDPOINTS}
+    open_in_document = {path for path, item in DOCUMENT["paths"].items()
+                        if all(item[m].get("security") == [] for m in METHODS if m in item)}
+    assert open_in_app == open_in_document
+
+
+def test_document_schemas_are_valid_json_schema() -> None:
+    schemas = list(DOCUMENT["components"]["schemas"].values())
+    for item in DOCUMENT["paths"].values():
+        for method in METHODS:
+            if method in item:
+                op = item[method]
+                schemas += [c["schema"] for c in op.get("requestBody", {}).get("content", {}).values()]
+                schemas += [c["schema"] for r in op["responses"].values() for c in r.get("content", {}).values()]
+                schemas += [p["schema"] for p in [*item.get("parameters", []), *op.get("parameters", [])]]
+    for schema in schemas:
+        assert jsonschema_rs.meta.is_valid(schema), schema
+        validator(schema)  # its $refs resolve
+    assert DOCUMENT["openapi"].startswith("3.1")
+
+
+def test_served_document_and_docs_page(live: Server) -> None:
+    response = live.get("/openapi.json", apikey=None)
+    assert_matches("get", "/openapi.json", response)
+    assert response.json() == json.loads(json.dumps(DOCUMENT))
+    page = live.get("/docs", apikey=None)
+    assert_matches("get", "/docs", page)
+    text = page.text
+    for path in DOCUMENT["paths"]:
+        assert f"<code>{path}</code>" in text, path
+    # self-contained: no script, stylesheet, image or font from anywhere
+    assert not re.search(r"<script|<link|<img|<iframe|@import|url\(|src=", text, re.I)
+    assert not re.search(r"https?://", text), re.search(r".{40}https?://.{40}", text)
+
+
+# -- (b) real responses match the document ---------------------------------------------------------
+class Recorder:
+    """Sends a request to the live server by operation (template + path values) and checks it."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.seen: dict[tuple[str, str], set[int]] = {}
+
+    def __call__(self, method: str, template: str, expect: int, path: dict[str, str] | None = None,
+                 **kwargs: Any) -> requests.Response:
+        url = template.format(**(path or {}))
+        response = self.server.request(method.upper(), url, **kwargs)
+        assert response.status_code == expect, f"{method.upper()} {url} -> {response.status_code} {response.text}"
+        assert_matches(method, template, response)
+        self.seen.setdefault((method.lower(), template), set()).add(response.status_code)
+        return response
+
+
+def test_real_responses_match_the_document(live: Server) -> None:
+    call = Recorder(live)
+    role, uid, owner, member, mod, outsider, guid = (unique(p) for p in ("role", "u", "own", "mem", "mod", "out", "grp"))
+    r = {"role": role}
+
+    # -- roles
+    call("post", "/roles", 200, json={"role": role.upper(), "name": "Role", "description": "d",
+                                      "metadata": {"team": "x"}, "settings": {"listUsers": "all"}})
+    call("post", "/roles", 409, json={"role": role, "name": "Again"})
+    call("post", "/roles", 400, json={"role": "bad id!", "name": "x"})
+    call("post", "/roles", 400, json={"role": unique("role"), "name": "x", "surprise": 1})
+    call("post", "/roles", 400, data="role=x", headers={"Content-Type": "text/plain"})
+    call("post", "/roles", 413, data=b"{" + b" " * (1024 * 1024 + 10) + b"}",
+         headers={"Content-Type": "application/json"})
+    call("get", "/roles", 200, params={"perPage": 2, "page": 2})
+    call("get", "/roles", 400, params={"perPage": 0})
+    call("get", "/roles/{role}", 200, r)
+    call("get", "/roles/{role}", 200, {"role": "default"})
+    call("get", "/roles/{role}", 404, {"role": unique("nope")})
+    call("get", "/roles/{role}", 400, {"role": "bad!id"})
+    call("put", "/roles/{role}", 200, r, json={"name": "Renamed", "unset": ["metadata"]})
+    call("put", "/roles/{role}", 400, r, json={"unset": ["name"]})
+    call("put", "/roles/{role}", 404, {"role": unique("nope")}, json={"name": "x"})
+    call("get", "/roles/{role}/permissions", 200, r, params={"perPage": 5})
+    call("get", "/roles/{role}/permissions", 404, {"role": unique("nope")})
+    call("put", "/roles/{role}/permissions", 200, r, json={"permissions": {"sendMessage": "deny",
+                                                                           "createGroup.allowedGroupTypes": ["public"]}})
+    call("put", "/roles/{role}/permissions", 400, r, json={"permissions": {"noSuchKey": 1}})
+    call("delete", "/roles/{role}/permissions/{permission}", 200, {**r, "permission": "sendMessage"})
+    call("delete", "/roles/{role}/permissions/{permission}", 404, {**r, "permission": "sendMessage"})
+    call("post", "/roles/{role}/restrictedfeatures", 200, r, json={"featuresToRestrict": ["u.joinGroup", "ban"]})
+    call("post", "/roles/{role}/restrictedfeatures", 400, r, json={"featuresToRestrict": ["u.noSuchFeature"]})
+    call("post", "/roles/{role}/restrictedfeatures", 400, {"role": "default"}, json={"featuresToRestrict": ["ban"]})
+    call("get", "/roles/{role}/restrictedfeatures", 200, r)
+    call("delete", "/roles/{role}/restrictedfeatures", 200, r, json={"featuresToAllow": ["u.ban"]})
+    call("delete", "/roles/{role}/restrictedfeatures", 200, r, json={"allowAll": True})
+    call("delete", "/roles/{role}/restrictedfeatures", 400, r, json={})
+
+    # -- users
+    call("put", "/users/{uid}", 200, {"uid": uid}, json={"role": role})
+    call("put", "/users/{uid}", 404, {"uid": uid}, json={"role": unique("nope")})
+    call("put", "/users/{uid}", 400, {"uid": uid}, json={"role": role, "name": "x"})
+    call("get", "/users/{uid}", 200, {"uid": uid})
+    call("get", "/users/{uid}", 400, {"uid": "x" * 101})
+    deleted = call("delete", "/roles/{role}", 200, r).json()
+    assert deleted["data"]["usersMovedToDefault"] == 1
+    call("delete", "/roles/{role}", 403, {"role": "default"})
+    call("delete", "/roles/{role}", 403, {"role": "support"})
+    call("delete", "/roles/{role}", 404, r)
+    call("delete", "/users/{uid}", 200, {"uid": uid})
+
+    # -- groups, members, bans, scope permissions
+    g = {"guid": guid}
+    call("put", "/groups/{guid}", 200, g, json={"owner": owner})
+    call("put", "/groups/{guid}", 400, g, json={"owner": "no way"})
+    call("get", "/groups/{guid}", 200, g)
+    call("get", "/groups/{guid}", 404, {"guid": unique("nope")})
+    added = call("post", "/groups/{guid}/members", 200, g, json={
+        "participants": [uid, "bad!"], "moderators": [mod, member], "usersToBan": [outsider]}).json()
+    assert added["data"]["participants"]["bad!"]["success"] is False
+    call("post", "/groups/{guid}/members", 400, g, json={"participants": [f"u{i}" for i in range(26)]})
+    call("post", "/groups/{guid}/members", 404, {"guid": unique("nope")}, json={"participants": [uid]})
+    call("get", "/groups/{guid}/members", 200, g, params={"scopes": "participant,moderator", "perPage": 1})
+    call("get", "/groups/{guid}/members", 400, g, params={"scopes": "owner"})
+    call("put", "/groups/{guid}/members/{uid}", 403, {**g, "uid": member}, json={"scope": "participant"},
+         headers={"onBehalfOf": uid})
+    call("put", "/groups/{guid}/members/{uid}", 200, {**g, "uid": member}, json={"scope": "participant"})
+    call("put", "/groups/{guid}/members/{uid}", 400, {**g, "uid": member}, json={"scope": "participant"})
+    call("put", "/groups/{guid}/members/{uid}", 400, {**g, "uid": member}, json={"scope": "owner"})
+    call("put", "/groups/{guid}/members/{uid}", 403, {**g, "uid": owner}, json={"scope": "participant"})
+    call("delete", "/groups/{guid}/members/{uid}", 403, {**g, "uid": member}, headers={"onBehalfOf": member})
+    call("delete", "/groups/{guid}/members/{uid}", 200, {**g, "uid": member}, headers={"onBehalfOf": mod})
+    call("delete", "/groups/{guid}/members/{uid}", 400, {**g, "uid": member})
+    call("post", "/groups/{guid}/bannedusers/{uid}", 200, {**g, "uid": member})
+    call("post", "/groups/{guid}/bannedusers/{uid}", 400, {**g, "uid": member})
+    call("post", "/groups/{guid}/bannedusers/{uid}", 403, {**g, "uid": owner})
+    call("get", "/groups/{guid}/bannedusers", 200, g)
+    call("get", "/groups/{guid}/bannedusers", 404, {"guid": unique("nope")})
+    call("delete", "/groups/{guid}/bannedusers/{uid}", 200, {**g, "uid": member})
+    call("delete", "/groups/{guid}/bannedusers/{uid}", 400, {**g, "uid": member})
+    s = {**g, "scope": "moderator"}
+    call("get", "/groups/{guid}/scopes/{scope}/permissions", 200, s, params={"perPage": 3})
+    call("get", "/groups/{guid}/scopes/{scope}/permissions", 404, {**g, "scope": "owner"})
+    call("put", "/groups/{guid}/scopes/{scope}/permissions", 200, s, json={"permissions": {"kickMembers": "deny"}})
+    call("put", "/groups/{guid}/scopes/{scope}/permissions", 400, s, json={"permissions": {}})
+    call("delete", "/groups/{guid}/scopes/{scope}/permissions/{permission}", 200, {**s, "permission": "kickMembers"})
+    call("delete", "/groups/{guid}/scopes/{scope}/permissions/{permission}", 404, {**s, "permission": "kickMembers"})
+    call("delete", "/groups/{guid}", 403, g, headers={"onBehalfOf": mod})
+    call("delete", "/groups/{guid}", 400, g, headers={"onBehalfOf": "bad id"})
+    call("delete", "/groups/{guid}", 200, g)
+    call("delete", "/groups/{guid}", 404, g)
+
+    # -- decisions
+    call("post", "/authorize", 200, json={"uid": uid, "action": "sendMessage", "context": {"messageType": "text"}})
+    denied = call("post", "/authorize", 200, json={"uid": uid, "action": "sendMessage", "guid": guid}).json()
+    assert denied["data"]["allowed"] is False
+    call("post", "/authorize", 200, json={"uid": uid, "action": "sendMessage"}, apikey=AUTHORIZE_KEY)
+    call("post", "/authorize", 400, json={"uid": uid, "action": "noSuchAction"})
+    call("post", "/authorize", 400, json={"uid": uid, "action": "sendMessage", "surprise": True})
+    call("post", "/authorize", 400, data="{", headers={"Content-Type": "application/json"})
+    call("post", "/authorize", 400, data="uid=x", headers={"Content-Type": "text/plain"})
+    call("post", "/authorize", 401, json={"uid": uid, "action": "sendMessage"}, apikey=None)
+    call("post", "/authorize", 401, json={"uid": uid, "action": "sendMessage"}, apikey="wrong")
+    call("post", "/authorize", 503, json={"uid": uid, "action": "sendMessage", "atLeastRevision": 10**9})
+    batch = call("post", "/authorize/batch", 200, json={"checks": [
+        {"uid": uid, "action": "sendMessage"}, {"uid": uid, "action": "noSuchAction"}, "not an object"]}).json()
+    assert [("error" in result) for result in batch["data"]["results"]] == [False, True, True]
+    call("post", "/authorize/batch", 400, json={"checks": []})
+
+    # -- operations
+    call("get", "/changes", 200, params={"since": 1, "perPage": 3})
+    call("get", "/changes", 400, params={"since": "-1"})
+    call("get", "/health/live", 200, apikey=None)
+    call("get", "/health/ready", 200, apikey=None)
+    call("get", "/metrics", 200, apikey=None)
+    call("get", "/openapi.json", 200, apikey=None)
+    call("get", "/docs", 200, apikey=None)
+    call("get", "/roles", 403, apikey=AUTHORIZE_KEY)
+    call("get", "/roles", 401, apikey="wrong")
+
+    # every documented operation was shown a success above
+    documented = {(m, p) for p, item in DOCUMENT["paths"].items() for m in METHODS if m in item}
+    no_success = sorted(op for op in documented if not any(200 <= s < 300 for s in call.seen.get(op, ())))
+    assert no_success == [], "add a representative request for these operations"
+
+
+def test_unknown_route_and_wrong_method_use_the_envelope(live: Server) -> None:
+    for method, path, status, code in [("GET", "/nope", 404, "ERR_API_NOT_FOUND"),
+                                       ("GET", "/authorize", 405, "ERR_METHOD_NOT_ALLOWED"),
+                                       ("PATCH", "/roles", 405, "ERR_METHOD_NOT_ALLOWED")]:
+        response = live.request(method, path)
+        assert response.status_code == status, response.text
+        assert response.json()["error"]["code"] == code
+        assert validator({"$ref": "#/components/schemas/Error"}).is_valid(response.json())
+
+
+# -- (c) no route is left open ---------------------------------------------------------------------
+def filled(path: str) -> str:
+    """A concrete URL for an OpenAPI path: each parameter a valid value."""
+    values = {"scope": "participant", "permission": "sendMessage"}
+    return re.sub(r"{([^}]+)}", lambda m: values.get(m.group(1), f"{m.group(1)}-keytest"), path)
+
+
+def test_every_keyed_route_refuses_a_missing_or_wrong_key(app: Flask, live: Server) -> None:
+    before = live.revision()
+    checked = 0
+    for endpoint, path, methods in rules(app):
+        if endpoint in OPEN_ENDPOINTS:
+            continue
+        for method in sorted(methods):
+            url = filled(path)
+            keys = [(None, 401, "AUTH_ERR_EMPTY_APIKEY"), ("", 401, "AUTH_ERR_EMPTY_APIKEY"),
+                    ("wrong-" + TEST_API_KEY, 401, "AUTH_ERR_APIKEY_NOT_FOUND")]
+            if endpoint not in AUTHORIZE_ENDPOINTS:
+                keys.append((AUTHORIZE_KEY, 403, "AUTH_ERR_NO_ACCESS"))
+            for key, status, code in keys:
+                response = live.request(method, url, apikey=key, json={})
+                where = f"{method} {url} with key {key!r}: {response.status_code} {response.text[:200]}"
+                assert response.status_code == status, where
+                if method != "HEAD":
+                    assert response.json() == {"error": {"code": code, "message": response.json()["error"]["message"]}}, where
+                    if method != "OPTIONS":
+                        assert_matches(method, path, response)
+                checked += 1
+    assert checked > 100
+    assert live.revision() == before, "a refused request wrote something"
+
+
+def test_open_routes_answer_without_a_key(app: Flask, live: Server) -> None:
+    for endpoint, path, methods in rules(app):
+        if endpoint in OPEN_ENDPOINTS:
+            for method in methods - AUTOMATIC_METHODS:
+                response = live.request(method, filled(path), apikey=None)
+                assert response.status_code in (200, 503), (method, path, response.status_code)
+                assert_matches(method, path, response)
+
