@@ -108,20 +108,23 @@ class Sidecar:
     def catch_up(self) -> None:
         """Bring state to the store's revision: replay the journal, or resync in full."""
         with self._catch_up_lock:
-            try:
-                entries = self.store.changes_since(self.state.revision)
-                with self._lock:
-                    self._apply_entries(entries)
-            except ResyncNeeded as why:
-                log.warning("full resync: %s", why)
-                if self.store.reseed(self.state):
-                    log.error("the store had lost its data; this sidecar wrote its state back "
-                              "(revision %s)", self.state.revision)
-                fresh = self.store.load()
-                with self._lock:
-                    self.state = fresh
-                    self.loaded = True
-            self.last_heard = time.monotonic()
+            self._catch_up_locked()
+
+    def _catch_up_locked(self) -> None:
+        try:
+            entries = self.store.changes_since(self.state.revision)
+            with self._lock:
+                self._apply_entries(entries)
+        except ResyncNeeded as why:
+            log.warning("full resync: %s", why)
+            if self.store.reseed(self.state):
+                log.error("the store had lost its data; this sidecar wrote its state back "
+                          "(revision %s)", self.state.revision)
+            fresh = self.store.load()
+            with self._lock:
+                self.state = fresh
+                self.loaded = True
+        self.last_heard = time.monotonic()
 
     def _apply_entries(self, entries: list[tuple[int, list[Op]]]) -> None:
         for revision, ops in entries:
@@ -204,13 +207,15 @@ class Sidecar:
             return view(self.policy, self.state)
 
     # -- writes ----------------------------------------------------------------------------
-    def write(self, plan: Callable[[PolicySet, RuntimeState], list[Op]], actor: str) -> int:
-        """Check and change in one step; returns the revision after the write."""
-        with self._write_lock:
+    def write(self, plan: Callable[[PolicySet, RuntimeState], list[Op]], actor: str,
+              view: Callable[[PolicySet, RuntimeState], Any] | None = None) -> tuple[int, Any]:
+        """Check and change in one step. Returns the revision after the write and view(policy,
+        state) taken at exactly that revision (no other change in between), for the response."""
+        with self._write_lock, self._catch_up_lock:  # nothing else advances our state meanwhile
             policy = self.policy
 
             def planned() -> list[Op]:
-                self.catch_up()
+                self._catch_up_locked()
                 with self._lock:
                     return [with_before(self.state, op) for op in plan(policy, self.state)]
             try:
@@ -220,5 +225,6 @@ class Sidecar:
                 raise
             with self._lock:
                 self._apply_entries([(revision, ops)] if ops else [])
+                shown = view(policy, self.state) if view is not None else None
             self.last_heard = time.monotonic()
-            return revision
+            return revision, shown

@@ -332,7 +332,7 @@ def test_a_write_that_loses_the_watch_race_retries_on_fresh_state(shared_redis: 
             theirs.write(lambda p, s: [{"op": "set_role_permissions", "role": "support",
                                         "values": {"createGroup": "allow"}}], "theirs")
         return [{"op": "set_role_permissions", "role": "support", "values": {"editProfile": "deny"}}]
-    assert ours.write(plan, "ours") == 3
+    assert ours.write(plan, "ours")[0] == 3
     assert len(seen) == 2, seen  # planned twice: the first EXEC was refused
     assert seen[1] == {"blockUser": "allow", "createGroup": "allow"}
     expected = {"blockUser": "allow", "createGroup": "allow", "editProfile": "deny"}
@@ -363,7 +363,7 @@ def test_concurrent_writers_on_two_sidecars_never_lose_an_update(shared_redis: R
                     with attempts_lock:
                         attempts[0] += 1
                     return [{"op": "put_member", "guid": "busy", "uid": uid, "scope": "participant"}]
-                results[index].append(sidecar.write(plan, f"thread-{index}"))
+                results[index].append(sidecar.write(plan, f"thread-{index}")[0])
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
@@ -434,7 +434,7 @@ def test_a_write_while_redis_hangs_raises_store_error_and_is_not_applied_later(o
     assert dump(admin, prefix) == before
     assert fields(sidecar.state) == before_state
     # and once Redis answers again the next write goes through as revision 2
-    assert sidecar.write(lambda p, s: [{"op": "put_user", "uid": "u3", "role": "support"}], "t") == 2
+    assert sidecar.write(lambda p, s: [{"op": "put_user", "uid": "u3", "role": "support"}], "t")[0] == 2
     assert sidecar.store.load().users == {"u1": "support", "u3": "support"}
 
 
@@ -478,7 +478,7 @@ def test_after_flushall_a_sidecar_writes_its_state_back_and_others_load_it(own_r
     fresh = open_store(own_redis, prefix)
     assert fields(fresh.load()) == expected
     # and the next write continues from there, visible to everyone
-    revision = other.write(lambda p, s: [{"op": "put_user", "uid": "late", "role": "restricted"}], "t")
+    revision, _ = other.write(lambda p, s: [{"op": "put_user", "uid": "late", "role": "restricted"}], "t")
     assert revision == expected["revision"] + 1
     holder.catch_up()
     assert holder.state.users["late"] == "restricted" and fields(holder.state) == fields(fresh.load())

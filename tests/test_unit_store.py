@@ -229,7 +229,7 @@ def test_sidecars_on_two_stores_see_each_others_writes(open_store: Any) -> None:
     assert one.decide(request)["allowed"] is True
     assert two.decide(request)["allowed"] is True
 
-    revision = one.write(lambda policy, state: [{"op": "put_user", "uid": "u1", "role": "support"}], "worker-1")
+    revision, _ = one.write(lambda policy, state: [{"op": "put_user", "uid": "u1", "role": "support"}], "worker-1")
     assert revision == 1
     assert one.state.users == {"u1": "support"}
     two.refresh()
@@ -260,7 +260,7 @@ def test_sidecar_write_plans_on_caught_up_state(open_store: Any) -> None:
     def plan(policy: Any, state: RuntimeState) -> list[Op]:
         seen.append(dict(state.owners))
         return [{"op": "put_member", "guid": "g1", "uid": "o", "scope": "admin"}]
-    assert two.write(plan, "worker-2") == 2
+    assert two.write(plan, "worker-2")[0] == 2
     assert seen == [{"g1": "o"}]
     one.refresh()
     assert one.state.members == {"g1": {"o": "admin"}}
@@ -277,4 +277,4 @@ def test_sidecar_write_that_refuses_changes_nothing(open_store: Any, db: Path) -
         sidecar.write(plan, "w")
     assert dump_tables(db) == before
     assert sidecar.state.revision == 1
-    assert sidecar.write(lambda policy, state: [], "w") == 1
+    assert sidecar.write(lambda policy, state: [], "w")[0] == 1

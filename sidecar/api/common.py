@@ -33,8 +33,12 @@ def json_body(optional: bool = False) -> Any:
     return body
 
 
-def write(plan: Callable[[PolicySet, RuntimeState], list[Op]]) -> int:
-    return sidecar().write(plan, g.get("actor", "unknown"))
+View = Callable[[PolicySet, RuntimeState], Any]
+
+
+def write(plan: Callable[[PolicySet, RuntimeState], list[Op]], view: View | None = None) -> tuple[int, Any]:
+    """Commit the plan as the calling key; (revision, view of the state at that revision)."""
+    return sidecar().write(plan, g.get("actor", "unknown"), view)  # type: ignore[no-any-return]
 
 
 def page(items: list[Any]) -> Response:

@@ -30,8 +30,8 @@ def _ids(guid: str, uid: str | None = None) -> tuple[str, str]:
 @bp.put("/users/<uid>")
 def set_user(uid: str) -> Response:
     uid, body = clean_id(uid, "uid"), json_body()
-    revision = write(lambda p, s: m.plan_set_user_role(p, s, uid, body))
-    return jsonify({"data": sidecar().read(lambda p, s: m.user_view(s, uid)), "revision": revision})
+    revision, view = write(lambda p, s: m.plan_set_user_role(p, s, uid, body), lambda p, s: m.user_view(s, uid))
+    return jsonify({"data": view, "revision": revision})
 
 
 @bp.get("/users/<uid>")
@@ -43,7 +43,7 @@ def get_user(uid: str) -> Response:
 @bp.delete("/users/<uid>")
 def delete_user(uid: str) -> Response:
     uid = clean_id(uid, "uid")
-    revision = write(lambda p, s: m.plan_delete_user(s, uid))
+    revision, _ = write(lambda p, s: m.plan_delete_user(s, uid))
     return jsonify({"data": {"success": True, "message": f"The user {uid} now has the default role."},
                     "revision": revision})
 
@@ -53,8 +53,9 @@ def delete_user(uid: str) -> Response:
 def set_group(guid: str) -> Response:
     guid, body, as_user = clean_id(guid, "guid"), json_body(), _as_user()
     engine = sidecar().engine
-    revision = write(lambda p, s: grp.plan_set_group(engine, s, guid, body, as_user))
-    return jsonify({"data": sidecar().read(lambda p, s: grp.group_view(s, guid)), "revision": revision})
+    revision, view = write(lambda p, s: grp.plan_set_group(engine, s, guid, body, as_user),
+                           lambda p, s: grp.group_view(s, guid))
+    return jsonify({"data": view, "revision": revision})
 
 
 @bp.get("/groups/<guid>")
@@ -66,7 +67,7 @@ def get_group(guid: str) -> Response:
 @bp.delete("/groups/<guid>")
 def delete_group(guid: str) -> Response:
     guid, as_user, engine = clean_id(guid, "guid"), _as_user(), sidecar().engine
-    revision = write(lambda p, s: grp.plan_delete_group(engine, s, guid, as_user))
+    revision, _ = write(lambda p, s: grp.plan_delete_group(engine, s, guid, as_user))
     return jsonify({"data": {"success": True, "message": f"The group {guid} has been deleted."},
                     "revision": revision})
 
@@ -80,7 +81,7 @@ def add_members(guid: str) -> Response:
     def plan(policy, state):  # type: ignore[no-untyped-def]
         results.clear()
         return grp.plan_add_members(engine, state, guid, body, as_user, results)
-    revision = write(plan)
+    revision, _ = write(plan)
     return jsonify({"data": {k: v for k, v in results.items() if v}, "revision": revision})
 
 
@@ -93,15 +94,15 @@ def list_members(guid: str) -> Response:
 @bp.put("/groups/<guid>/members/<uid>")
 def set_member(guid: str, uid: str) -> Response:
     (guid, uid), body, as_user, engine = _ids(guid, uid), json_body(), _as_user(), sidecar().engine
-    revision = write(lambda p, s: grp.plan_set_member(engine, p, s, guid, uid, body, as_user))
-    scope = sidecar().read(lambda p, s: s.scope_of(guid, uid))
+    revision, scope = write(lambda p, s: grp.plan_set_member(engine, p, s, guid, uid, body, as_user),
+                            lambda p, s: s.scope_of(guid, uid))
     return jsonify({"data": {"guid": guid, "uid": uid, "scope": scope}, "revision": revision})
 
 
 @bp.delete("/groups/<guid>/members/<uid>")
 def remove_member(guid: str, uid: str) -> Response:
     (guid, uid), as_user, engine = _ids(guid, uid), _as_user(), sidecar().engine
-    revision = write(lambda p, s: grp.plan_remove_member(engine, s, guid, uid, as_user))
+    revision, _ = write(lambda p, s: grp.plan_remove_member(engine, s, guid, uid, as_user))
     return jsonify({"data": {"success": True, "message": f"The member with {uid} has been kicked from "
                              f"the Group with {guid}."}, "revision": revision})
 
@@ -110,7 +111,7 @@ def remove_member(guid: str, uid: str) -> Response:
 @bp.post("/groups/<guid>/bannedusers/<uid>")
 def ban(guid: str, uid: str) -> Response:
     (guid, uid), as_user, engine = _ids(guid, uid), _as_user(), sidecar().engine
-    revision = write(lambda p, s: grp.plan_ban(engine, s, guid, uid, as_user))
+    revision, _ = write(lambda p, s: grp.plan_ban(engine, s, guid, uid, as_user))
     return jsonify({"data": {"success": True, "message": f"The user {uid} has been banned from the "
                              f"Group with {guid}."}, "revision": revision})
 
@@ -118,7 +119,7 @@ def ban(guid: str, uid: str) -> Response:
 @bp.delete("/groups/<guid>/bannedusers/<uid>")
 def unban(guid: str, uid: str) -> Response:
     (guid, uid), as_user, engine = _ids(guid, uid), _as_user(), sidecar().engine
-    revision = write(lambda p, s: grp.plan_unban(engine, s, guid, uid, as_user))
+    revision, _ = write(lambda p, s: grp.plan_unban(engine, s, guid, uid, as_user))
     return jsonify({"data": {"success": True, "message": f"The user {uid} has been unbanned from the "
                              f"Group with {guid}."}, "revision": revision})
 
@@ -139,17 +140,18 @@ def list_scope_permissions(guid: str, scope: str) -> Response:
 @bp.put("/groups/<guid>/scopes/<scope>/permissions")
 def set_scope_permissions(guid: str, scope: str) -> Response:
     guid, body = clean_id(guid, "guid"), json_body()
-    revision = write(lambda p, s: grp.plan_set_scope_permissions(p, s, guid, scope, body))
+    revision, explicit = write(lambda p, s: grp.plan_set_scope_permissions(p, s, guid, scope, body),
+                               lambda p, s: grp.explicit_scope_permissions(s, guid, scope))
     data: dict[str, Any] = {k: {"success": True, "message": f"Permission with id {k} have been mapped "
                                 f"successfully to scope {scope} on group {guid}."} for k in body["permissions"]}
-    data["permissions"] = sidecar().read(lambda p, s: grp.explicit_scope_permissions(s, guid, scope))
+    data["permissions"] = explicit
     return jsonify({"data": data, "revision": revision})
 
 
 @bp.delete("/groups/<guid>/scopes/<scope>/permissions/<permission>")
 def unset_scope_permission(guid: str, scope: str, permission: str) -> Response:
     guid = clean_id(guid, "guid")
-    revision = write(lambda p, s: grp.plan_unset_scope_permission(p, s, guid, scope, permission))
-    remaining = sidecar().read(lambda p, s: grp.explicit_scope_permissions(s, guid, scope))
+    revision, remaining = write(lambda p, s: grp.plan_unset_scope_permission(p, s, guid, scope, permission),
+                                lambda p, s: grp.explicit_scope_permissions(s, guid, scope))
     return jsonify({"data": {"message": "Scope permission unset successfully", "permissions": remaining},
                     "revision": revision})

@@ -21,9 +21,14 @@ def _role_id(role: str) -> str:
 def create_role() -> Response:
     body = json_body()
     max_roles = current_app.extensions["chatauthz.settings"].max_roles
-    revision = write(lambda p, s: m.plan_create_role(p, s, body, max_roles))
-    role = m.clean_id(body["role"], "role")
-    return jsonify({"data": sidecar().read(lambda p, s: m.role_view(p, s, role)), "revision": revision})
+    created: list[str] = []  # the validated (lowercased) id, known once the plan has run
+
+    def plan(policy, state):  # type: ignore[no-untyped-def]
+        ops = m.plan_create_role(policy, state, body, max_roles)
+        created.append(ops[0]["role"])
+        return ops
+    revision, view = write(plan, lambda policy, state: m.role_view(policy, state, created[-1]))
+    return jsonify({"data": view, "revision": revision})
 
 
 @bp.get("/roles")
@@ -40,8 +45,8 @@ def get_role(role: str) -> Response:
 @bp.put("/roles/<role>")
 def update_role(role: str) -> Response:
     role, body = _role_id(role), json_body()
-    revision = write(lambda p, s: m.plan_update_role(p, s, role, body))
-    return jsonify({"data": sidecar().read(partial(_view, role)), "revision": revision})
+    revision, view = write(lambda p, s: m.plan_update_role(p, s, role, body), partial(_view, role))
+    return jsonify({"data": view, "revision": revision})
 
 
 @bp.delete("/roles/<role>")
@@ -53,7 +58,7 @@ def delete_role(role: str) -> Response:
         ops = m.plan_delete_role(policy, state, role)
         holders.append(sum(1 for held in state.users.values() if held == role))
         return ops
-    revision = write(plan)
+    revision, _ = write(plan)
     return jsonify({"data": {"success": True, "message": f"Role {role} has been deleted successfully.",
                              "usersMovedToDefault": holders[-1]}, "revision": revision})
 
@@ -67,19 +72,19 @@ def list_role_permissions(role: str) -> Response:
 @bp.put("/roles/<role>/permissions")
 def set_role_permissions(role: str) -> Response:
     role, body = _role_id(role), json_body()
-    revision = write(lambda p, s: m.plan_set_role_permissions(p, s, role, body))
-    keys = list(body["permissions"])
+    revision, explicit = write(lambda p, s: m.plan_set_role_permissions(p, s, role, body),
+                               lambda p, s: m.explicit_role_permissions(s, role))
     data: dict = {k: {"success": True, "message": f"Permission with id {k} have been mapped successfully "
-                      f"to role {role}."} for k in keys}
-    data["permissions"] = sidecar().read(lambda p, s: m.explicit_role_permissions(s, role))
+                      f"to role {role}."} for k in body["permissions"]}
+    data["permissions"] = explicit
     return jsonify({"data": data, "revision": revision})
 
 
 @bp.delete("/roles/<role>/permissions/<permission>")
 def unset_role_permission(role: str, permission: str) -> Response:
     role = _role_id(role)
-    revision = write(lambda p, s: m.plan_unset_role_permission(p, s, role, permission))
-    remaining = sidecar().read(lambda p, s: m.explicit_role_permissions(s, role))
+    revision, remaining = write(lambda p, s: m.plan_unset_role_permission(p, s, role, permission),
+                                lambda p, s: m.explicit_role_permissions(s, role))
     return jsonify({"data": {"message": "Role permission unset successfully", "permissions": remaining},
                     "revision": revision})
 
@@ -91,7 +96,7 @@ def _view(role: str, policy, state):  # type: ignore[no-untyped-def]
 @bp.post("/roles/<role>/restrictedfeatures")
 def restrict_features(role: str) -> Response:
     role, body = _role_id(role), json_body()
-    revision = write(lambda p, s: m.plan_restrict_features(p, s, role, body))
+    revision, _ = write(lambda p, s: m.plan_restrict_features(p, s, role, body))
     data = {key: {"success": True, "message": f"The feature {key} has been restricted successfully."}
             for key in body["featuresToRestrict"]}
     return jsonify({"data": data, "revision": revision})
@@ -106,6 +111,6 @@ def list_restricted_features(role: str) -> Response:
 @bp.delete("/roles/<role>/restrictedfeatures")
 def allow_features(role: str) -> Response:
     role, body = _role_id(role), json_body()
-    revision = write(lambda p, s: m.plan_allow_features(p, s, role, body))
+    revision, _ = write(lambda p, s: m.plan_allow_features(p, s, role, body))
     return jsonify({"data": {"success": True, "message": "The feature has been allowed successfully."},
                     "revision": revision})
