@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
 """Decision benchmark: in-process latency at several state sizes, then /authorize over HTTP.
 
+The full suite (targets, memory and load time in fresh processes, Cerbos side by side) is
+bench/run.py, which reuses this file's workload (state ops, request kinds, timing helpers).
+
 (a) Builds a RuntimeState with ops (RuntimeState.apply) for each size and times Engine.decide,
     then the full Sidecar.decide path on an SQLiteStore in a temp folder (which adds the SQLite
     `PRAGMA data_version` check and the response body), with time.perf_counter_ns per call.
