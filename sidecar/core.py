@@ -95,7 +95,7 @@ class Sidecar:
     def refresh(self) -> None:
         """Embedded store: apply what other workers committed (cheap when nothing did)."""
         try:
-            if self.store.changed():
+            if self.store.changed(self.state.revision):
                 self.catch_up()
             elif not self.synced:
                 self.last_heard = time.monotonic()

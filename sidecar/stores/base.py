@@ -26,8 +26,8 @@ class Store(Protocol):
     def reseed(self, state: RuntimeState) -> bool:
         """If the store lost its data, write `state` back and return True (else False)."""
 
-    def changed(self) -> bool:
-        """Cheap check: may another process have committed since this was last asked?"""
+    def changed(self, revision: int) -> bool:
+        """Cheap check: may a commit past `revision` exist (made by another process)?"""
 
     def write(self, plan: Plan, actor: str) -> tuple[int, list[Op]]:
         """Run plan() inside one exclusive transaction and commit its ops with a new revision.

@@ -145,7 +145,7 @@ class RedisStore:
             found = [{"revision": r, **json.loads(e)} for r, e in zip(revisions, entries, strict=True) if e]
             return max(0, current - oldest + 1), found
 
-    def changed(self) -> bool:
+    def changed(self, revision: int) -> bool:
         return False  # the sync thread applies changes; requests never wait on Redis
 
     # -- writes ----------------------------------------------------------------------------

@@ -6,8 +6,10 @@ write's ops under its revision, so workers catch up by replaying only what is ne
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import sqlite3
+import struct
 import threading
 import time
 from pathlib import Path
@@ -16,6 +18,8 @@ from typing import Any
 from sidecar.errors import StoreError
 from sidecar.state import Op, RuntimeState
 from sidecar.stores.base import Plan
+
+BACKSTOP_S = 0.25  # how often a reader also asks SQLite whether anything changed
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -64,6 +68,7 @@ class SQLiteStore:
         self.path = str(path)
         self.busy_timeout_s = busy_timeout_s
         self._local = threading.local()
+        self._beacon = RevisionBeacon(self.path + ".rev")
         try:
             old_umask = os.umask(0o077)  # the database and its WAL files: owner only
             try:
@@ -82,7 +87,7 @@ class SQLiteStore:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             self._local.conn = conn
-            self._local.data_version = None
+            self._local.data_version = conn.execute("PRAGMA data_version").fetchone()[0]
         return conn
 
     def load(self) -> RuntimeState:
@@ -141,9 +146,16 @@ class SQLiteStore:
     def reseed(self, state: RuntimeState) -> bool:
         return False  # the file is the only copy; it cannot lose data behind our back
 
-    def changed(self) -> bool:
-        conn = self._conn()
-        version = conn.execute("PRAGMA data_version").fetchone()[0]
+    def changed(self, revision: int) -> bool:
+        """May a commit past `revision` exist? Reads the shared counter (nanoseconds); every
+        BACKSTOP_S it also asks SQLite itself, in case a writer died mid-way."""
+        if self._beacon.read() > revision:
+            return True
+        now = time.monotonic()
+        if now - getattr(self._local, "checked_at", 0.0) < BACKSTOP_S:
+            return False
+        self._local.checked_at = now
+        version = self._conn().execute("PRAGMA data_version").fetchone()[0]
         if version == self._local.data_version:
             return False
         self._local.data_version = version
@@ -167,6 +179,7 @@ class SQLiteStore:
             revision = conn.execute("SELECT value FROM meta WHERE key='revision'").fetchone()[0]
             conn.execute("INSERT INTO journal VALUES (?, ?, ?, ?)",
                          (revision, time.time(), actor, json.dumps(ops, separators=(",", ":"))))
+            self._beacon.publish(revision)  # under the write lock, so it only ever grows
             conn.execute("COMMIT")
             return revision, ops
         except BaseException as exc:
@@ -181,6 +194,32 @@ class SQLiteStore:
         if conn is not None:
             conn.close()
             self._local.conn = None
+
+
+class RevisionBeacon:
+    """The last committed revision as 8 bytes in a small file every worker maps into memory:
+    a reader learns of other workers' commits without a query. Published before COMMIT (under
+    SQLite's write lock, so it never goes back); a reader that sees it early just finds the
+    journal not there yet and looks again on its next request."""
+
+    def __init__(self, path: str) -> None:
+        old_umask = os.umask(0o077)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        finally:
+            os.umask(old_umask)
+        try:
+            if os.fstat(fd).st_size < 8:
+                os.pwrite(fd, b"\0" * 8, 0)
+            self._map = mmap.mmap(fd, 8)
+        finally:
+            os.close(fd)
+
+    def read(self) -> int:
+        return int(struct.unpack_from("<Q", self._map)[0])
+
+    def publish(self, revision: int) -> None:
+        struct.pack_into("<Q", self._map, 0, revision)
 
 
 def _execute_op(conn: sqlite3.Connection, op: Op) -> None:
