@@ -138,10 +138,11 @@ class Sidecar:
 
     # -- decisions -------------------------------------------------------------------------
     def decide(self, request: AuthzRequest, at_least_revision: int | None = None, *,
-               wait: bool = True) -> dict[str, Any]:
+               wait: bool = True, refresh: bool = True) -> dict[str, Any]:
         """One decision as the API's body. With at_least_revision, answer only from state at
-        least that new: wait (bounded) for it, or with wait=False refuse at once."""
-        if not self.synced:
+        least that new: wait (bounded) for it, or with wait=False refuse at once. refresh=False
+        skips the look at the embedded store (a batch looks once for all its checks)."""
+        if not self.synced and refresh:
             try:
                 self.refresh()
             except StoreError:

@@ -6,6 +6,7 @@ reach a log: api keys are never passed to a logger, and URLs are logged through 
 from __future__ import annotations
 
 import contextvars
+import itertools
 import json
 import logging
 import logging.handlers
@@ -20,9 +21,13 @@ request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request
 _TOKEN = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
+_made = itertools.count(1)
+_PREFIX = uuid.uuid4().hex[:16]  # per process: made ids are unique without a uuid4 per request
+
+
 def take_request_id(header: str | None) -> str:
     """The caller's X-Request-Id if it is a sane token, else a new one; set for this context."""
-    value = header if header and _TOKEN.match(header) else uuid.uuid4().hex
+    value = header if header and _TOKEN.match(header) else f"{_PREFIX}{next(_made):016x}"
     request_id.set(value)
     return value
 
