@@ -27,7 +27,8 @@ CLEARANCE_CODES = {"changeScope": "ERR_GROUP_NO_SCOPE_CLEARANCE"}
 OUTSIDER_TARGET_ACTIONS = ("ban", "unban")
 _MISSING = object()
 Constraint = tuple[PermissionDef, Any, str]         # key, its active value, where it comes from
-LayerAnswer = tuple[bool, str, tuple[Constraint, ...]]  # gate allowed, gate source, constraints
+# gate allowed, gate source, active constraints, the reason when the layer allows
+LayerAnswer = tuple[bool, str, tuple[Constraint, ...], str]
 
 
 _NO_FACTS: Mapping[str, Any] = MappingProxyType({})
@@ -117,7 +118,7 @@ class Engine:
 
     # -- layers ----------------------------------------------------------------------------
     def _role_layer(self, action: Action, request: AuthzRequest, state: RuntimeState, role: str) -> str:
-        allowed, source, active = self._layer(state, action, "role", role, "*")
+        allowed, source, active, allows = self._layer(state, action, "role", role, "*")
         if not allowed:
             if source.startswith("restricted feature"):
                 feature, _, origin = source.removeprefix("restricted feature ").partition(" (")
@@ -126,8 +127,9 @@ class Engine:
             else:
                 reason = f"role {role!r} denies {action.name} ({action.name} = deny, from {source})"
             raise _Refusal("role", DENIED, reason)
-        self._constraints(active, request, state, "role", role, None, DENIED, None)
-        return f"role {role!r} allows {action.name} (from {source})"
+        if active:
+            self._constraints(active, request, state, "role", role, None, DENIED, None)
+        return allows
 
     def _membership(self, request: AuthzRequest, state: RuntimeState) -> str:
         guid, uid = request.guid or "", request.uid
@@ -145,17 +147,18 @@ class Engine:
     def _scope_layer(self, action: Action, request: AuthzRequest, state: RuntimeState, scope: str) -> str:
         guid = request.guid or ""
         overridden = scope in state.overrides.get(guid, {})
-        allowed, source, active = self._layer(state, action, "scope", scope, guid if overridden else "*")
+        allowed, source, active, allows = self._layer(state, action, "scope", scope, guid if overridden else "*")
         if not allowed:
             where = f"group {guid!r}" if source == "group override" else source
             raise _Refusal("scope", DENIED, f"scope {scope!r} in group {guid!r} may not {action.name} "
                            f"({action.name} = deny, from {where})")
         target_scope = _target_scope(action, request, state) if action.target_required else None
-        clearance = CLEARANCE_CODES.get(action.name, "ERR_GROUP_NO_CLEARANCE")
-        self._constraints(active, request, state, "scope", scope, guid, clearance, target_scope)
+        if active:
+            clearance = CLEARANCE_CODES.get(action.name, "ERR_GROUP_NO_CLEARANCE")
+            self._constraints(active, request, state, "scope", scope, guid, clearance, target_scope)
         if target_scope is not None:
             self._clearance(action, request, state, scope, target_scope)
-        return f"scope {scope!r} in group {guid!r} allows {action.name} (from {source})"
+        return allows
 
     def _clearance(self, action: Action, request: AuthzRequest, state: RuntimeState, scope: str,
                    target_scope: str) -> None:
@@ -220,11 +223,13 @@ class Engine:
         with self._lock:
             if not self._compiled_for_state(state):
                 self._compile(state)
+            where = "no scope key gates it"
             if layer == "role" or action.scope_key:
                 allowed, rule = self._enforcer.enforce_ex(*key)  # type: ignore[union-attr]
                 gate = (bool(allowed), rule[6] if rule else "no policy line")
+                where = f"group override in group {rule[3]!r}" if gate[1] == "group override" else gate[1]
             else:
-                gate = (True, "no scope key gates it")
+                gate = (True, where)
             defs = action.role_constraints if layer == "role" else action.scope_constraints
             guid = None if dom == "*" else dom
             active = []
@@ -232,7 +237,8 @@ class Engine:
                 value, source = resolve_value(self.policy, state, layer, sub, guid, defn.key)
                 if not (value is None or value == "all" or (defn.type == "allowDeny" and value == "allow")):
                     active.append((defn, value, source))
-            answer = (*gate, tuple(active))
+            who = f"role {sub!r}" if layer == "role" else f"scope {sub!r}"
+            answer = (*gate, tuple(active), f"{who} allows {action.name} (from {where})")
             self._answers[key] = answer
             return answer
 
