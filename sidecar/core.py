@@ -97,9 +97,8 @@ class Sidecar:
         try:
             if self.store.changed(self.state.revision):
                 self.catch_up()
-            elif not self.synced:
-                self.last_heard = time.monotonic()
-            self.store_error = None
+            if self.store_error is not None:
+                self.store_error = None
         except StoreError as exc:
             self.store_error = exc.message
             self.store_errors += 1
@@ -152,9 +151,10 @@ class Sidecar:
                 raise ChatAuthzError(
                     f"This sidecar is at revision {self.state.revision}; revision {at_least_revision} was "
                     f"not reached within {self.revision_wait_s}s.", code="ERR_REVISION_NOT_REACHED", status=503)
-        stale = self.staleness_s()
+        stale = self.staleness_s() if self.synced else 0.0
         engine = self.engine
-        started = time.perf_counter()
+        timed = self.on_decision is not None
+        started = time.perf_counter() if timed else 0.0
         with self._lock:
             if not self.loaded:
                 decision = self._refuse(engine, request, NOT_LOADED_CODE, "this sidecar has not loaded "
@@ -165,10 +165,9 @@ class Sidecar:
                                         "allowed (--max-staleness); it denies until it catches up")
             else:
                 decision = engine.decide(request, self.state)
-        elapsed = time.perf_counter() - started
         body = self.decision_body(decision)
-        if self.on_decision is not None:
-            self.on_decision(body, elapsed)
+        if timed:
+            self.on_decision(body, time.perf_counter() - started)  # type: ignore[misc]
         if self.synced:
             body["stalenessSeconds"] = round(stale, 3)
         if self.decision_log is not None:
