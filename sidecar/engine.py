@@ -53,13 +53,15 @@ class Decision(NamedTuple):
     policy_hash: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"allowed": self.allowed}
         if self.code:
-            body["code"] = self.code
-        body.update(reason=self.reason, layer=self.layer, role=self.role)
+            body = {"allowed": self.allowed, "code": self.code, "reason": self.reason, "layer": self.layer,
+                    "role": self.role}
+        else:
+            body = {"allowed": self.allowed, "reason": self.reason, "layer": self.layer, "role": self.role}
         if self.scope:
             body["scope"] = self.scope
-        body.update(revision=self.revision, policyHash=self.policy_hash)
+        body["revision"] = self.revision
+        body["policyHash"] = self.policy_hash
         return body
 
 

@@ -19,6 +19,7 @@ from sidecar.errors import StoreError
 from sidecar.state import Op, RuntimeState
 from sidecar.stores.base import Plan
 
+_U64 = struct.Struct("<Q")
 BACKSTOP_S = 0.25  # how often a reader also asks SQLite whether anything changed
 
 SCHEMA = """
@@ -69,6 +70,7 @@ class SQLiteStore:
         self.busy_timeout_s = busy_timeout_s
         self._local = threading.local()
         self._beacon = RevisionBeacon(self.path + ".rev")
+        self._backstop_at = 0.0
         try:
             old_umask = os.umask(0o077)  # the database and its WAL files: owner only
             try:
@@ -152,9 +154,9 @@ class SQLiteStore:
         if self._beacon.read() > revision:
             return True
         now = time.monotonic()
-        if now - getattr(self._local, "checked_at", 0.0) < BACKSTOP_S:
+        if now < self._backstop_at:
             return False
-        self._local.checked_at = now
+        self._backstop_at = now + BACKSTOP_S  # for the process: any thread may take the turn
         version = self._conn().execute("PRAGMA data_version").fetchone()[0]
         if version == self._local.data_version:
             return False
@@ -216,10 +218,10 @@ class RevisionBeacon:
             os.close(fd)
 
     def read(self) -> int:
-        return int(struct.unpack_from("<Q", self._map)[0])
+        return _U64.unpack_from(self._map)[0]  # type: ignore[no-any-return]
 
     def publish(self, revision: int) -> None:
-        struct.pack_into("<Q", self._map, 0, revision)
+        _U64.pack_into(self._map, 0, revision)
 
 
 def _execute_op(conn: sqlite3.Connection, op: Op) -> None:
