@@ -23,13 +23,14 @@ from typing import Any
 import pytest
 import requests
 
+from tests.http_client import ApiClient
+
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 TEST_API_KEY = "test-full-access-key-0123456789"
 START_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 15.0
 HTTP_TIMEOUT_S = 10.0
 
-_UNSET: Any = object()
 
 
 def free_port() -> int:
@@ -52,8 +53,8 @@ def server_env(api_key: str | None, extra: Mapping[str, str] | None = None) -> d
     return env
 
 
-class Server:
-    """One real sidecar process (gunicorn master + workers) in its own process group."""
+class Server(ApiClient):
+    """One real sidecar process (server master + workers) in its own process group."""
 
     def __init__(self, data_dir: Path, *, workers: int = 1, api_key: str | None = TEST_API_KEY,
                  extra_env: Mapping[str, str] | None = None, port: int | None = None,
@@ -177,51 +178,7 @@ class Server:
     def stdout(self) -> str:
         return self._stdout_path.read_text(errors="replace") if self._stdout_path and self._stdout_path.exists() else ""
 
-    # -- HTTP ------------------------------------------------------------------------------
-    def request(self, method: str, path: str, *, apikey: Any = _UNSET, headers: Mapping[str, str] | None = None,
-                **kwargs: Any) -> requests.Response:
-        key = self.api_key if apikey is _UNSET else apikey
-        all_headers = {"Connection": "close"}
-        if key is not None:
-            all_headers["apikey"] = key
-        all_headers.update(headers or {})
-        kwargs.setdefault("timeout", HTTP_TIMEOUT_S)
-        return requests.request(method, self.url + path, headers=all_headers, **kwargs)
-
-    def get(self, path: str, **kwargs: Any) -> requests.Response:
-        return self.request("GET", path, **kwargs)
-
-    def post(self, path: str, json: Any = None, **kwargs: Any) -> requests.Response:
-        return self.request("POST", path, json=json, **kwargs)
-
-    def put(self, path: str, json: Any = None, **kwargs: Any) -> requests.Response:
-        return self.request("PUT", path, json=json, **kwargs)
-
-    def delete(self, path: str, **kwargs: Any) -> requests.Response:
-        return self.request("DELETE", path, **kwargs)
-
-    # -- conveniences used by several test files -------------------------------------------
-    def ok(self, method: str, path: str, json: Any = None, **kwargs: Any) -> dict[str, Any]:
-        """A request that must succeed (2xx); returns the JSON body."""
-        response = self.request(method, path, json=json, **kwargs)
-        assert response.ok, f"{method} {path} {json!r} -> {response.status_code} {response.text}"
-        return response.json()  # type: ignore[no-any-return]
-
-    def authorize(self, uid: str, action: str, guid: str | None = None, target: str | None = None,
-                  context: Mapping[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
-        """POST /authorize; must answer 200; returns body["data"]."""
-        body: dict[str, Any] = {"uid": uid, "action": action}
-        if guid is not None:
-            body["guid"] = guid
-        if target is not None:
-            body["target"] = target
-        if context is not None:
-            body["context"] = dict(context)
-        body.update(extra)
-        response = self.post("/authorize", body)
-        assert response.status_code == 200, f"POST /authorize {body!r} -> {response.status_code} {response.text}"
-        return response.json()["data"]  # type: ignore[no-any-return]
-
+    # -- HTTP: request/get/post/put/delete/ok/authorize come from ApiClient --------------
     def revision(self) -> int:
         response = self.get("/health/ready")
         assert response.status_code == 200, response.text

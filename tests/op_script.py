@@ -1,9 +1,32 @@
-"""One scripted run of every op kind, shared by the store contract tests (SQLite and Redis):
+"""Shared by the store contract tests (SQLite and Redis): one scripted run of every op kind,
 roles, permissions, features, users, groups, members, bans and overrides, including ops that
-undo earlier ones (a deleted role's users, a deleted group's members, bans and overrides)."""
+undo earlier ones (a deleted role's users, a deleted group's members, bans and overrides), and
+the helpers that compare states."""
 from __future__ import annotations
 
-from sidecar.state import Op
+from typing import Any
+
+from sidecar.state import Op, RuntimeState
+
+FIELDS = ("revision", "roles", "role_permissions", "restricted", "users", "owners", "members", "bans",
+          "overrides")
+
+
+def fields(state: RuntimeState) -> dict[str, Any]:
+    """What a state holds, for comparing two states."""
+    return {name: getattr(state, name) for name in FIELDS}
+
+
+def in_memory(ops: list[Op], revision: int | None = None) -> RuntimeState:
+    """The ops applied to a fresh state (at `revision`, when given)."""
+    state = RuntimeState()
+    for op in ops:
+        state.apply(op)
+    if revision is not None:
+        state.revision = revision
+    return state
+
+
 
 EVERY_OP: list[Op] = [
     {"op": "put_role", "role": "agent", "record": {"role": "agent", "name": "Agent", "metadata": {"a": [1, 2]},

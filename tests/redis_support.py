@@ -32,6 +32,8 @@ from typing import Any, TypeVar
 import redis
 import requests
 
+from tests.http_client import ApiClient
+
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 TEST_API_KEY = "test-redis-full-access-key-0123456789"
 REDIS_START_TIMEOUT_S = 10.0
@@ -283,8 +285,11 @@ def sidecar_env(extra: Mapping[str, str] | None = None, api_key: str = TEST_API_
     return env
 
 
-class SidecarProcess:
-    """`python -m sidecar serve --redis-url ...` (gunicorn master + workers) in its own group."""
+class SidecarProcess(ApiClient):
+    """`python -m sidecar serve --redis-url ...` (master + workers) in its own process group."""
+
+    api_key = TEST_API_KEY
+    http_timeout_s = HTTP_TIMEOUT_S
 
     def __init__(self, base_dir: Path | str, redis_url: str, *, workers: int = 1,
                  max_staleness: float | None = None, prefix: str | None = None,
@@ -437,58 +442,13 @@ class SidecarProcess:
     def stdout(self) -> str:
         return self._stdout.read_text(errors="replace") if self._stdout and self._stdout.exists() else ""
 
-    # -- HTTP ------------------------------------------------------------------------------
-    def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
-        headers = {"Connection": "close", "apikey": TEST_API_KEY, **kwargs.pop("headers", {})}
-        kwargs.setdefault("timeout", HTTP_TIMEOUT_S)
-        return requests.request(method, self.url + path, headers=headers, **kwargs)
-
-    def get(self, path: str, **kwargs: Any) -> requests.Response:
-        return self.request("GET", path, **kwargs)
-
-    def post(self, path: str, json: Any = None, **kwargs: Any) -> requests.Response:
-        return self.request("POST", path, json=json, **kwargs)
-
-    def put(self, path: str, json: Any = None, **kwargs: Any) -> requests.Response:
-        return self.request("PUT", path, json=json, **kwargs)
-
-    def delete(self, path: str, **kwargs: Any) -> requests.Response:
-        return self.request("DELETE", path, **kwargs)
-
-    def ok(self, method: str, path: str, json: Any = None, **kwargs: Any) -> dict[str, Any]:
-        """A request that must succeed; returns the JSON body."""
-        response = self.request(method, path, json=json, **kwargs)
-        if not response.ok:
-            raise HelperError(f"{self.name}: {method} {path} {json!r} -> {response.status_code} {response.text}")
-        return response.json()  # type: ignore[no-any-return]
-
-    def authorize(self, uid: str, action: str, guid: str | None = None, target: str | None = None,
-                  context: Mapping[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
-        """POST /authorize that must answer 200; returns body["data"]."""
-        response = self.post("/authorize", check_body(uid, action, guid, target, context, **extra))
-        if response.status_code != 200:
-            raise HelperError(f"{self.name}: POST /authorize -> {response.status_code} {response.text}")
-        return response.json()["data"]  # type: ignore[no-any-return]
-
+    # -- HTTP: request/get/post/put/delete/ok/authorize come from ApiClient --------------
     def ready(self) -> tuple[int, dict[str, Any]]:
         response = self.get("/health/ready", timeout=5)
         return response.status_code, response.json()["data"]
 
 
 Sidecar = SidecarProcess
-
-
-def check_body(uid: str, action: str, guid: str | None = None, target: str | None = None,
-               context: Mapping[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {"uid": uid, "action": action}
-    if guid is not None:
-        body["guid"] = guid
-    if target is not None:
-        body["target"] = target
-    if context is not None:
-        body["context"] = dict(context)
-    body.update(extra)
-    return body
 
 
 def start_all(sidecars: Iterable[SidecarProcess], timeout: float = SIDECAR_START_TIMEOUT_S) -> None:

@@ -27,11 +27,10 @@ from sidecar.policy import load_policy
 from sidecar.state import Op, RuntimeState
 from sidecar.stores.base import ResyncNeeded
 from sidecar.stores.redisstore import RedisStore
-from tests.op_script import EVERY_OP
+from tests.op_script import EVERY_OP, FIELDS, fields, in_memory
 
 REPO = Path(__file__).resolve().parents[1]
 POLICY = load_policy(REPO / "policies")
-FIELDS = ("revision", "roles", "role_permissions", "restricted", "users", "owners", "members", "bans", "overrides")
 
 # Ops of every kind, in an order that leaves something of each in the final state (and that
 # exercises the ops the Redis store expands from the caller's state: delete_role, delete_group,
@@ -80,16 +79,6 @@ def open_store() -> Iterator[Callable[..., RedisStore]]:
 
 
 # -- helpers ---------------------------------------------------------------------------------
-def fields(state: RuntimeState) -> dict[str, Any]:
-    return {name: getattr(state, name) for name in FIELDS}
-
-
-def in_memory(ops: list[Op], revision: int) -> RuntimeState:
-    state = RuntimeState()
-    for op in ops:
-        state.apply(op)
-    state.revision = revision
-    return state
 
 
 def replay(store: RedisStore) -> RuntimeState:

@@ -22,12 +22,13 @@ import redis
 from redis_support import (
     RedisServer,
     SidecarProcess,
-    check_body,
     client_ids_of,
     start_all,
     unique,
     wait_until,
 )
+
+from tests.http_client import check_body
 
 PROPAGATION_BOUND_S = 3.0      # a write on one sidecar is decided on the others within this
 CONVERGE_TIMEOUT_S = 12.0      # after a fault heals, every sidecar is back within this

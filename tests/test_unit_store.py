@@ -15,11 +15,10 @@ from sidecar.engine import AuthzRequest
 from sidecar.policy import load_policy
 from sidecar.state import Op, RuntimeState
 from sidecar.stores.sqlite import SQLiteStore
-from tests.op_script import EVERY_OP
+from tests.op_script import EVERY_OP, FIELDS, fields, in_memory
 
 REPO = Path(__file__).resolve().parents[1]
 POLICY = load_policy(REPO / "policies")
-FIELDS = ("revision", "roles", "role_permissions", "restricted", "users", "owners", "members", "bans", "overrides")
 TABLES = ("meta", "journal", "roles", "role_permissions", "restricted", "users", "groups", "members", "bans",
           "overrides")
 
@@ -43,17 +42,6 @@ def open_store(db: Path) -> Iterator[Any]:
         store.close()
 
 
-def fields(state: RuntimeState) -> dict[str, Any]:
-    return {name: getattr(state, name) for name in FIELDS}
-
-
-def in_memory(ops: list[Op], revision: int | None = None) -> RuntimeState:
-    state = RuntimeState()
-    for op in ops:
-        state.apply(op)
-    if revision is not None:
-        state.revision = revision
-    return state
 
 
 def replay(store: SQLiteStore) -> RuntimeState:
