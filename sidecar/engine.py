@@ -25,6 +25,17 @@ DENIED = "ERR_PERMISSION_DENIED"
 CLEARANCE_CODES = {"changeScope": "ERR_GROUP_NO_SCOPE_CLEARANCE"}
 # Actions whose target may be outside the group: treated as the lowest scope.
 OUTSIDER_TARGET_ACTIONS = ("ban", "unban")
+NOT_FOUND = "ERR_GUID_NOT_FOUND"
+# Group actions that no scope key gates (role layer keys, or extra actions): what of the group
+# decides them once the role layer allows. Every other action without a scope key takes no group.
+#   visitor  the group exists and the user is not banned from it (members and non-members)
+#   joiner   ... and the user is not already a member
+#   creator  the group does not exist yet
+#   owner    the user owns the group
+#   admin / moderator  the user owns the group or is a member of at least that scope
+GROUP_RULES = {"getGroupDetails": "visitor", "joinGroup": "joiner", "createGroup": "creator",
+               "transferOwnership": "owner", "massMemberOperate": "admin", "deleteGroupMessages": "moderator"}
+RANK_CODES = {"admin": "ERR_GROUP_NO_ADMIN_SCOPE", "moderator": "ERR_GROUP_NO_MODERATOR_SCOPE"}
 _MISSING = object()
 Constraint = tuple[PermissionDef, Any, str]         # key, its active value, where it comes from
 # gate allowed, gate source, active constraints, the reason when the layer allows
@@ -100,9 +111,16 @@ class Engine:
                 raise _Refusal("role", DENIED, f"user {request.uid!r} holds role {role!r}, "
                                "which no longer exists")
             role_reason = self._role_layer(action, request, state, role)
-            if not (request.guid and _in_group(action)):
+            if not request.guid:
                 return self._allow(state, role, None, "role", role_reason)
+            rule = GROUP_RULES.get(action.name)
+            if rule is not None:
+                scope, group_reason = self._group_rule(rule, action, request, state)
+                return self._allow(state, role, scope, "membership", f"{role_reason}; {group_reason}")
             scope = self._membership(request, state)
+            if scope == OWNER and action.name == "leaveGroup":
+                raise _Refusal("membership", "ERR_GROUP_NO_CLEARANCE", f"{request.uid!r} owns group "
+                               f"{request.guid!r}; the owner may not leave until ownership is transferred")
             if scope == OWNER:
                 if action.target_required:
                     _target_scope(action, request, state)  # self-action, non-member, same scope
@@ -133,8 +151,53 @@ class Engine:
             self._constraints(active, request, state, "role", role, None, DENIED, None)
         return allows
 
+    def _group_rule(self, rule: str, action: Action, request: AuthzRequest,
+                    state: RuntimeState) -> tuple[str | None, str]:
+        """A group action without a scope key (GROUP_RULES): (the user's scope, why it passes)."""
+        guid, uid = request.guid or "", request.uid
+        if rule == "creator":
+            if guid in state.owners:
+                raise _Refusal("membership", "ERR_GUID_ALREADY_EXISTS", f"group {guid!r} already exists; "
+                               f"{action.name} names a group that does not exist yet")
+            return None, f"group {guid!r} does not exist yet"
+        if guid not in state.owners:
+            raise _Refusal("membership", NOT_FOUND, f"group {guid!r} does not exist")
+        if request.target is not None and request.target == uid:
+            raise _Refusal("clearance", "ERR_GROUP_NO_SELF_ACTION", f"{uid!r} may not {action.name} themselves")
+        owner = state.owners[guid] == uid
+        if rule == "owner":
+            if not owner:
+                raise _Refusal("membership", "ERR_GROUP_NO_CLEARANCE", f"only the owner of group {guid!r} "
+                               f"({state.owners[guid]!r}) may {action.name}")
+            return OWNER, f"{uid!r} owns group {guid!r}"
+        if owner:
+            if rule == "joiner":
+                raise _Refusal("membership", "ERR_ALREADY_JOINED", f"{uid!r} owns group {guid!r} and is "
+                               "already a member")
+            return OWNER, f"{uid!r} owns group {guid!r}"
+        if state.is_banned(guid, uid):
+            raise _Refusal("membership", "ERR_BANNED_GROUPMEMBER",
+                           f"{uid!r} is banned from group {guid!r}; an admin or moderator must unban them first")
+        scope = state.scope_of(guid, uid)
+        if rule == "visitor":
+            return scope, f"group {guid!r} exists and {uid!r} is not banned from it"
+        if rule == "joiner":
+            if scope is not None:
+                raise _Refusal("membership", "ERR_ALREADY_JOINED", f"{uid!r} is already a member of "
+                               f"group {guid!r} (as {scope})")
+            return None, f"{uid!r} may join group {guid!r}: not a member and not banned"
+        if scope is None:
+            raise _Refusal("membership", "ERR_GROUP_NOT_JOINED",
+                           f"{uid!r} is not a member of group {guid!r}; add them to the group first")
+        if self._ranks[scope] < self._ranks[rule]:
+            raise _Refusal("membership", RANK_CODES[rule], f"{action.name} needs the {rule} scope or above "
+                           f"in group {guid!r}; {uid!r} is {scope}")
+        return scope, f"{uid!r} is {scope} in group {guid!r}, at least {rule}"
+
     def _membership(self, request: AuthzRequest, state: RuntimeState) -> str:
         guid, uid = request.guid or "", request.uid
+        if guid not in state.owners:
+            raise _Refusal("membership", NOT_FOUND, f"group {guid!r} does not exist")
         if state.owners.get(guid) == uid:
             return OWNER
         if state.is_banned(guid, uid):
@@ -257,13 +320,17 @@ class Engine:
         self._compiled_for = (state, state.policy_generation)
 
 
-def _in_group(action: Action) -> bool:
-    return action.scope_key or bool(action.scope_constraints)
+def takes_group(action: Action) -> bool:
+    """May a request of this action name a group (scope layer, or a GROUP_RULES action)?"""
+    return action.scope_key or bool(action.scope_constraints) or action.name in GROUP_RULES
 
 
 def _require_inputs(action: Action, request: AuthzRequest, policy: PolicySet) -> None:
     if action.scope_key and not action.role_key and not request.guid:
         raise BadRequestError.field("guid", f"{action.name} is a group action: guid is required")
+    if request.guid and not takes_group(action):
+        raise BadRequestError.field("guid", f"{action.name} takes no group: send guid only with group "
+                                    "actions, never to have it ignored")
     if action.target_required and not request.target:
         raise BadRequestError.field("target", f"{action.name} acts on a member: target is required")
     new_scope = request.context.get("newScope")
@@ -274,12 +341,25 @@ def _require_inputs(action: Action, request: AuthzRequest, policy: PolicySet) ->
 
 
 def _target_scope(action: Action, request: AuthzRequest, state: RuntimeState) -> str:
-    if request.target == request.uid:
-        raise _Refusal("clearance", "ERR_GROUP_NO_SELF_ACTION", f"{request.uid!r} may not "
-                       f"{action.name} themselves")
-    if action.name == "addMembers":
+    """The target's scope for this action, after the target facts the write path refuses on."""
+    guid, target, name = request.guid or "", request.target or "", action.name
+    if target == request.uid:
+        raise _Refusal("clearance", "ERR_GROUP_NO_SELF_ACTION", f"{request.uid!r} may not {name} themselves")
+    banned = state.is_banned(guid, target)
+    if name == "addMembers":
+        if banned:
+            raise _Refusal("clearance", "ERR_BANNED_GROUPMEMBER", f"{target!r} is banned from group "
+                           f"{guid!r}; unban them before adding them")
+        current = state.scope_of(guid, target)
+        if current is not None:
+            raise _Refusal("clearance", "ERR_ALREADY_JOINED", f"{target!r} is already a member of group "
+                           f"{guid!r} (as {current})")
         return str(request.context.get("newScope") or "participant")
-    scope = state.scope_of(request.guid or "", request.target or "")
+    if name == "ban" and banned:
+        raise _Refusal("clearance", "ERR_ALREADY_BANNED", f"{target!r} is already banned from group {guid!r}")
+    if name == "unban" and not banned:
+        raise _Refusal("clearance", "ERR_NOT_A_BANNED_USER", f"{target!r} is not banned from group {guid!r}")
+    scope = state.scope_of(guid, target)
     if scope is None and action.name in OUTSIDER_TARGET_ACTIONS:
         return "participant"
     if scope is None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sidecar.engine import AuthzRequest, Decision, Engine
+from sidecar.engine import GROUP_RULES, AuthzRequest, Decision, Engine
 from sidecar.policy import Action, PermissionDef, PolicySet
 from sidecar.rules import build_rules, resolve_value
 from sidecar.state import RuntimeState
@@ -33,7 +33,11 @@ class Step:
 def explain(engine: Engine, request: AuthzRequest, state: RuntimeState) -> tuple[Decision, list[Step]]:
     """The engine's decision and the steps that led to it (up to the one that refused)."""
     decision = engine.decide(request, state)
-    return decision, _Explainer(engine.policy, request, state, decision).steps()
+    steps = _Explainer(engine.policy, request, state, decision).steps()
+    if not decision.allowed and not any(step.verdict == REFUSES for step in steps):
+        # Never show a denial without the step that refused it (the engine's reason is the truth).
+        steps.append(Step(decision.layer, decision.code or "decision", "deny", decision.reason, REFUSES))
+    return decision, steps
 
 
 class _Explainer:
@@ -72,7 +76,14 @@ class _Explainer:
 
     def _membership(self) -> bool:
         guid = self.request.guid
-        if not (guid and (self.action.scope_key or self.action.scope_constraints)):
+        if not guid:
+            return False
+        rule = GROUP_RULES.get(self.action.name)
+        if rule is not None:  # a group action no scope key gates: the engine's rule is the step
+            refused = self.refused_here("membership", "clearance")
+            self.add(Step("membership", f"{self.action.name} in {guid}", rule, f"group {guid}: "
+                          + self.decision.reason.removeprefix("allowed: ").rsplit("; ", 1)[-1],
+                          REFUSES if refused else PASSES))
             return False
         uid = self.request.uid
         if self.state.owners.get(guid) == uid:

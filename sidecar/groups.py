@@ -12,7 +12,7 @@ from sidecar.errors import BadRequestError, ConflictError, NotFoundError, Refuse
 from sidecar.management import checked_permissions, permission_rows
 from sidecar.policy import PolicySet
 from sidecar.state import Op, RuntimeState
-from sidecar.validation import clean_id, optional_list, reject_unknown, require_object
+from sidecar.validation import canonical_id, clean_id, optional_list, reject_unknown, require_object
 
 MAX_MEMBERS_PER_CALL = 25
 SCOPE_LISTS = ("admins", "moderators", "participants")  # highest first
@@ -29,14 +29,28 @@ def require_group(state: RuntimeState, guid: str) -> None:
         raise group_not_found(guid)
 
 
+# Refusals about the state rather than the actor's rights keep the status a plain write gets.
+NOT_FOUND_CODES = {"ERR_GUID_NOT_FOUND"}
+CONFLICT_CODES = {"ERR_ALREADY_BANNED", "ERR_NOT_A_BANNED_USER", "ERR_ALREADY_JOINED", "ERR_NOT_A_MEMBER",
+                  "ERR_SAME_SCOPE", "ERR_GUID_ALREADY_EXISTS"}
+
+
 def check_as(engine: Engine, state: RuntimeState, as_user: str | None, action: str, guid: str | None,
              target: str | None = None, **context: Any) -> None:
-    """Refuse (403 with the decision's code and reason) unless as_user may do this."""
+    """Refuse unless as_user may do this, exactly as POST /authorize decides it (same code and
+    reason; 404/409 for a missing group or a state conflict, else 403). Called before the plan's
+    own checks, so that /authorize and the write agree on every refusal."""
     if as_user is None:
         return
     decision = engine.decide(AuthzRequest(as_user, action, guid, target, context), state)
-    if not decision.allowed:
-        raise RefusedError(decision.reason, code=decision.code or "ERR_PERMISSION_DENIED")
+    if decision.allowed:
+        return
+    code = decision.code or "ERR_PERMISSION_DENIED"
+    if code in NOT_FOUND_CODES:
+        raise NotFoundError(decision.reason, code=code)
+    if code in CONFLICT_CODES:
+        raise ConflictError(decision.reason, code=code)
+    raise RefusedError(decision.reason, code=code)
 
 
 def group_view(state: RuntimeState, guid: str) -> dict[str, Any]:
@@ -51,12 +65,9 @@ def plan_set_group(engine: Engine, state: RuntimeState, guid: str, body: Any, as
     owner = clean_id(body.get("owner"), "owner")
     current = state.owners.get(guid)
     if current is None:
-        check_as(engine, state, as_user, "createGroup", None)
-    elif current != owner:  # a transfer: the owner's alone
-        check_as(engine, state, as_user, "transferOwnership", None)
-        if as_user is not None and as_user != current:
-            raise RefusedError(f"Only the owner of group {guid} ({current}) may transfer its ownership.",
-                               code="ERR_GROUP_NO_CLEARANCE")
+        check_as(engine, state, as_user, "createGroup", guid)
+    elif current != owner:  # a transfer: the owner's alone (the engine's transferOwnership rule)
+        check_as(engine, state, as_user, "transferOwnership", guid, owner)
     else:
         check_as(engine, state, as_user, "editGroup", guid)
         return []
@@ -69,8 +80,8 @@ def plan_set_group(engine: Engine, state: RuntimeState, guid: str, body: Any, as
 
 
 def plan_delete_group(engine: Engine, state: RuntimeState, guid: str, as_user: str | None) -> list[Op]:
-    require_group(state, guid)
     check_as(engine, state, as_user, "deleteGroup", guid)
+    require_group(state, guid)
     return [{"op": "delete_group", "guid": guid}]
 
 
@@ -82,27 +93,34 @@ def plan_set_member(engine: Engine, policy: PolicySet, state: RuntimeState, guid
     scope = body.get("scope")
     if not isinstance(scope, str) or scope not in policy.scopes:
         raise BadRequestError.field("scope", f"The scope must be one of {', '.join(policy.scopes)}.")
-    require_group(state, guid)
     current = state.scope_of(guid, uid)
     if current is None:
         return _add_member_ops(engine, state, guid, uid, scope, as_user)
+    check_as(engine, state, as_user, "changeScope", guid, uid, newScope=scope)
     if current == scope:
         raise ConflictError(f"{uid} already has the scope {scope} in group {guid}.", code="ERR_SAME_SCOPE")
     if state.owners.get(guid) == uid and scope != "admin":
         raise RefusedError(f"{uid} owns group {guid} and stays admin; transfer ownership first.",
                            code="ERR_GROUP_NO_SCOPE_CLEARANCE")
-    check_as(engine, state, as_user, "changeScope", guid, uid, newScope=scope)
     return [{"op": "put_member", "guid": guid, "uid": uid, "scope": scope}]
 
 
 def _add_member_ops(engine: Engine, state: RuntimeState, guid: str, uid: str, scope: str,
                     as_user: str | None) -> list[Op]:
+    """Add uid as scope; on behalf of uid itself that is joining (joinGroup, as a participant)."""
+    if as_user is not None and as_user == uid:
+        check_as(engine, state, as_user, "joinGroup", guid)
+        if scope != "participant":
+            raise RefusedError(f"{uid} may join group {guid} as a participant only; an admin may then "
+                               "change the scope.", code="ERR_GROUP_NO_CLEARANCE")
+    else:
+        check_as(engine, state, as_user, "addMembers", guid, uid, newScope=scope)
+    require_group(state, guid)
     if state.is_banned(guid, uid):
         raise ConflictError(f"{uid} is banned from group {guid}; unban them first.",
                             code="ERR_BANNED_GROUPMEMBER")
     if state.scope_of(guid, uid) is not None:
         raise ConflictError(f"{uid} is already a member of group {guid}.", code="ERR_ALREADY_JOINED")
-    check_as(engine, state, as_user, "addMembers", guid, uid, newScope=scope)
     return [{"op": "put_member", "guid": guid, "uid": uid, "scope": scope}]
 
 
@@ -111,8 +129,14 @@ def plan_add_members(engine: Engine, state: RuntimeState, guid: str, body: Any, 
     """POST /groups/{guid}/members: per-member results (filled into `results`); one bad uid fails alone."""
     body = require_object(body)
     reject_unknown(body, {*SCOPE_LISTS, "usersToBan"})
-    require_group(state, guid)
     wanted = _wanted_members(body)
+    if guid not in state.owners:  # on behalf of a user, its refusal comes first, as /authorize says
+        first, list_name = next(iter(wanted.items()))
+        if canonical_id(first) is not None and list_name == "usersToBan":
+            _ban_ops(engine, state, guid, first, as_user)
+        elif canonical_id(first) is not None:
+            _add_member_ops(engine, state, guid, first, LIST_SCOPE[list_name], as_user)
+        raise group_not_found(guid)
     ops: list[Op] = []
     for list_name in (*SCOPE_LISTS, "usersToBan"):
         results[list_name] = {}
@@ -140,7 +164,7 @@ def _wanted_members(body: dict[str, Any]) -> dict[str, str]:
             raise BadRequestError.field(list_name, f"The {list_name} must be a list of uids.")
         total += len(uids)
         for uid in uids:
-            uid = uid.lower()  # ids are lowercased: "Bob" and "bob" are one user
+            uid = canonical_id(uid) or uid  # "Bob" and "bob" are one user; an invalid id fails alone
             if list_name == "usersToBan" and uid in wanted:
                 raise BadRequestError.field("usersToBan", f"{uid} is listed both to add and to ban.")
             wanted.setdefault(uid, list_name)
@@ -153,13 +177,17 @@ def _wanted_members(body: dict[str, Any]) -> dict[str, str]:
 
 
 def plan_remove_member(engine: Engine, state: RuntimeState, guid: str, uid: str, as_user: str | None) -> list[Op]:
+    """Kick uid; on behalf of uid itself that is leaving (leaveGroup)."""
+    if as_user is not None and as_user == uid:
+        check_as(engine, state, as_user, "leaveGroup", guid)
+    else:
+        check_as(engine, state, as_user, "kickMembers", guid, uid)
     require_group(state, guid)
     if state.scope_of(guid, uid) is None:
         raise ConflictError(f"{uid} is not a member of group {guid}.", code="ERR_NOT_A_MEMBER")
     if state.owners.get(guid) == uid:
         raise RefusedError(f"{uid} owns group {guid}; transfer ownership before removing them.",
                            code="ERR_GROUP_NO_CLEARANCE")
-    check_as(engine, state, as_user, "kickMembers", guid, uid)
     return [{"op": "delete_member", "guid": guid, "uid": uid}]
 
 
@@ -178,24 +206,24 @@ def members_view(policy: PolicySet, state: RuntimeState, guid: str, scopes: str 
 
 # -- bans ----------------------------------------------------------------------------------
 def _ban_ops(engine: Engine, state: RuntimeState, guid: str, uid: str, as_user: str | None) -> list[Op]:
+    check_as(engine, state, as_user, "ban", guid, uid)
+    require_group(state, guid)
     if state.is_banned(guid, uid):
         raise ConflictError(f"{uid} is already banned from group {guid}.", code="ERR_ALREADY_BANNED")
     if state.owners.get(guid) == uid:
         raise RefusedError(f"{uid} owns group {guid} and cannot be banned.", code="ERR_GROUP_NO_CLEARANCE")
-    check_as(engine, state, as_user, "ban", guid, uid)
     return [{"op": "ban", "guid": guid, "uid": uid}]
 
 
 def plan_ban(engine: Engine, state: RuntimeState, guid: str, uid: str, as_user: str | None) -> list[Op]:
-    require_group(state, guid)
     return _ban_ops(engine, state, guid, uid, as_user)
 
 
 def plan_unban(engine: Engine, state: RuntimeState, guid: str, uid: str, as_user: str | None) -> list[Op]:
+    check_as(engine, state, as_user, "unban", guid, uid)
     require_group(state, guid)
     if not state.is_banned(guid, uid):
         raise ConflictError(f"{uid} is not banned from group {guid}.", code="ERR_NOT_A_BANNED_USER")
-    check_as(engine, state, as_user, "unban", guid, uid)
     return [{"op": "unban", "guid": guid, "uid": uid}]
 
 

@@ -18,7 +18,7 @@ import uuid
 from urllib.parse import urlsplit, urlunsplit
 
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
-_TOKEN = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_TOKEN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 _made = itertools.count(1)
@@ -27,7 +27,7 @@ _PREFIX = uuid.uuid4().hex[:16]  # per process: made ids are unique without a uu
 
 def take_request_id(header: str | None) -> str:
     """The caller's X-Request-Id if it is a sane token, else a new one; set for this context."""
-    value = header if header and _TOKEN.match(header) else f"{_PREFIX}{next(_made):016x}"
+    value = header if header and _TOKEN.fullmatch(header) else f"{_PREFIX}{next(_made):016x}"
     request_id.set(value)
     return value
 

@@ -7,20 +7,31 @@ from typing import Any
 
 from sidecar.errors import BadRequestError
 
-ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,100}$")  # ASCII only: checked before lowercasing
+ID_RE = re.compile(r"[A-Za-z0-9_-]{1,100}")  # ASCII only, checked before lowercasing; always fullmatch
 MAX_METADATA_BYTES = 4096
 MAX_CONTEXT_KEYS = 32
 MAX_CONTEXT_STRING = 255
 
 
+def canonical_id(value: Any) -> str | None:
+    """THE id canonicaliser (HTTP bodies, paths, headers, the CLI, suites, world files): the id
+    lowercased when `value` is exactly 1-100 ASCII letters, digits, dashes and underscores, else
+    None. fullmatch, never match + `$` (which accepts a trailing newline); checked before
+    lowercasing ("\u212a".lower() is "k")."""
+    if isinstance(value, str) and ID_RE.fullmatch(value):
+        return value.lower()
+    return None
+
+
 def clean_id(value: Any, field: str) -> str:
-    """An id: alpha-dash (a-z, 0-9, -, _), 1-100 characters, lowercased."""
+    """An id (canonical_id) or a 400 naming the field."""
+    canonical = canonical_id(value)
+    if canonical is not None:
+        return canonical
     if not isinstance(value, str) or not value:
         raise BadRequestError.field(field, f"The {field} field is required and must be a string.")
-    if not ID_RE.match(value):  # before lower(): "\u212a".lower() is "k"
-        raise BadRequestError.field(field, f"The {field} may only contain letters, numbers, dashes and "
-                                    "underscores, and be at most 100 characters.")
-    return value.lower()
+    raise BadRequestError.field(field, f"The {field} may only contain letters, numbers, dashes and "
+                                "underscores, and be at most 100 characters.")
 
 
 def require_object(body: Any, field: str = "body") -> dict[str, Any]:

@@ -25,7 +25,7 @@ PRIVILEGES: dict[str, tuple[str, str | None, dict[str, Any] | None]] = {
     "kickMembers of a moderator": ("kickMembers", "moderator", None),
     "ban of a participant": ("ban", "participant", None),
     "ban of a moderator": ("ban", "moderator", None),
-    "unban": ("unban", "outsider", None),
+    "unban": ("unban", "banned", None),
     "editGroup": ("editGroup", None, None),
     "deleteGroup": ("deleteGroup", None, None),
     "sendMessage": ("sendMessage", None, {"messageType": "text"}),
@@ -106,13 +106,14 @@ class World:
         self.guid = unique("grp")
         self.uids = {name: unique(name) for name in
                      ("owner", "admin", "admin2", "moderator", "moderator2", "participant", "participant2",
-                      "outsider")}
+                      "outsider", "banned")}
         body = srv.ok("PUT", f"/groups/{self.guid}", {"owner": self.uids["owner"]})
         assert body["data"]["owner"] == self.uids["owner"]
         for name in ("admin", "admin2", "moderator", "moderator2", "participant", "participant2"):
             scope = name.rstrip("2")
             member = srv.ok("PUT", f"/groups/{self.guid}/members/{self.uids[name]}", {"scope": scope})
             assert member["data"]["scope"] == scope
+        srv.ok("POST", f"/groups/{self.guid}/bannedusers/{self.uids['banned']}")  # unban needs a ban
 
     def actor(self, scope: str) -> str:
         return self.uids[scope]
@@ -165,7 +166,6 @@ def test_scope_table_cell(shared_server: Server, world: World, scope: str, privi
 ADMIN_ON_ADMIN = [
     ("kickMembers", None, NO_CLEARANCE),
     ("ban", None, NO_CLEARANCE),
-    ("unban", None, NO_CLEARANCE),
     ("changeScope", {"newScope": "moderator"}, NO_SCOPE_CLEARANCE),
     ("changeScope", {"newScope": "participant"}, NO_SCOPE_CLEARANCE),
 ]
@@ -212,7 +212,7 @@ OWNER_MAY = [
     ("ban", "admin", None),
     ("ban", "moderator", None),
     ("ban", "participant", None),
-    ("unban", "outsider", None),
+    ("unban", "banned", None),
     ("editGroup", None, None),
     ("deleteGroup", None, None),
     ("listBannedUsers", None, None),

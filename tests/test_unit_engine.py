@@ -250,7 +250,7 @@ def test_non_member_is_refused_with_its_own_code() -> None:
     assert_allowed(world.decide("stranger", "sendMessage", target="p", messageType="text"))
     # a deleted group has no members left
     world.apply({"op": "delete_group", "guid": "g1"})
-    assert_refused(world.decide("a", "sendMessage", "g1", messageType="text"), "ERR_GROUP_NOT_JOINED",
+    assert_refused(world.decide("a", "sendMessage", "g1", messageType="text"), "ERR_GUID_NOT_FOUND",
                    "membership")
 
 
@@ -399,9 +399,12 @@ def test_target_must_be_a_member() -> None:
                    "'stranger'")
     assert_refused(world.decide("a", "changeScope", "g1", "stranger", newScope="moderator"),
                    "ERR_NOT_A_MEMBER", "clearance")
-    # a non-member may be banned (as the lowest scope) and unbanned
+    # a non-member may be banned (as the lowest scope) and, once banned, unbanned
     assert_allowed(world.decide("m", "ban", "g1", "stranger"))
+    assert_refused(world.decide("m", "unban", "g1", "stranger"), "ERR_NOT_A_BANNED_USER", "clearance")
+    world.apply({"op": "ban", "guid": "g1", "uid": "stranger"})
     assert_allowed(world.decide("m", "unban", "g1", "stranger"))
+    assert_refused(world.decide("m", "ban", "g1", "stranger"), "ERR_ALREADY_BANNED", "clearance")
 
 
 def test_nobody_may_kick_or_ban_the_owner() -> None:

@@ -31,10 +31,11 @@ from sidecar.policy.suites import build_state
 from sidecar.policy.world import WorldBuilder
 from sidecar.policy.yamlio import LineDict, parse_yaml_all
 from sidecar.state import RuntimeState
+from sidecar.validation import clean_id
 from sidecar.validation import context as checked_context
 
 EXIT_DENIED = 1
-NUMBER = re.compile(r"^-?\d+(\.\d+)?$")
+NUMBER = re.compile(r"-?[0-9]+(\.[0-9]+)?")
 
 
 def add_parser(commands: Any) -> None:
@@ -55,7 +56,8 @@ def add_parser(commands: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        request = AuthzRequest(args.uid, args.action, args.guid, args.target, parse_context(args.context))
+        request = AuthzRequest(cli_id(args.uid, "uid"), args.action, cli_id(args.guid, "guid"),
+                               cli_id(args.target, "target"), parse_context(args.context))
         settings = settings_from(data_dir=args.data_dir, redis_url=args.redis_url,
                                  redis_prefix=args.redis_prefix, policies=args.policies, model=args.model)
         policy = policy_of(settings)
@@ -70,6 +72,14 @@ def run(args: argparse.Namespace) -> int:
     return 0 if decision.allowed else EXIT_DENIED
 
 
+def cli_id(value: str | None, field: str) -> str | None:
+    """--uid/--guid/--target through HTTP's canonicaliser (so MARK is mark); exit 2 if invalid."""
+    try:
+        return None if value is None else clean_id(value, field)
+    except ChatAuthzError as exc:
+        raise CommandError(EXIT_USAGE, f"chatauthz authorize: --{field}: {exc.message}") from exc
+
+
 def parse_context(pairs: list[str]) -> dict[str, Any]:
     facts: dict[str, Any] = {}
     for pair in pairs:
@@ -77,7 +87,7 @@ def parse_context(pairs: list[str]) -> dict[str, Any]:
         if not sep or not key:
             raise CommandError(EXIT_USAGE, f"chatauthz authorize: --context takes KEY=VALUE, got {pair!r}")
         facts[key] = {"true": True, "false": False}.get(raw, raw)
-        if NUMBER.match(raw):
+        if NUMBER.fullmatch(raw):
             facts[key] = float(raw) if "." in raw else int(raw)
     try:
         return checked_context(facts)

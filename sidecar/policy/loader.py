@@ -15,8 +15,8 @@ from sidecar.policy.yamlio import LineDict, parse_yaml_all
 
 POLICY_FILES = ("catalogue.yaml", "roles.yaml", "scopes.yaml")
 SCOPE_NAMES = ("admin", "moderator", "participant")
-ID_PATTERN = re.compile(r"^[a-z0-9_-]{1,100}$")
-FACT_PATTERN = re.compile(r"^(context\.[A-Za-z][A-Za-z0-9_]*|target\.role|target\.scope)$")
+ID_PATTERN = re.compile(r"[a-z0-9_-]{1,100}")
+FACT_PATTERN = re.compile(r"context\.[A-Za-z][A-Za-z0-9_]*|target\.role|target\.scope")
 MODEL_TOKENS = {"r": ["layer", "sub", "dom", "obj"],
                 "p": ["priority", "layer", "sub", "dom", "obj", "eft", "source"]}
 KEY_FIELDS = {"type", "title", "values", "default", "fact", "when", "target"}
@@ -159,7 +159,7 @@ class _Builder:
         for item in _repeated(values if kind == "stringArray" and values else []):
             self.problem(file, spec.line_of("values"), f"{key}: values lists {item!r} more than once")
         fact = spec.get("fact")
-        if fact is not None and not (isinstance(fact, str) and FACT_PATTERN.match(fact)):
+        if fact is not None and not (isinstance(fact, str) and FACT_PATTERN.fullmatch(fact)):
             self.problem(file, spec.line_of("fact"), f"{key}: fact must be context.<name>, "
                          "target.role or target.scope")
         if "." in key and fact is None:
@@ -192,7 +192,7 @@ class _Builder:
         if when is None:
             return {}
         if not isinstance(when, dict) or not all(
-                isinstance(f, str) and FACT_PATTERN.match(f) and isinstance(v, list)
+                isinstance(f, str) and FACT_PATTERN.fullmatch(f) and isinstance(v, list)
                 and all(isinstance(i, str) for i in v) for f, v in when.items()):
             self.problem(file, spec.line_of("when"), f"{key}: when must map facts to lists of values")
             return {}
@@ -325,7 +325,7 @@ class _Builder:
                              f"on assignment, which gives the role {role.lower()!r} "
                              f"(line {entries.line_of(role.lower())})")
                 continue
-            if not isinstance(role, str) or not ID_PATTERN.match(role):
+            if not isinstance(role, str) or not ID_PATTERN.fullmatch(role):
                 self.problem(file, line, f"role id {role!r} must be 1-100 characters of a-z, 0-9, - and _")
                 continue
             if not isinstance(spec, LineDict):

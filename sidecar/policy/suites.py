@@ -19,6 +19,7 @@ from sidecar.policy.types import PolicySet
 from sidecar.policy.world import WorldBuilder, checked_fields
 from sidecar.policy.yamlio import LineDict, parse_yaml_all
 from sidecar.state import Op, RuntimeState
+from sidecar.validation import canonical_id
 
 LAYERS = ("role", "membership", "scope", "clearance")
 EXPECT_FIELDS = {"allowed", "code", "layer"}
@@ -174,6 +175,11 @@ class _SuiteLoader:
             value = spec.get(name)
             if (value is None and name in ("uid", "action")) or (value is not None and not isinstance(value, str)):
                 self.problem(spec.line_of(name), f"{where}: {name} must be a string")
+            elif value is not None and name != "action":
+                value = canonical_id(value)  # as HTTP canonicalises it
+                if value is None:
+                    self.problem(spec.line_of(name), f"{where}: {name} {spec.get(name)!r} must be 1-100 "
+                                 "characters of letters, digits, - and _")
             fields[name] = value
         context = spec.get("context") or {}
         if not isinstance(context, dict) or not all(isinstance(v, (str, bool, int, float)) for v in context.values()):

@@ -17,6 +17,7 @@ from sidecar.policy.types import PolicySet
 from sidecar.policy.values import normalize_value
 from sidecar.policy.yamlio import LineDict
 from sidecar.state import Op
+from sidecar.validation import canonical_id
 
 Problem = Callable[[int, str], None]
 ROLE_FIELDS = {"name", "description", "permissions", "restrictedFeatures"}
@@ -45,14 +46,17 @@ class WorldBuilder:
         checked_fields(self.problem, world, {"users", "roles", "groups"}, "world")
         roles = self._mapping(world, "roles")
         known = set(self.policy.roles) | {"default"} | {op["role"] for op in shared if op["op"] == "put_role"}
-        known |= {r for r in roles if isinstance(r, str) and ID_PATTERN.match(r)}
+        known |= {r for r in roles if isinstance(r, str) and ID_PATTERN.fullmatch(r)}
         ops: list[Op] = []
         for role, spec in roles.items():
             ops += self._role(role, spec, roles.line_of(role), known)
         users = self._mapping(world, "users")
-        for uid, role in users.items():
-            if not isinstance(uid, str) or not isinstance(role, str):
-                self.problem(users.line_of(uid), "users: each entry must be uid: role")
+        for raw_uid, role in users.items():
+            uid = self._id(raw_uid, users.line_of(raw_uid), "users: uid")
+            if uid is None:
+                continue
+            if not isinstance(role, str):
+                self.problem(users.line_of(raw_uid), "users: each entry must be uid: role")
             elif role not in known:
                 self.problem(users.line_of(uid), f"users: {uid} has role {role!r}, which does not exist "
                              "(define it under world.roles or in roles.yaml)")
@@ -70,7 +74,7 @@ class WorldBuilder:
         return value if isinstance(value, LineDict) else _empty(spec.line_of(name))
 
     def _role(self, role: Any, spec: Any, line: int, known: set[str]) -> list[Op]:
-        if not isinstance(role, str) or not ID_PATTERN.match(role):
+        if not isinstance(role, str) or not ID_PATTERN.fullmatch(role):
             self.problem(line, f"roles: role id {role!r} must be 1-100 characters of a-z, 0-9, - and _")
             return []
         spec = _empty(line) if spec is None else spec
@@ -121,31 +125,49 @@ class WorldBuilder:
                 self.problem(perms.line_of(key), f"{owner}: {exc}")
         return values
 
-    def _group(self, guid: Any, spec: Any, line: int, known: set[str]) -> list[Op]:
-        if not isinstance(guid, str) or not isinstance(spec, LineDict) or not isinstance(spec.get("owner"), str):
+    def _id(self, value: Any, line: int, what: str) -> str | None:
+        """The canonical id (HTTP's canonicaliser), or None with a problem reported."""
+        canonical = canonical_id(value)
+        if canonical is None:
+            self.problem(line, f"{what} {value!r} must be 1-100 characters of letters, digits, - and _")
+        return canonical
+
+    def _group(self, raw_guid: Any, spec: Any, line: int, known: set[str]) -> list[Op]:
+        guid = self._id(raw_guid, line, "groups: guid")
+        if guid is None:
+            return []
+        if not isinstance(spec, LineDict) or "owner" not in spec:
             self.problem(line, f"group {guid}: must be a mapping with at least owner: uid")
             return []
         checked_fields(self.problem, spec, GROUP_FIELDS, f"group {guid}")
-        owner = spec["owner"]
+        owner = self._id(spec["owner"], spec.line_of("owner"), f"group {guid}: owner")
+        if owner is None:
+            return []
         ops: list[Op] = [{"op": "put_group", "guid": guid, "owner": owner},
                          {"op": "put_member", "guid": guid, "uid": owner, "scope": "admin"}]
         members = self._mapping(spec, "members")
-        for uid, scope in members.items():
+        member_ids: set[str] = set()
+        for raw_uid, scope in members.items():
+            uid = self._id(raw_uid, members.line_of(raw_uid), f"group {guid}: member")
+            if uid is None:
+                continue
+            member_ids.add(uid)
             if not isinstance(scope, str) or scope not in self.policy.scopes:
-                self.problem(members.line_of(uid), f"group {guid}: member {uid} has unknown scope {scope!r}; "
-                             f"scopes are {', '.join(self.policy.scopes)}")
-            elif not isinstance(uid, str):
-                self.problem(members.line_of(uid), f"group {guid}: member {uid!r} must be a uid (a string)")
+                self.problem(members.line_of(raw_uid), f"group {guid}: member {uid} has unknown scope "
+                             f"{scope!r}; scopes are {', '.join(self.policy.scopes)}")
             elif uid == owner and scope != "admin":
-                self.problem(members.line_of(uid), f"group {guid}: {uid} owns the group and stays admin")
+                self.problem(members.line_of(raw_uid), f"group {guid}: {uid} owns the group and stays admin")
             else:
                 ops.append({"op": "put_member", "guid": guid, "uid": uid, "scope": scope})
-        bans = spec.get("bans") or []
-        if not isinstance(bans, list) or not all(isinstance(u, str) for u in bans):
+        raw_bans = spec.get("bans") or []
+        if not isinstance(raw_bans, list):
             self.problem(spec.line_of("bans"), f"group {guid}: bans must be a list of uids")
-            bans = []
+            raw_bans = []
+        bans = [self._id(u, spec.line_of("bans"), f"group {guid}: banned uid") for u in raw_bans]
         for uid in bans:
-            if uid == owner or uid in members:
+            if uid is None:
+                continue
+            if uid == owner or uid in member_ids:
                 self.problem(spec.line_of("bans"), f"group {guid}: {uid} cannot be both "
                              f"{'the owner' if uid == owner else 'a member'} and banned")
             else:
