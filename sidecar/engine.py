@@ -162,13 +162,13 @@ class Engine:
             return None, f"group {guid!r} does not exist yet"
         if guid not in state.owners:
             raise _Refusal("membership", NOT_FOUND, f"group {guid!r} does not exist")
+        owner = state.owners[guid] == uid
+        if rule == "owner" and not owner:
+            raise _Refusal("membership", "ERR_GROUP_NO_CLEARANCE", f"only the owner of group {guid!r} "
+                           f"({state.owners[guid]!r}) may {action.name}")
         if request.target is not None and request.target == uid:
             raise _Refusal("clearance", "ERR_GROUP_NO_SELF_ACTION", f"{uid!r} may not {action.name} themselves")
-        owner = state.owners[guid] == uid
         if rule == "owner":
-            if not owner:
-                raise _Refusal("membership", "ERR_GROUP_NO_CLEARANCE", f"only the owner of group {guid!r} "
-                               f"({state.owners[guid]!r}) may {action.name}")
             return OWNER, f"{uid!r} owns group {guid!r}"
         if owner:
             if rule == "joiner":

@@ -38,7 +38,7 @@ CONFLICT_CODES = {"ERR_ALREADY_BANNED", "ERR_NOT_A_BANNED_USER", "ERR_ALREADY_JO
 def check_as(engine: Engine, state: RuntimeState, as_user: str | None, action: str, guid: str | None,
              target: str | None = None, **context: Any) -> None:
     """Refuse unless as_user may do this, exactly as POST /authorize decides it (same code and
-    reason; 404/409 for a missing group or a state conflict, else 403). Called before the plan's
+    reason; 404 for a missing group, 400 for a state conflict, else 403). Called before the plan's
     own checks, so that /authorize and the write agree on every refusal."""
     if as_user is None:
         return

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 from flask import Flask
 
+from sidecar import wire
 from sidecar.api.auth import authenticate
 from sidecar.api.authorize import authorize_many, authorize_one
 from sidecar.errors import BadRequestError, ChatAuthzError
@@ -74,7 +75,4 @@ class AuthorizeFastPath:
         if length > self.max_body_bytes:
             raise ChatAuthzError("The request body is too large.", code="ERR_PAYLOAD_TOO_LARGE", status=413)
         raw = environ["wsgi.input"].read(length) if length else b""
-        try:
-            return orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise BadRequestError.field("body", "The request body is not valid JSON.") from None
+        return wire.loads(raw)
