@@ -5,8 +5,8 @@ one object, at any depth, is refused: parsers disagree on which value wins, so a
 parser keeps the first would see another request than the one decided.
 
 Duplicates are found without a second parse in the common case: with no backslash in the body,
-every key is a `"` followed by optional whitespace and a colon, so counting those matches gives
-at least the number of keys written; if that equals the number of keys parsed, none repeats.
+every key is a `"` followed by optional whitespace and a colon, so counting those gives at
+least the number of keys written; if it equals the number of keys parsed, none repeats.
 Otherwise (a backslash, or a count that differs) the standard library parses again and names the
 repeated key. tests/test_wire.py checks both ways agree on generated bodies.
 """
@@ -32,22 +32,39 @@ def loads(raw: bytes | str) -> Any:
         if "depth" in str(exc) or "ecursion" in str(exc):
             raise BadRequestError.field("body", "The request body is nested too deeply.") from None
         raise BadRequestError.field("body", "The request body is not valid JSON.") from None
-    if b"\\" in data or count_keys(value) != len(_KEY_END.findall(data)):
+    if b"\\" in data or not _keys_match(value, data):
         _refuse_duplicate_keys(data)
     return value
 
 
+def _keys_match(value: Any, data: bytes) -> bool:
+    """True when as many keys were parsed as the text has key ends (so none repeats)."""
+    try:
+        parsed = count_keys(value)
+    except RecursionError:
+        return False
+    return parsed == len(_KEY_END.findall(data))
+
+
+_CONTAINERS = (dict, list)
+
+
 def count_keys(value: Any) -> int:
-    """Keys in every object of a parsed JSON value (iterative: bodies may nest deeply)."""
-    count, stack = 0, [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            count += len(item)
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-    return count
+    """Keys in every object of a parsed JSON value."""
+    kind = type(value)
+    if kind is dict:
+        count = len(value)
+        for item in value.values():
+            if type(item) in _CONTAINERS:
+                count += count_keys(item)
+        return count
+    if kind is list:
+        count = 0
+        for item in value:
+            if type(item) in _CONTAINERS:
+                count += count_keys(item)
+        return count
+    return 0
 
 
 def _refuse_duplicate_keys(data: bytes) -> None:
