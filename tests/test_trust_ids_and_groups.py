@@ -101,7 +101,7 @@ def test_any_id_in_authorize_is_refused_or_canonical(srv: Server, raw: str, fiel
     assert without_id(response.json()["data"]) == without_id(srv.authorize(**body))
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(raw=ID_STRINGS)
 def test_any_id_in_a_path_or_header_is_refused_or_canonical(srv: Server, raw: str) -> None:
     # a path parameter: GET /users/{uid} shows the canonical user (or a 400 naming uid)
@@ -117,7 +117,7 @@ def test_any_id_in_a_path_or_header_is_refused_or_canonical(srv: Server, raw: st
         response = srv.post("/groups/team/bannedusers/adam", headers={"onBehalfOf": raw})
         if is_id(raw):
             expected = srv.authorize(raw.lower(), "ban", guid="team", target="adam")
-            assert response.status_code == 403 and response.json()["error"]["code"] == expected["code"]
+            assert response.status_code == 403 and response.json()["error"]["code"] == expected["code"], (raw, response.text)
         else:
             assert_bad_field(response, "onBehalfOf")
 
@@ -211,3 +211,20 @@ def test_a_guid_on_an_action_that_takes_none_is_a_400_over_http(srv: Server) -> 
     assert (answer["allowed"], answer["code"]) == (False, "ERR_BANNED_GROUPMEMBER")
     response = srv.put("/groups/team/members/eve", {"scope": "participant"}, headers={"onBehalfOf": "eve"})
     assert response.status_code == 403 and response.json()["error"]["code"] == "ERR_BANNED_GROUPMEMBER"
+
+
+def test_no_pattern_anchors_with_a_dollar() -> None:
+    """The class of the trailing-newline bug: `$` matches before a final newline. Every pattern in
+    sidecar/ is used with fullmatch (or anchors with \\Z), never with ^...$ and match."""
+    import ast
+    offenders = []
+    for path in sorted((ROOT / "sidecar").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in
+                    ("compile", "match", "search", "fullmatch") and node.args
+                    and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, (str, bytes))):
+                pattern = node.args[0].value
+                text = pattern.decode("latin-1") if isinstance(pattern, bytes) else pattern
+                if text.endswith("$") and not text.endswith("\\$"):
+                    offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}: {text!r}")
+    assert not offenders, offenders

@@ -15,7 +15,7 @@ from sidecar.policy.suites import (
     describe_request,
 )
 
-PROBLEM_RE = re.compile(r"^(?P<file>[^:]*):(?P<line>\d+): (?P<message>.*)$", re.S)
+PROBLEM_RE = re.compile(r"(?P<file>[^:]*):(?P<line>[0-9]+): (?P<message>.*)", re.S)
 
 
 @dataclass
@@ -35,7 +35,7 @@ class CheckReport:
 
 
 def split_problem(problem: str) -> dict[str, Any]:
-    match = PROBLEM_RE.match(problem)
+    match = PROBLEM_RE.fullmatch(problem)
     if not match:
         return {"file": "", "line": 0, "message": problem}
     return {"file": match["file"], "line": int(match["line"]), "message": match["message"]}
