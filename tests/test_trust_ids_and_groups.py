@@ -101,7 +101,7 @@ def test_any_id_in_authorize_is_refused_or_canonical(srv: Server, raw: str, fiel
     assert without_id(response.json()["data"]) == without_id(srv.authorize(**body))
 
 
-@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(raw=ID_STRINGS)
 def test_any_id_in_a_path_or_header_is_refused_or_canonical(srv: Server, raw: str) -> None:
     # a path parameter: GET /users/{uid} shows the canonical user (or a 400 naming uid)
@@ -111,12 +111,13 @@ def test_any_id_in_a_path_or_header_is_refused_or_canonical(srv: Server, raw: st
             assert response.status_code == 200 and response.json()["data"]["uid"] == raw.lower(), response.text
         else:
             assert_bad_field(response, "uid")
-    # a header: onBehalfOf decides as the canonical user, or is a 400 naming it
+    # a header: onBehalfOf decides as the canonical user, or is a 400 naming it (banning the
+    # owner is refused whoever asks, so the world stays as it is)
     header_safe = raw.isprintable() and raw.isascii() and raw == raw.strip()
     if header_safe and raw:
-        response = srv.post("/groups/team/bannedusers/adam", headers={"onBehalfOf": raw})
+        response = srv.post("/groups/team/bannedusers/olivia", headers={"onBehalfOf": raw})
         if is_id(raw):
-            expected = srv.authorize(raw.lower(), "ban", guid="team", target="adam")
+            expected = srv.authorize(raw.lower(), "ban", guid="team", target="olivia")
             assert response.status_code == 403 and response.json()["error"]["code"] == expected["code"], (raw, response.text)
         else:
             assert_bad_field(response, "onBehalfOf")

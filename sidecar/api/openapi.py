@@ -30,9 +30,12 @@ MAX_MEMBERS_PER_CALL = 25
 MAX_PER_PAGE = 1000
 MAX_BATCH = 1000  # the default of --max-batch / CHATAUTHZ_MAX_BATCH
 MAX_REVISION = 2**53
-DECISION_CODES = ["ERR_PERMISSION_DENIED", "ERR_BANNED_GROUPMEMBER", "ERR_GROUP_NOT_JOINED",
-                  "ERR_GROUP_NO_CLEARANCE", "ERR_GROUP_NO_SCOPE_CLEARANCE", "ERR_GROUP_NO_SELF_ACTION",
-                  "ERR_NOT_A_MEMBER", "ERR_SAME_SCOPE", "ERR_STATE_TOO_STALE"]
+DECISION_CODES = ["ERR_PERMISSION_DENIED", "ERR_GUID_NOT_FOUND", "ERR_GUID_ALREADY_EXISTS",
+                  "ERR_BANNED_GROUPMEMBER", "ERR_GROUP_NOT_JOINED", "ERR_ALREADY_JOINED",
+                  "ERR_GROUP_NO_ADMIN_SCOPE", "ERR_GROUP_NO_MODERATOR_SCOPE", "ERR_GROUP_NO_CLEARANCE",
+                  "ERR_GROUP_NO_SCOPE_CLEARANCE", "ERR_GROUP_NO_SELF_ACTION", "ERR_NOT_A_MEMBER",
+                  "ERR_ALREADY_BANNED", "ERR_NOT_A_BANNED_USER", "ERR_SAME_SCOPE", "ERR_STATE_TOO_STALE",
+                  "ERR_STATE_NOT_LOADED"]
 
 
 # -- schema helpers ------------------------------------------------------------------------------
@@ -252,7 +255,8 @@ SCHEMAS: dict[str, Any] = {
         "uid": id_string("The user asking."),
         "action": string(100, minLength=1, description="An action of the catalogue (e.g. sendMessage, "
                          "kickMembers); an unknown one is a 400.", examples=["sendMessage", "kickMembers"]),
-        "guid": nullable(id_string("The group, for a group action (required by those).")),
+        "guid": nullable(id_string("The group, for a group action (required by those); decided with the "
+                                   "group's facts, and a 400 for an action that takes no group.")),
         "target": nullable(id_string("The uid acted on (required by member actions).")),
         "context": nullable({"type": "object", "maxProperties": 32,
                              "description": "Facts of the request: messageType, receiverType, mimeType, "
