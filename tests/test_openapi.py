@@ -244,7 +244,7 @@ def test_real_responses_match_the_document(live: Server) -> None:
     call("put", "/groups/{guid}/members/{uid}", 400, {**g, "uid": member}, json={"scope": "participant"})
     call("put", "/groups/{guid}/members/{uid}", 400, {**g, "uid": member}, json={"scope": "owner"})
     call("put", "/groups/{guid}/members/{uid}", 403, {**g, "uid": owner}, json={"scope": "participant"})
-    call("delete", "/groups/{guid}/members/{uid}", 403, {**g, "uid": member}, headers={"onBehalfOf": member})
+    call("delete", "/groups/{guid}/members/{uid}", 403, {**g, "uid": mod}, headers={"onBehalfOf": member})
     call("delete", "/groups/{guid}/members/{uid}", 200, {**g, "uid": member}, headers={"onBehalfOf": mod})
     call("delete", "/groups/{guid}/members/{uid}", 400, {**g, "uid": member})
     call("post", "/groups/{guid}/bannedusers/{uid}", 200, {**g, "uid": member})
