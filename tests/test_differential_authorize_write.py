@@ -314,3 +314,20 @@ def test_authorize_and_on_behalf_writes_agree_over_http(server: Server) -> None:
         if written:
             state.apply_all(written, state.revision + 1)
     assert outcomes[True] > 10 and outcomes[False] > 10, outcomes
+
+
+def test_explanations_never_contradict_the_decision() -> None:
+    """`chatauthz authorize --explain` over the same generated cases: a denial shows the step that
+    refused, an allow shows none."""
+    from sidecar.explain import REFUSES, explain
+    rng = random.Random(77)
+    engine = Engine(POLICY)
+    for _world in range(20):
+        ops, uids, guids = world_ops(rng)
+        state = RuntimeState()
+        state.apply_all(ops, 1)
+        for _step in range(20):
+            case = random_case(rng, state, uids, guids)
+            decision, steps = explain(engine, case.request(), state)
+            refusing = [s for s in steps if s.verdict == REFUSES]
+            assert bool(refusing) is not decision.allowed, (case, decision, steps)
