@@ -106,4 +106,4 @@ def test_deletes_survive_sigkill(server: Server) -> None:
     assert server.get(f"/groups/{guid}").status_code == 404
     assert server.ok("GET", f"/users/{uid}")["data"] == {"uid": uid, "role": "default", "assigned": False}
     assert server.authorize(uid, "sendMessage")["role"] == "default"
-    assert server.authorize(owner, "sendMessage", guid=guid)["code"] == "ERR_GROUP_NOT_JOINED"
+    assert server.authorize(owner, "sendMessage", guid=guid)["code"] == "ERR_GUID_NOT_FOUND"
