@@ -9,6 +9,7 @@ what a caller sees (status, code, message) and /authorize is asked first on the 
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -190,25 +191,34 @@ def agree(decision: Decision, ops: list[Op] | None, code: str | None, case: Case
         assert code == decision.code, f"{case}: /authorize says {decision.code}, the write {code}"
 
 
-@pytest.mark.parametrize("seed", range(8))
-def test_authorize_and_on_behalf_writes_agree(seed: int) -> None:
+Step = tuple[Case, Decision, "list[Op] | None", "str | None", RuntimeState]
+
+
+def walk(seed: int, worlds: int = 25, steps: int = 24) -> Iterator[Step]:
+    """Random worlds, each moved on by random operations: (case, decision, the write's ops, its
+    code, the state) for every step, all taken on the state before the step."""
     rng = random.Random(seed)
     engine = Engine(POLICY)
-    seen: dict[tuple[str, bool], int] = {}
-    for _world in range(25):
+    for _world in range(worlds):
         ops, uids, guids = world_ops(rng)
         state = RuntimeState()
         state.apply_all(ops, 1)
-        for step in range(24):
+        for _step in range(steps):
             case = random_case(rng, state, uids, guids)
             decision = engine.decide(case.request(), state)
             written, code = run_write(engine, state, case)
-            agree(decision, written, code, case)
-            seen[(case.operation, decision.allowed)] = seen.get((case.operation, decision.allowed), 0) + 1
+            yield case, decision, written, code, state
             if written:  # the world moves on by what was allowed
                 state.apply_all(written, state.revision + 1)
-            del step
-    # the generator reaches both outcomes of every operation (else the test proves little)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_authorize_and_on_behalf_writes_agree(seed: int) -> None:
+    seen: dict[tuple[str, bool], int] = {}
+    for case, decision, written, code, _ in walk(seed):
+        agree(decision, written, code, case)
+        seen[(case.operation, decision.allowed)] = seen.get((case.operation, decision.allowed), 0) + 1
+    # the generator reaches the denial of every operation, and allows often (else it proves little)
     for operation in OPERATIONS:
         assert seen.get((operation, False)), (operation, seen)
     assert sum(seen.values()) == 25 * 24
@@ -217,22 +227,7 @@ def test_authorize_and_on_behalf_writes_agree(seed: int) -> None:
 
 def test_every_operation_is_allowed_somewhere() -> None:
     """Across the seeds, every operation is allowed at least once (the allow half is tested too)."""
-    allowed: set[str] = set()
-    engine = Engine(POLICY)
-    for seed in range(8):
-        rng = random.Random(seed)
-        for _world in range(25):
-            ops, uids, guids = world_ops(rng)
-            state = RuntimeState()
-            state.apply_all(ops, 1)
-            for _step in range(24):
-                case = random_case(rng, state, uids, guids)
-                decision = engine.decide(case.request(), state)
-                written, _ = run_write(engine, state, case)
-                if decision.allowed:
-                    allowed.add(case.operation)
-                if written:
-                    state.apply_all(written, state.revision + 1)
+    allowed = {case.operation for seed in range(8) for case, decision, *_ in walk(seed) if decision.allowed}
     assert allowed == set(OPERATIONS)
 
 
@@ -320,14 +315,8 @@ def test_explanations_never_contradict_the_decision() -> None:
     """`chatauthz authorize --explain` over the same generated cases: a denial shows the step that
     refused, an allow shows none."""
     from sidecar.explain import REFUSES, explain
-    rng = random.Random(77)
     engine = Engine(POLICY)
-    for _world in range(20):
-        ops, uids, guids = world_ops(rng)
-        state = RuntimeState()
-        state.apply_all(ops, 1)
-        for _step in range(20):
-            case = random_case(rng, state, uids, guids)
-            decision, steps = explain(engine, case.request(), state)
-            refusing = [s for s in steps if s.verdict == REFUSES]
-            assert bool(refusing) is not decision.allowed, (case, decision, steps)
+    for case, decision, _, _, state in walk(77, worlds=20, steps=20):
+        explained, steps = explain(engine, case.request(), state)
+        refusing = [step for step in steps if step.verdict == REFUSES]
+        assert explained == decision and bool(refusing) is not decision.allowed, (case, decision, steps)
