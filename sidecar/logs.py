@@ -60,7 +60,8 @@ class DroppingQueueHandler(logging.handlers.QueueHandler):
 
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
         record.requestId = request_id.get()  # the writer thread has no request context
-        return super().prepare(record)
+        prepared: logging.LogRecord = super().prepare(record)
+        return prepared
 
     def enqueue(self, record: logging.LogRecord) -> None:
         try:
