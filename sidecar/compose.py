@@ -14,8 +14,7 @@ from sidecar.config import Settings
 from sidecar.core import Sidecar
 from sidecar.errors import PolicyError, StoreError
 from sidecar.policy import PolicySet, load_policy_texts
-from sidecar.policy.loader import POLICY_FILES
-from sidecar.reload import PolicyWatcher
+from sidecar.reload import Files, PolicyWatcher, read_files, read_settled
 from sidecar.stores import SQLiteStore
 from sidecar.stores.base import Store
 from sidecar.stores.redisstore import RedisStore
@@ -34,7 +33,11 @@ def open_store(settings: Settings) -> Store:
 
 def build_sidecar(settings: Settings, *, start_threads: bool = True) -> Sidecar:
     """Refuses an invalid policy (PolicyError) and a store it cannot load (StoreError)."""
-    policy, problems = load_with_fallback(settings)
+    try:
+        files: Files | None = read_settled(settings.policies, settings.model_path, settings.policy_settle_s)
+    except PolicyError:
+        files = None  # still being written: load_with_fallback waits once more, the watcher takes it later
+    policy, problems = load_with_fallback(settings, files)
     try:
         store = open_store(settings)
     except StoreError as exc:
@@ -45,14 +48,14 @@ def build_sidecar(settings: Settings, *, start_threads: bool = True) -> Sidecar:
                                    sample=settings.decision_log_sample)
     core = Sidecar(policy, store, revision_wait_s=settings.revision_wait_s,
                    max_staleness_s=settings.max_staleness_s, synced=isinstance(store, RedisStore),
-                   policy_loader=lambda: load_with_fallback(settings), decision_log=decision_log)
+                   policy_loader=lambda files: load_with_fallback(settings, files), decision_log=decision_log)
     core.policy_problems = problems
     if isinstance(store, RedisStore):
         core.sync = RedisSync(store.client, store.channel, core.catch_up, interval_s=settings.sync_interval_s)
-    if settings.policy_watch_s > 0:
-        core.watcher = PolicyWatcher(settings.policies, settings.model_path, core.reload_policy,
-                                     interval_s=settings.policy_watch_s)
+    core.watcher = PolicyWatcher(settings.policies, settings.model_path, core.reload_policy,  # SIGHUP even if off
+                                 interval_s=settings.policy_watch_s, settle_s=settings.policy_settle_s, loaded=files)
     core.on_decision = metrics.observe_decision
+    core.on_write = metrics.observe_write
     core.gauges = metrics.GaugeUpdater(core)
     if start_threads:
         for thread in (core.sync, core.watcher, core.gauges):
@@ -64,34 +67,41 @@ def build_sidecar(settings: Settings, *, start_threads: bool = True) -> Sidecar:
 LAST_GOOD = "last-good-policy"
 
 
-def load_with_fallback(settings: Settings) -> tuple[PolicySet, list[str]]:
-    """The policy on disk, kept as the last good one; if it is invalid, the last good one.
+def load_with_fallback(settings: Settings, files: Files | None = None) -> tuple[PolicySet, list[str]]:
+    """The policy made of `files` (default: the files on disk once settled), kept as the last
+    good one; if it is invalid, the last good one.
 
     Returns (policy, problems of the files on disk). Worker processes restarted by the server
     (say after SIGHUP) thus never die on, nor serve, a broken edit; with no last good policy
     the PolicyError stands (the CLI checks before starting, so that is the first start).
     """
     try:
-        texts, model_text = _read_texts(settings.policies, settings.model_path)
+        if files is None:
+            files = read_settled(settings.policies, settings.model_path, settings.policy_settle_s)
+        texts, model_text = _texts(files)
         policy = load_policy_texts(texts, model_text)
     except PolicyError as exc:
         saved = settings.data_dir / LAST_GOOD
         if not saved.is_dir():
             raise
-        texts, model_text = _read_texts(saved, saved / "model.conf")
+        texts, model_text = _texts(read_files(saved, saved / "model.conf"))
         return load_policy_texts(texts, model_text), exc.problems
     _save_last_good(settings.data_dir / LAST_GOOD, texts, model_text)
     return policy, []
 
 
-def _read_texts(policy_dir: Path, model: Path) -> tuple[dict[str, str], str]:
+def _texts(files: Files) -> tuple[dict[str, str], str]:
+    """(policy file name -> text, model.conf's text) of exactly these bytes: loaded and hashed as read."""
     texts: dict[str, str] = {}
     problems: list[str] = []
-    for name, path in [(n, policy_dir / n) for n in POLICY_FILES] + [("model.conf", model)]:
+    for name, data in files.items():
+        if isinstance(data, str):  # why it could not be read
+            problems.append(f"{name}:1: {data}")
+            continue
         try:
-            texts[name] = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            problems.append(f"{name}:1: cannot read {path}: {exc}")
+            texts[name] = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            problems.append(f"{name}:1: cannot read it as UTF-8: {exc}")
     if problems:
         raise PolicyError(problems)
     return texts, texts.pop("model.conf")

@@ -34,6 +34,7 @@ class Settings:
     sync_interval_s: float = 1.0
     max_staleness_s: float | None = None
     policy_watch_s: float = 1.0
+    policy_settle_s: float = 1.0  # a change is taken once the files stayed the same this long
     decision_log: str | None = None  # a file path, or "-" for stdout
     decision_log_deny_only: bool = False
     decision_log_sample: float = 1.0
@@ -66,6 +67,8 @@ class Settings:
             raise ValueError(f"threads must be 1-64, got {self.threads}")
         if not 0.0 <= self.decision_log_sample <= 1.0:
             raise ValueError(f"decision_log_sample must be 0-1, got {self.decision_log_sample}")
+        if self.policy_settle_s < 0:
+            raise ValueError(f"policy_settle_s must be 0 or more, got {self.policy_settle_s}")
         if self.server not in ("granian", "gunicorn"):
             raise ValueError(f"server must be granian or gunicorn, got {self.server!r}")
 

@@ -20,6 +20,7 @@ from sidecar.audit import DecisionLog
 from sidecar.engine import AuthzRequest, Decision, Engine
 from sidecar.errors import ChatAuthzError, PolicyError, StoreError
 from sidecar.policy import PolicySet
+from sidecar.reload import Files
 from sidecar.state import Op, RuntimeState, with_before
 from sidecar.stores.base import ResyncNeeded, Store
 
@@ -31,7 +32,7 @@ NOT_LOADED_CODE = "ERR_STATE_NOT_LOADED"
 class Sidecar:
     def __init__(self, policy: PolicySet, store: Store, *, revision_wait_s: float = 2.0,
                  max_staleness_s: float | None = None, synced: bool = False,
-                 policy_loader: Callable[[], tuple[PolicySet, list[str]]] | None = None,
+                 policy_loader: Callable[[Files | None], tuple[PolicySet, list[str]]] | None = None,
                  decision_log: DecisionLog | None = None) -> None:
         self.engine = Engine(policy)  # swapped whole on reload; a decision reads it once
         self.policy_loader = policy_loader
@@ -58,6 +59,7 @@ class Sidecar:
         self.sync: Any = None  # a RedisSync when synced (set by sidecar.compose)
         self.watcher: Any = None  # a PolicyWatcher (set by sidecar.compose)
         self.on_decision: Callable[[dict[str, Any], float], None] | None = None  # metrics hook
+        self.on_write: Callable[[str], None] | None = None  # metrics hook: committed|unchanged|refused|failed
         self.store_errors = 0
         self.gauges: Any = None  # a metrics.GaugeUpdater (set by sidecar.compose)
         self._ids = itertools.count(1)
@@ -67,12 +69,13 @@ class Sidecar:
     def policy(self) -> PolicySet:
         return self.engine.policy
 
-    def reload_policy(self) -> bool:
-        """Build the policy files aside and swap them in; a broken policy never replaces a good one."""
+    def reload_policy(self, files: Files | None = None) -> bool:
+        """Build the policy of `files` (default: the files on disk once settled) aside and swap it
+        in; a broken policy never replaces a good one."""
         if self.policy_loader is None:
             return False
         try:
-            policy, problems = self.policy_loader()
+            policy, problems = self.policy_loader(files)
             if problems:
                 raise PolicyError(problems)
             engine = Engine(policy)
@@ -88,7 +91,7 @@ class Sidecar:
             pass  # the warm-up request itself was refused (e.g. the action needs a group): fine
         self.engine = engine
         self.policy_problems = []
-        log.warning("policy reloaded: now serving %s", policy.content_hash)
+        log.info("policy reloaded: now serving %s", policy.content_hash)
         return True
 
     # -- keeping up with the store ---------------------------------------------------------
@@ -207,6 +210,10 @@ class Sidecar:
             return view(self.policy, self.state)
 
     # -- writes ----------------------------------------------------------------------------
+    def _count_write(self, result: str) -> None:
+        if self.on_write is not None:
+            self.on_write(result)
+
     def write(self, plan: Callable[[PolicySet, RuntimeState], list[Op]], actor: str,
               view: Callable[[PolicySet, RuntimeState], Any] | None = None) -> tuple[int, Any]:
         """Check and change in one step. Returns the revision after the write and view(policy,
@@ -222,7 +229,12 @@ class Sidecar:
                 revision, ops = self.store.write(planned, actor)
             except StoreError:
                 self.store_errors += 1
+                self._count_write("failed")
                 raise
+            except ChatAuthzError:
+                self._count_write("refused")
+                raise
+            self._count_write("committed" if ops else "unchanged")
             with self._lock:
                 self._apply_entries([(revision, ops)] if ops else [])
                 shown = view(policy, self.state) if view is not None else None

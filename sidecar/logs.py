@@ -15,6 +15,7 @@ import re
 import sys
 import time
 import uuid
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
@@ -59,7 +60,8 @@ class DroppingQueueHandler(logging.handlers.QueueHandler):
 
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
         record.requestId = request_id.get()  # the writer thread has no request context
-        return super().prepare(record)
+        prepared: logging.LogRecord = super().prepare(record)
+        return prepared
 
     def enqueue(self, record: logging.LogRecord) -> None:
         try:
@@ -74,10 +76,24 @@ def configure(level: str = "INFO", max_queue: int = 10_000) -> None:
     stream.setFormatter(JsonFormatter())
     records: queue.Queue[logging.LogRecord] = queue.Queue(maxsize=max_queue)
     logging.handlers.QueueListener(records, stream).start()
+    handler = DroppingQueueHandler(records)
     root = logging.getLogger("chatauthz")
-    root.handlers[:] = [DroppingQueueHandler(records)]
+    root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
+    logging.captureWarnings(True)  # a library's warnings.warn would print a plain line on stderr
+    warnings_log = logging.getLogger("py.warnings")
+    warnings_log.handlers[:] = [handler]
+    warnings_log.propagate = False
+
+
+def server_log_config(*loggers: str, level: str = "WARNING") -> dict[str, Any]:
+    """A logging.config dict for the WSGI server's own loggers (and the root): JSON lines on stderr."""
+    return {"version": 1, "disable_existing_loggers": False,
+            "formatters": {"json": {"()": JsonFormatter}},
+            "handlers": {"json": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}},
+            "root": {"level": level, "handlers": ["json"]},
+            "loggers": {name: {"level": level, "handlers": ["json"], "propagate": False} for name in loggers}}
 
 
 def redact(url: str) -> str:

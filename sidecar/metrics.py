@@ -1,74 +1,151 @@
-"""Prometheus metrics. With several worker processes, PROMETHEUS_MULTIPROC_DIR (set by
-sidecar.serving before the workers start) makes /metrics aggregate every worker's values.
+"""Prometheus metrics. Under several worker processes, PROMETHEUS_MULTIPROC_DIR (set by
+sidecar.serving before the workers start) makes /metrics add up every worker's values.
+
+prometheus_client chooses where a value lives (in memory, or in a per-process file in that
+folder) when the value is made, from the value class it picked when it was first imported. The
+server process imports this module before it sets the folder and then forks its workers, so the
+metrics are made on first use in each process (`current()`), with the value class picked again
+from the environment at that moment. Dead workers' gauge files are dropped at each scrape.
 
 Recording is cheap on the hot path: label children are cached, and gauges (revision,
 staleness, policy) are refreshed by a background thread, not per request.
 """
 from __future__ import annotations
 
+import glob
 import os
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
-    REGISTRY,
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
     generate_latest,
     multiprocess,
+    values,
 )
+from prometheus_client.metrics_core import Metric
+
+from sidecar.errors import StoreError
 
 FAST_BUCKETS = (5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 1e-2, 0.1, 1.0)
+POLICY_INFO_NAME = "chatauthz_policy_info"
 
-DECISIONS = Counter("chatauthz_decisions_total", "Decisions by result, layer and code",
-                    ["result", "layer", "code"])
-DECISION_SECONDS = Histogram("chatauthz_decision_seconds", "Time to decide one check (in process)",
-                             buckets=FAST_BUCKETS)
-REQUEST_SECONDS = Histogram("chatauthz_request_seconds", "HTTP request latency by route and status",
-                            ["route", "method", "status"], buckets=FAST_BUCKETS)
-POLICY_INFO = Gauge("chatauthz_policy_info", "The policy content hash being served (value 1)",
-                    ["hash"], multiprocess_mode="liveall")
-REVISION = Gauge("chatauthz_revision", "Runtime-state revision applied", multiprocess_mode="min")
-STALENESS = Gauge("chatauthz_staleness_seconds", "Seconds since the store was last heard from",
-                  multiprocess_mode="max")
-POLICY_INVALID = Gauge("chatauthz_policy_invalid", "1 while the policy files on disk are refused",
-                       multiprocess_mode="max")
-RELOAD_FAILURES = Counter("chatauthz_policy_reload_failures_total", "Policy changes refused as invalid")
-STORE_ERRORS = Counter("chatauthz_store_errors_total", "Store reads or writes that failed")
-DECISION_LOG_DROPPED = Counter("chatauthz_decision_log_dropped_total", "Decision log entries dropped")
 
-_decision_children: dict[tuple[str, str, str], Any] = {}
-_request_children: dict[tuple[str, str, int], Any] = {}
+class Metrics:
+    """This process's metrics, in their own registry (rendered directly without a shared folder)."""
+
+    def __init__(self) -> None:
+        self.folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+        if bool(getattr(values.ValueClass, "_multiprocess", False)) != bool(self.folder):  # picked too early
+            values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
+        r = self.registry = CollectorRegistry()
+        self.decisions = Counter("chatauthz_decisions_total", "Decisions by result, layer and code",
+                                 ["result", "layer", "code"], registry=r)
+        self.writes = Counter("chatauthz_writes_total", "Management writes by result: committed (a new "
+                              "revision), unchanged, refused (4xx), failed (store error)", ["result"], registry=r)
+        self.decision_seconds = Histogram("chatauthz_decision_seconds", "Time to decide one check (in process)",
+                                          buckets=FAST_BUCKETS, registry=r)
+        self.request_seconds = Histogram("chatauthz_request_seconds", "HTTP request latency by route and status",
+                                         ["route", "method", "status"], buckets=FAST_BUCKETS, registry=r)
+        # live* gauges: a worker's values go with it (see forget_dead_workers)
+        self.policy_info = Gauge(POLICY_INFO_NAME, "The policy content hashes served by a live worker (value 1)",
+                                 ["hash"], multiprocess_mode="livemax", registry=r)
+        self.revision = Gauge("chatauthz_revision", "Runtime-state revision applied (the lowest of the workers)",
+                              multiprocess_mode="livemin", registry=r)
+        self.staleness = Gauge("chatauthz_staleness_seconds", "Seconds since the store was last heard from",
+                               multiprocess_mode="livemax", registry=r)
+        self.policy_invalid = Gauge("chatauthz_policy_invalid", "1 while the policy files on disk are refused",
+                                    multiprocess_mode="livemax", registry=r)
+        self.reload_failures = Counter("chatauthz_policy_reload_failures_total", "Policy changes refused as invalid",
+                                       registry=r)
+        self.store_errors = Counter("chatauthz_store_errors_total", "Store reads or writes that failed", registry=r)
+        self.decision_log_dropped = Counter("chatauthz_decision_log_dropped_total", "Decision log entries dropped",
+                                            registry=r)
+        self.decision_children: dict[tuple[str, str, str], Any] = {}
+        self.request_children: dict[tuple[str, str, int], Any] = {}
+
+
+_current: Metrics | None = None
+_made = threading.Lock()
+
+
+def current() -> Metrics:
+    """This process's metrics, made on first use (after the server has set the folder)."""
+    global _current
+    if _current is None:
+        with _made:
+            if _current is None:
+                _current = Metrics()
+    return _current
 
 
 def observe_decision(body: dict[str, Any], seconds: float) -> None:
+    m = _current or current()
     key = ("allowed" if body["allowed"] else "denied", body.get("layer") or "", body.get("code") or "")
-    child = _decision_children.get(key)
+    child = m.decision_children.get(key)
     if child is None:
-        child = _decision_children[key] = DECISIONS.labels(*key)
+        child = m.decision_children[key] = m.decisions.labels(*key)
     child.inc()
-    DECISION_SECONDS.observe(seconds)
+    m.decision_seconds.observe(seconds)
 
 
 def observe_request(route: str, method: str, status: int, seconds: float) -> None:
+    m = _current or current()
     key = (route, method, status)
-    child = _request_children.get(key)
+    child = m.request_children.get(key)
     if child is None:
-        child = _request_children[key] = REQUEST_SECONDS.labels(route, method, str(status))
+        child = m.request_children[key] = m.request_seconds.labels(route, method, str(status))
     child.observe(seconds)
 
 
+def observe_write(result: str) -> None:
+    (_current or current()).writes.labels(result).inc()
+
+
 def render() -> tuple[bytes, str]:
-    """The exposition text, aggregated across worker processes when they share a directory."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+    """The exposition text, added up across worker processes when they share a folder."""
+    m = current()
+    if m.folder:
+        forget_dead_workers(m.folder)
+        source: Any = multiprocess.MultiProcessCollector(None, m.folder)  # type: ignore[no-untyped-call]
+    else:
+        source = m.registry
+    registry = CollectorRegistry()
+    registry.register(_Served(source))
+    return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+class _Served:
+    """`source`'s metrics without the policy hashes no live worker serves (value 0): a series
+    cannot be removed from a worker's file, so a replaced hash is set to 0 instead."""
+
+    def __init__(self, source: Any) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[Metric]:
+        for metric in self.source.collect():
+            if metric.name == POLICY_INFO_NAME:
+                metric.samples = [s for s in metric.samples if s.value]
+            yield metric
+
+
+def forget_dead_workers(folder: str) -> None:
+    """Drop the live* gauge files of processes that are gone (counters and histograms stay:
+    what a dead worker counted still happened)."""
+    for path in glob.glob(os.path.join(folder, "gauge_live*_*.db")):
+        pid = int(path.rsplit("_", 1)[1].removesuffix(".db"))
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            multiprocess.mark_process_dead(pid, folder)  # type: ignore[no-untyped-call]
+        except PermissionError:
+            pass  # alive, someone else's
 
 
 class GaugeUpdater:
@@ -85,18 +162,23 @@ class GaugeUpdater:
         self._thread.start()
 
     def update(self) -> None:
-        core = self.core
+        m, core = current(), self.core
+        if not core.synced:
+            try:
+                core.refresh()  # the embedded store: the revision other workers committed
+            except StoreError:
+                pass  # counted in store_errors
         digest = core.policy.content_hash
         if digest != self._hash:
             if self._hash is not None:
-                POLICY_INFO.remove(self._hash)
-            POLICY_INFO.labels(digest).set(1)
+                m.policy_info.labels(self._hash).set(0)  # not removed: see _Served
+            m.policy_info.labels(digest).set(1)
             self._hash = digest
-        REVISION.set(core.state.revision)
-        STALENESS.set(core.staleness_s())
-        POLICY_INVALID.set(1 if core.policy_problems else 0)
-        for counter, now in ((RELOAD_FAILURES, core.reload_failures), (STORE_ERRORS, core.store_errors),
-                             (DECISION_LOG_DROPPED, core.decision_log.dropped if core.decision_log else 0)):
+        m.revision.set(core.state.revision)
+        m.staleness.set(core.staleness_s())
+        m.policy_invalid.set(1 if core.policy_problems else 0)
+        for counter, now in ((m.reload_failures, core.reload_failures), (m.store_errors, core.store_errors),
+                             (m.decision_log_dropped, core.decision_log.dropped if core.decision_log else 0)):
             seen = self._seen.get(counter, 0)
             if now > seen:
                 counter.inc(now - seen)

@@ -55,9 +55,9 @@ def worker_app() -> Any:
 
 
 def _reload_on_sighup(core: Any) -> None:
-    """SIGHUP to a worker re-reads the policy files at once (the watcher also polls)."""
+    """SIGHUP to a worker reloads the policy files once they have settled (the watcher also polls)."""
     try:
-        signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=core.reload_policy, daemon=True).start())
+        signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=core.watcher.reload_now, daemon=True).start())
     except ValueError:
         pass  # not the main thread of this process: the watcher alone reloads
 
@@ -75,20 +75,27 @@ def _exit_with_parent(poll_s: float = 0.5) -> None:
 def _granian(settings: Settings) -> Any:
     from granian import Granian
     from granian.constants import Interfaces
+    from granian.log import LogLevels
+
+    from sidecar.logs import server_log_config
     return Granian("sidecar.serving:worker_app", address=settings.host, port=settings.port,
                    interface=Interfaces.WSGI, workers=settings.workers, factory=True,
-                   blocking_threads=settings.threads, respawn_failed_workers=True, log_level="warning")
+                   blocking_threads=settings.threads, respawn_failed_workers=True, log_level=LogLevels.warning,
+                   log_dictconfig=server_log_config("_granian", "granian.access"))
 
 
 def _gunicorn(settings: Settings) -> Any:
-    from gunicorn.app.base import BaseApplication
+    from gunicorn.app.base import BaseApplication  # type: ignore[import-untyped]
+
+    from sidecar.logs import server_log_config
 
     class App(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:
             options = {"bind": f"{settings.host}:{settings.port}", "workers": settings.workers,
                        "threads": settings.threads, "worker_class": "gthread", "keepalive": 30,
                        "timeout": 60, "graceful_timeout": 10, "accesslog": None,
-                       "errorlog": "-", "loglevel": "warning"}
+                       "errorlog": "-", "loglevel": "warning",
+                       "logconfig_dict": server_log_config("gunicorn.error", "gunicorn.access")}
             for key, value in options.items():
                 self.cfg.set(key, value)
 
