@@ -6,6 +6,7 @@ write's ops under its revision, so workers catch up by replaying only what is ne
 from __future__ import annotations
 
 import json
+import logging
 import mmap
 import os
 import sqlite3
@@ -14,13 +15,20 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from sidecar.errors import StoreError
 from sidecar.state import Op, RuntimeState
 from sidecar.stores.base import Plan
 
+log = logging.getLogger("chatauthz.store")
 _U64 = struct.Struct("<Q")
 BACKSTOP_S = 0.25  # how often a reader also asks SQLite whether anything changed
+REPLACED_CODE = "ERR_STORE_REPLACED"
+# Primary SQLite result codes that mean the disk or the file cannot take writes (not a busy lock).
+DISK_ERRORS = {8: "SQLITE_READONLY: the file is read-only", 10: "SQLITE_IOERR: disk I/O error",
+               11: "SQLITE_CORRUPT: the database is damaged", 13: "SQLITE_FULL: the database or disk is full",
+               14: "SQLITE_CANTOPEN: the file cannot be opened", 26: "SQLITE_NOTADB: not a database"}
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -63,36 +71,94 @@ OP_SQL: dict[str, list[str]] = {
 
 
 class SQLiteStore:
-    """Store on one SQLite file; one connection per thread."""
+    """Store on one SQLite file; one connection per thread.
+
+    The files' identities (device, inode) are taken at open: a database deleted, replaced or
+    moved away while we run is caught before any write commits (and by check(), for readiness);
+    from then on every write is refused and the state in memory is no longer caught up.
+    """
 
     def __init__(self, path: Path | str, busy_timeout_s: float = 10.0) -> None:
         self.path = str(path)
         self.busy_timeout_s = busy_timeout_s
         self._local = threading.local()
-        self._beacon = RevisionBeacon(self.path + ".rev")
         self._backstop_at = 0.0
+        self._files: dict[str, tuple[int, int]] = {}
+        self._lost: str | None = None
         try:
             old_umask = os.umask(0o077)  # the database and its WAL files: owner only
             try:
-                self._conn().executescript(SCHEMA)
-                self._conn().execute("SELECT 1 FROM meta").fetchall()
+                self._beacon = RevisionBeacon(self.path + ".rev")
+                self._local.conn = self._connect("rwc")
+                self._local.data_version = self._local.conn.execute("PRAGMA data_version").fetchone()[0]
+                self._local.conn.executescript(SCHEMA)
+                # Held open for our lifetime, so SQLite never deletes and recreates the -wal
+                # and -shm under us (it does when the last connection closes).
+                self._anchor = self._connect("rw", check_same_thread=False)
+                self._anchor.execute("SELECT 1 FROM meta").fetchall()
             finally:
                 os.umask(old_umask)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open the embedded store {self.path}: {exc}") from exc
+        for name in (self.path, self.path + "-wal", self.path + "-shm", self.path + ".rev"):
+            if os.path.exists(name):
+                stat = os.stat(name)
+                self._files[name] = (stat.st_dev, stat.st_ino)
+
+    def _connect(self, mode: str, check_same_thread: bool = True) -> sqlite3.Connection:
+        conn = sqlite3.connect(f"file:{quote(self.path)}?mode={mode}", uri=True, timeout=self.busy_timeout_s,
+                               isolation_level=None, check_same_thread=check_same_thread)
+        if self._check_files() is not None:  # it may have opened another file: touch nothing
+            conn.close()
+            self._refuse_if_lost()
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        return conn
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None,
-                                   check_same_thread=True)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
+            try:
+                conn = self._connect("rw")  # never create a file where ours has gone
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot open the embedded store {self.path}: {exc}") from exc
             self._local.conn = conn
             self._local.data_version = conn.execute("PRAGMA data_version").fetchone()[0]
         return conn
 
+    def _check_files(self) -> str | None:
+        """Why our files are no longer the ones at their paths (logged once), or None."""
+        if self._lost is None:
+            for name, identity in self._files.items():
+                try:
+                    stat = os.stat(name)
+                    if (stat.st_dev, stat.st_ino) == identity:
+                        continue
+                    what = "replaced by another file"
+                except OSError:
+                    what = "deleted or moved away (or its folder renamed)"
+                self._lost = (f"the embedded store file {name} was {what} while the sidecar ran; writes "
+                              "are refused and decisions use the state in memory; put the file back "
+                              "and restart")
+                log.error("%s", self._lost)
+                break
+        return self._lost
+
+    def _refuse_if_lost(self) -> None:
+        if self._check_files() is not None:
+            raise StoreError(f"The store cannot take writes: {self._lost}.", code=REPLACED_CODE)
+
+    def check(self) -> str | None:
+        """For readiness: raise StoreError if our files are gone; a warning while writes fail."""
+        self._refuse_if_lost()
+        code = self._beacon.failure()
+        if code:
+            return (f"writes to {self.path} are failing ({DISK_ERRORS.get(code, code)}); decisions still "
+                    "serve; this clears when a write succeeds")
+        return None
+
     def load(self) -> RuntimeState:
+        self._refuse_if_lost()
         conn = self._conn()
         try:
             conn.execute("BEGIN")
@@ -127,6 +193,7 @@ class SQLiteStore:
         return state
 
     def changes_since(self, revision: int) -> list[tuple[int, list[Op]]]:
+        self._refuse_if_lost()
         try:
             rows = self._conn().execute(
                 "SELECT revision, ops FROM journal WHERE revision > ? ORDER BY revision", (revision,))
@@ -150,13 +217,18 @@ class SQLiteStore:
 
     def changed(self, revision: int) -> bool:
         """May a commit past `revision` exist? Reads the shared counter (nanoseconds); every
-        BACKSTOP_S it also asks SQLite itself, in case a writer died mid-way."""
+        BACKSTOP_S it also asks SQLite itself, in case a writer died mid-way, and checks that our
+        files are still there. Once they are not, nothing is caught up again."""
+        if self._lost is not None:
+            return False
         if self._beacon.read() > revision:
             return True
         now = time.monotonic()
         if now < self._backstop_at:
             return False
         self._backstop_at = now + BACKSTOP_S  # for the process: any thread may take the turn
+        if self._check_files() is not None:
+            return False
         version = self._conn().execute("PRAGMA data_version").fetchone()[0]
         if version == self._local.data_version:
             return False
@@ -164,10 +236,12 @@ class SQLiteStore:
         return True
 
     def write(self, plan: Plan, actor: str) -> tuple[int, list[Op]]:
+        self._refuse_if_lost()
         conn = self._conn()
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
+            self._note_failure(exc)
             raise StoreError(f"the embedded store is busy or unavailable: {exc}") from exc
         try:
             ops = plan()
@@ -181,39 +255,50 @@ class SQLiteStore:
             revision = conn.execute("SELECT value FROM meta WHERE key='revision'").fetchone()[0]
             conn.execute("INSERT INTO journal VALUES (?, ?, ?, ?)",
                          (revision, time.time(), actor, json.dumps(ops, separators=(",", ":"))))
+            self._refuse_if_lost()  # last look before COMMIT: never acknowledge into a dead file
             self._beacon.publish(revision)  # under the write lock, so it only ever grows
             conn.execute("COMMIT")
+            self._beacon.set_failure(0)
             return revision, ops
         except BaseException as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             if isinstance(exc, sqlite3.Error):
+                self._note_failure(exc)
                 raise StoreError(f"the write failed and changed nothing: {exc}") from exc
             raise
+
+    def _note_failure(self, exc: sqlite3.Error) -> None:
+        """A disk-level failure is shared with every worker (readiness says so) until a write succeeds."""
+        code = exc.sqlite_errorcode & 0xFF
+        if code in DISK_ERRORS:
+            self._beacon.set_failure(code)
+            log.error("a write to %s failed: %s", self.path, exc)
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             conn.close()
             self._local.conn = None
+        self._anchor.close()
 
 
 class RevisionBeacon:
     """The last committed revision as 8 bytes in a small file every worker maps into memory:
     a reader learns of other workers' commits without a query. Published before COMMIT (under
     SQLite's write lock, so it never goes back); a reader that sees it early just finds the
-    journal not there yet and looks again on its next request."""
+    journal not there yet and looks again on its next request. The next 8 bytes hold the SQLite
+    error code of the last write if it failed at the disk (0 once one succeeds)."""
+
+    SIZE = 16
 
     def __init__(self, path: str) -> None:
-        old_umask = os.umask(0o077)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        finally:
-            os.umask(old_umask)
-        try:
-            if os.fstat(fd).st_size < 8:
-                os.pwrite(fd, b"\0" * 8, 0)
-            self._map = mmap.mmap(fd, 8)
+            size = os.fstat(fd).st_size
+            if size < self.SIZE:
+                os.pwrite(fd, b"\0" * (self.SIZE - size), size)
+            self._map = mmap.mmap(fd, self.SIZE)
         finally:
             os.close(fd)
 
@@ -222,6 +307,13 @@ class RevisionBeacon:
 
     def publish(self, revision: int) -> None:
         _U64.pack_into(self._map, 0, revision)
+
+    def failure(self) -> int:
+        return _U64.unpack_from(self._map, 8)[0]  # type: ignore[no-any-return]
+
+    def set_failure(self, code: int) -> None:
+        if self.failure() != code:
+            _U64.pack_into(self._map, 8, code)
 
 
 def _execute_op(conn: sqlite3.Connection, op: Op) -> None:
