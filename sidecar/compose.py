@@ -16,7 +16,7 @@ from sidecar.errors import PolicyError, StoreError
 from sidecar.policy import PolicySet, load_policy_texts
 from sidecar.policy.loader import POLICY_FILES
 from sidecar.reload import PolicyWatcher
-from sidecar.stores import SQLiteStore
+from sidecar.stores import SQLiteStore, sqlite
 from sidecar.stores.base import Store
 from sidecar.stores.redisstore import RedisStore
 from sidecar.sync import RedisSync
@@ -30,6 +30,11 @@ def open_store(settings: Settings) -> Store:
         return RedisStore(settings.redis_url, settings.redis_prefix, settings.redis_timeout_s)
     settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # state and keys: owner only
     return SQLiteStore(settings.data_dir / "chatauthz.sqlite3")
+
+
+def preflight(settings: Settings) -> None:
+    """Before `serve` listens: a data folder and embedded database that work (else StoreError)."""
+    sqlite.preflight(settings.data_dir, None if settings.redis_url else settings.data_dir / "chatauthz.sqlite3")
 
 
 def build_sidecar(settings: Settings, *, start_threads: bool = True) -> Sidecar:

@@ -110,3 +110,24 @@ def test_file_replaced_inside_the_write_transaction_is_refused(tmp_path: Path) -
     conn = sqlite3.connect(db)
     assert conn.execute("SELECT uid FROM users").fetchall() == [("before",)]
     conn.close()
+
+
+def test_a_worker_that_notices_first_still_applies_what_others_committed_before(tmp_path: Path) -> None:
+    """Noticing the loss must not freeze a worker short of a write another worker had acknowledged
+    into the original file: it still catches up from the original, through its open connection."""
+    from sidecar.core import Sidecar
+    from sidecar.policy import load_policy
+    from sidecar.stores.sqlite import SQLiteStore
+    from tests.test_unit_store import REPO
+    policy = load_policy(REPO / "policies")
+    db = tmp_path / DB
+    one, two = Sidecar(policy, SQLiteStore(db)), Sidecar(policy, SQLiteStore(db))
+    revision, _ = two.write(lambda p, s: [{"op": "put_user", "uid": "u1", "role": "restricted"}], "worker-2")
+    db.unlink()
+    ready = one.store.check  # type: ignore[attr-defined]
+    with pytest.raises(Exception, match="deleted"):
+        ready()  # readiness in worker one notices first
+    one.refresh()
+    assert one.state.revision == revision and one.state.users == {"u1": "restricted"}
+    one.store.close()
+    two.store.close()

@@ -5,6 +5,7 @@ write's ops under its revision, so workers catch up by replaying only what is ne
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import mmap
@@ -25,6 +26,7 @@ log = logging.getLogger("chatauthz.store")
 _U64 = struct.Struct("<Q")
 BACKSTOP_S = 0.25  # how often a reader also asks SQLite whether anything changed
 REPLACED_CODE = "ERR_STORE_REPLACED"
+PROBE_BYTES = 1 << 16  # a data folder that cannot take this much cannot take a write either
 # Primary SQLite result codes that mean the disk or the file cannot take writes (not a busy lock).
 DISK_ERRORS = {8: "SQLITE_READONLY: the file is read-only", 10: "SQLITE_IOERR: disk I/O error",
                11: "SQLITE_CORRUPT: the database is damaged", 13: "SQLITE_FULL: the database or disk is full",
@@ -75,7 +77,8 @@ class SQLiteStore:
 
     The files' identities (device, inode) are taken at open: a database deleted, replaced or
     moved away while we run is caught before any write commits (and by check(), for readiness);
-    from then on every write is refused and the state in memory is no longer caught up.
+    from then on every write is refused and no new connection is opened (it would open whatever
+    now sits at the path); the open ones still read the original files.
     """
 
     def __init__(self, path: Path | str, busy_timeout_s: float = 10.0) -> None:
@@ -106,9 +109,10 @@ class SQLiteStore:
                 self._files[name] = (stat.st_dev, stat.st_ino)
 
     def _connect(self, mode: str, check_same_thread: bool = True) -> sqlite3.Connection:
+        self._refuse_if_lost()
         conn = sqlite3.connect(f"file:{quote(self.path)}?mode={mode}", uri=True, timeout=self.busy_timeout_s,
                                isolation_level=None, check_same_thread=check_same_thread)
-        if self._check_files() is not None:  # it may have opened another file: touch nothing
+        if self._check_files() is not None:  # replaced as we opened it: touch nothing
             conn.close()
             self._refuse_if_lost()
         conn.execute("PRAGMA journal_mode=WAL")
@@ -158,7 +162,6 @@ class SQLiteStore:
         return None
 
     def load(self) -> RuntimeState:
-        self._refuse_if_lost()
         conn = self._conn()
         try:
             conn.execute("BEGIN")
@@ -193,7 +196,6 @@ class SQLiteStore:
         return state
 
     def changes_since(self, revision: int) -> list[tuple[int, list[Op]]]:
-        self._refuse_if_lost()
         try:
             rows = self._conn().execute(
                 "SELECT revision, ops FROM journal WHERE revision > ? ORDER BY revision", (revision,))
@@ -218,17 +220,17 @@ class SQLiteStore:
     def changed(self, revision: int) -> bool:
         """May a commit past `revision` exist? Reads the shared counter (nanoseconds); every
         BACKSTOP_S it also asks SQLite itself, in case a writer died mid-way, and checks that our
-        files are still there. Once they are not, nothing is caught up again."""
-        if self._lost is not None:
-            return False
+        files are still there. Once they are not, only connections opened before (onto the
+        original files) catch up: what others committed before the loss still arrives."""
+        if self._lost is not None and getattr(self._local, "conn", None) is None:
+            return False  # a new connection could only open whatever is at the path now
         if self._beacon.read() > revision:
             return True
         now = time.monotonic()
         if now < self._backstop_at:
             return False
         self._backstop_at = now + BACKSTOP_S  # for the process: any thread may take the turn
-        if self._check_files() is not None:
-            return False
+        self._check_files()
         version = self._conn().execute("PRAGMA data_version").fetchone()[0]
         if version == self._local.data_version:
             return False
@@ -281,6 +283,49 @@ class SQLiteStore:
             conn.close()
             self._local.conn = None
         self._anchor.close()
+
+
+def preflight(folder: Path, database: Path | None) -> None:
+    """Before serving: the data folder exists (made if missing) and takes a write, and the
+    database, if there is one, opens, is a chatauthz store and passes PRAGMA quick_check.
+    Raises StoreError with a one-line reason."""
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _probe_write(folder / f".write-probe-{os.getpid()}")
+    except OSError as exc:
+        why = {errno.EROFS: "is on a read-only file system", errno.ENOSPC: "is on a full disk",
+               errno.EDQUOT: "is over its disk quota", errno.EACCES: "is not writable by this user",
+               errno.EEXIST: "is not a folder", errno.ENOTDIR: "is not a folder"}
+        raise StoreError(f"the data folder {folder} {why.get(exc.errno or 0, 'cannot be used')}: "
+                         f"{exc.strerror or exc}") from exc
+    if database is None or not database.exists():
+        return
+    try:
+        conn = sqlite3.connect(f"file:{quote(str(database))}?mode=rw", uri=True, timeout=10.0)
+        try:
+            tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            problems = [" ".join(str(row[0]).split()) for row in conn.execute("PRAGMA quick_check(5)")]
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise StoreError(f"the database {database} cannot be opened (damaged or not a database?): {exc}") from exc
+    if problems != ["ok"]:
+        raise StoreError(f"the database {database} is damaged (PRAGMA quick_check: {'; '.join(problems)}); "
+                         "restore it from a backup or move it away")
+    if tables and "meta" not in tables:
+        raise StoreError(f"the database {database} is not a chatauthz store (tables: {', '.join(sorted(tables))})")
+
+
+def _probe_write(probe: Path) -> None:
+    fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        data = memoryview(b"\0" * PROBE_BYTES)
+        while data:
+            data = data[os.write(fd, data):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+        probe.unlink(missing_ok=True)
 
 
 class RevisionBeacon:
