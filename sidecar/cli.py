@@ -80,7 +80,7 @@ def serve_forever(settings: Settings) -> int:
     from sidecar.compose import load_with_fallback, preflight
     from sidecar.keys import load_keys
     try:
-        preflight(settings)
+        settings = preflight(settings)  # pins the database for the workers
     except StoreError as exc:
         print(f"chatauthz: refusing to start: {exc.message}", file=sys.stderr)
         return EXIT_BAD_DATA

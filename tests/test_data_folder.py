@@ -134,6 +134,14 @@ def test_damaged_page_refuses_to_start(tmp_path: Path) -> None:
     assert_refused(serve(db.parent), DB, "damaged")
 
 
+def test_deleted_database_refuses_to_start_empty(tmp_path: Path) -> None:
+    """Its .rev (and any -wal) outlive it: starting on a new, empty database would lose every write."""
+    db = real_database(tmp_path / "data", users=10)
+    db.unlink()
+    assert_refused(serve(db.parent), DB, "missing")
+    assert not db.exists()
+
+
 def test_other_database_refuses_to_start(tmp_path: Path) -> None:
     data = tmp_path / "data"
     data.mkdir()

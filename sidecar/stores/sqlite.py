@@ -81,18 +81,25 @@ class SQLiteStore:
     now sits at the path); the open ones still read the original files.
     """
 
-    def __init__(self, path: Path | str, busy_timeout_s: float = 10.0) -> None:
+    def __init__(self, path: Path | str, busy_timeout_s: float = 10.0, expect: str | None = None) -> None:
+        """With `expect` (a file_id from preflight) the file must still be that one: a worker
+        started after it was deleted or replaced starts lost (it loads nothing, so it denies, and
+        refuses writes) instead of serving a new, empty store."""
         self.path = str(path)
         self.busy_timeout_s = busy_timeout_s
         self._local = threading.local()
         self._backstop_at = 0.0
         self._files: dict[str, tuple[int, int]] = {}
         self._lost: str | None = None
+        self._anchor: sqlite3.Connection | None = None
+        if expect is not None and _file_id_or_none(self.path) != expect:
+            self._lose("is gone or is not the file this server started with (deleted, replaced or moved)")
+            return
         try:
             old_umask = os.umask(0o077)  # the database and its WAL files: owner only
             try:
+                self._local.conn = self._connect("rw" if expect else "rwc")
                 self._beacon = RevisionBeacon(self.path + ".rev")
-                self._local.conn = self._connect("rwc")
                 self._local.data_version = self._local.conn.execute("PRAGMA data_version").fetchone()[0]
                 self._local.conn.executescript(SCHEMA)
                 # Held open for our lifetime, so SQLite never deletes and recreates the -wal
@@ -107,6 +114,8 @@ class SQLiteStore:
             if os.path.exists(name):
                 stat = os.stat(name)
                 self._files[name] = (stat.st_dev, stat.st_ino)
+        if expect is not None and _file_id_or_none(self.path) != expect:  # replaced as we opened it
+            self._lose("was replaced while this worker opened it")
 
     def _connect(self, mode: str, check_same_thread: bool = True) -> sqlite3.Connection:
         self._refuse_if_lost()
@@ -141,12 +150,15 @@ class SQLiteStore:
                     what = "replaced by another file"
                 except OSError:
                     what = "deleted or moved away (or its folder renamed)"
-                self._lost = (f"the embedded store file {name} was {what} while the sidecar ran; writes "
-                              "are refused and decisions use the state in memory; put the file back "
-                              "and restart")
-                log.error("%s", self._lost)
+                self._lose(f"was {what} while the sidecar ran", name)
                 break
         return self._lost
+
+    def _lose(self, what: str, name: str | None = None) -> None:
+        self._lost = (f"the embedded store file {name or self.path} {what}; writes are refused and decisions "
+                      "use the state in memory (a worker started since has none: it denies); put the file "
+                      "back and restart")
+        log.error("%s", self._lost)
 
     def _refuse_if_lost(self) -> None:
         if self._check_files() is not None:
@@ -282,13 +294,26 @@ class SQLiteStore:
         if conn is not None:
             conn.close()
             self._local.conn = None
-        self._anchor.close()
+        if self._anchor is not None:
+            self._anchor.close()
 
 
-def preflight(folder: Path, database: Path | None) -> None:
+def file_id(path: Path | str) -> str:
+    stat = os.stat(path)
+    return f"{stat.st_dev}:{stat.st_ino}"
+
+
+def _file_id_or_none(path: str) -> str | None:
+    try:
+        return file_id(path)
+    except OSError:
+        return None
+
+
+def preflight(folder: Path, database: Path | None) -> str | None:
     """Before serving: the data folder exists (made if missing) and takes a write, and the
-    database, if there is one, opens, is a chatauthz store and passes PRAGMA quick_check.
-    Raises StoreError with a one-line reason."""
+    database (created if missing) opens, is a chatauthz store and passes PRAGMA quick_check.
+    Returns the database's file_id; raises StoreError with a one-line reason."""
     try:
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         _probe_write(folder / f".write-probe-{os.getpid()}")
@@ -298,8 +323,14 @@ def preflight(folder: Path, database: Path | None) -> None:
                errno.EEXIST: "is not a folder", errno.ENOTDIR: "is not a folder"}
         raise StoreError(f"the data folder {folder} {why.get(exc.errno or 0, 'cannot be used')}: "
                          f"{exc.strerror or exc}") from exc
-    if database is None or not database.exists():
-        return
+    if database is None:
+        return None
+    if not database.exists():
+        leftovers = [p.name for p in (Path(f"{database}{x}") for x in ("-wal", "-shm", ".rev")) if p.exists()]
+        if leftovers:
+            raise StoreError(f"the database {database} is missing but its {', '.join(leftovers)} are here: it was "
+                             "deleted or moved; put it back (or remove them to start empty)")
+        SQLiteStore(database).close()
     try:
         conn = sqlite3.connect(f"file:{quote(str(database))}?mode=rw", uri=True, timeout=10.0)
         try:
@@ -314,6 +345,7 @@ def preflight(folder: Path, database: Path | None) -> None:
                          "restore it from a backup or move it away")
     if tables and "meta" not in tables:
         raise StoreError(f"the database {database} is not a chatauthz store (tables: {', '.join(sorted(tables))})")
+    return file_id(database)
 
 
 def _probe_write(probe: Path) -> None:
