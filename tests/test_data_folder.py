@@ -6,6 +6,7 @@ small tmpfs that is full. Mounting needs root (tests skip, saying so, where it i
 """
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import sqlite3
@@ -13,6 +14,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import PROJECT_DIR, Server, free_port, server_env, unique
@@ -95,12 +97,15 @@ def assert_refused(result: subprocess.CompletedProcess[str], *words: str) -> Non
         assert word in lines[0], lines[0]
 
 
+def user_ops(first: int, end: int) -> list[dict[str, Any]]:
+    return [{"op": "put_user", "uid": f"user-{i:06d}-{'x' * 40}", "role": "restricted"} for i in range(first, end)]
+
+
 def real_database(folder: Path, users: int = 0) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     store = SQLiteStore(folder / DB)
     for start in range(0, users, 500):
-        store.write(lambda s=start: [{"op": "put_user", "uid": f"user-{i:06d}-{'x' * 40}", "role": "restricted"}
-                                     for i in range(s, s + 500)], "test")
+        store.write(functools.partial(user_ops, start, min(start + 500, users)), "test")
     store.close()
     return folder / DB
 

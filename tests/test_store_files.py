@@ -12,6 +12,7 @@ import signal
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import Server, unique
@@ -68,7 +69,7 @@ def foreign_database(path: Path) -> None:
 
 
 @pytest.mark.parametrize("how", ["delete", "replace", "move-folder"])
-def test_store_file_gone_refuses_writes(start_server, tmp_path: Path, how: str) -> None:  # type: ignore[no-untyped-def]
+def test_store_file_gone_refuses_writes(start_server: Any, tmp_path: Path, how: str) -> None:
     srv: Server = start_server(workers=2)
     wait_for_workers(srv, 2)
     db = srv.data_dir / DB

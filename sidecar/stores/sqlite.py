@@ -284,7 +284,7 @@ class SQLiteStore:
 
     def _note_failure(self, exc: sqlite3.Error) -> None:
         """A disk-level failure is shared with every worker (readiness says so) until a write succeeds."""
-        code = exc.sqlite_errorcode & 0xFF
+        code = getattr(exc, "sqlite_errorcode", 0) & 0xFF  # absent on errors sqlite3 raises itself
         if code in DISK_ERRORS:
             self._beacon.set_failure(code)
             log.error("a write to %s failed: %s", self.path, exc)
