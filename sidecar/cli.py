@@ -5,9 +5,10 @@ import argparse
 import sys
 
 from sidecar.config import Settings
-from sidecar.errors import PolicyError
+from sidecar.errors import PolicyError, StoreError
 
 EXIT_USAGE = 2
+EXIT_BAD_DATA = 2  # the data folder or its database cannot work (read-only, full, damaged)
 EXIT_INVALID_POLICY = 3
 
 
@@ -76,8 +77,13 @@ def healthcheck(args: argparse.Namespace) -> int:
 
 
 def serve_forever(settings: Settings) -> int:
-    from sidecar.compose import load_with_fallback
+    from sidecar.compose import load_with_fallback, preflight
     from sidecar.keys import load_keys
+    try:
+        settings = preflight(settings)  # pins the database for the workers
+    except StoreError as exc:
+        print(f"chatauthz: refusing to start: {exc.message}", file=sys.stderr)
+        return EXIT_BAD_DATA
     try:
         _, problems = load_with_fallback(settings)  # refuse to start with no valid policy at all
     except PolicyError as exc:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import replace
 from pathlib import Path
 
 from sidecar import metrics
@@ -15,7 +16,7 @@ from sidecar.core import Sidecar
 from sidecar.errors import PolicyError, StoreError
 from sidecar.policy import PolicySet, load_policy_texts
 from sidecar.reload import Files, PolicyWatcher, read_files, read_settled
-from sidecar.stores import SQLiteStore
+from sidecar.stores import SQLiteStore, sqlite
 from sidecar.stores.base import Store
 from sidecar.stores.redisstore import RedisStore
 from sidecar.sync import RedisSync
@@ -27,8 +28,16 @@ def open_store(settings: Settings) -> Store:
     """Redis when configured, else the embedded SQLite file in the data folder."""
     if settings.redis_url:
         return RedisStore(settings.redis_url, settings.redis_prefix, settings.redis_timeout_s)
-    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # state and keys: owner only
-    return SQLiteStore(settings.data_dir / "chatauthz.sqlite3")
+    if settings.store_id is None:  # serve made and pinned it: a worker never makes a new one
+        settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # state and keys: owner only
+    return SQLiteStore(settings.data_dir / "chatauthz.sqlite3", expect=settings.store_id)
+
+
+def preflight(settings: Settings) -> Settings:
+    """Before `serve` listens: a data folder and embedded database that work (else StoreError).
+    Returns the settings with that database pinned (store_id) for the workers."""
+    store_id = sqlite.preflight(settings.data_dir, None if settings.redis_url else settings.data_dir / "chatauthz.sqlite3")
+    return replace(settings, store_id=store_id)
 
 
 def build_sidecar(settings: Settings, *, start_threads: bool = True) -> Sidecar:
@@ -110,7 +119,7 @@ def _texts(files: Files) -> tuple[dict[str, str], str]:
 def _save_last_good(folder: Path, texts: dict[str, str], model_text: str) -> None:
     """Write atomically (temp files, then rename), so a crash never leaves half a policy."""
     try:
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        folder.mkdir(mode=0o700, exist_ok=True)  # not its parent: a data folder gone stays gone
         for name, text in [*texts.items(), ("model.conf", model_text)]:
             temp = folder / f".{name}.tmp"
             temp.write_text(text, encoding="utf-8")

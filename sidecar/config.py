@@ -38,6 +38,7 @@ class Settings:
     decision_log: str | None = None  # a file path, or "-" for stdout
     decision_log_deny_only: bool = False
     decision_log_sample: float = 1.0
+    store_id: str | None = None  # "dev:inode" of the embedded database: serve pins it for its workers
 
     @property
     def model_path(self) -> Path:

@@ -50,7 +50,7 @@ class Sidecar:
         try:
             self.state: RuntimeState = store.load()
         except StoreError as exc:
-            if not synced:
+            if not synced and exc.code != "ERR_STORE_REPLACED":  # gone under a running server: deny
                 raise  # the embedded file must open; Redis may come later
             log.error("starting without state: %s; denying until the first load", exc.message)
             self.state, self.loaded = RuntimeState(), False

@@ -6,7 +6,7 @@ ChatAuthzError(code, message, status, details)
  ├─ ConflictError          409 / 400 state conflicts (ERR_ROLE_ALREADY_EXISTS, ...)
  ├─ RefusedError           403 refusals (ERR_ROLE_DELETE_DENIED, ERR_PERMISSION_DENIED, ...)
  ├─ AuthError              AUTH_ERR_* 401 / 403
- ├─ StoreError             ERR_STORE_UNAVAILABLE 503
+ ├─ StoreError             ERR_STORE_UNAVAILABLE 503 (ERR_STORE_REPLACED: the file went away)
  └─ PolicyError            invalid policy files (problems: "file:line: message")
 A denial by the engine is not an error: it is a Decision with allowed=False.
 """

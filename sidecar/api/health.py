@@ -1,8 +1,9 @@
 """Liveness and readiness, each with a JSON body that says why.
 
-/health/ready is 503 when this sidecar cannot answer from current state (store unreachable,
-sync down, past --max-staleness); 200 "degraded" when it serves correctly but something
-needs an operator (the policy files on disk are invalid: the last good policy serves).
+/health/ready is 503 when this sidecar cannot answer from current state (store unreachable or
+its file replaced, sync down, past --max-staleness); 200 "degraded" when it serves correctly but
+something needs an operator (the policy files on disk are invalid: the last good policy serves;
+writes to the store's disk fail).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from flask.wrappers import Response
 
 from sidecar.api.common import sidecar
 from sidecar.errors import ChatAuthzError
+from sidecar.stores.base import SelfChecking
 
 bp = Blueprint("health", __name__)
 
@@ -27,6 +29,7 @@ def ready() -> tuple[Response, int]:
     core = sidecar()
     body: dict[str, Any] = {"policyHash": core.policy.content_hash}
     problems: list[str] = []
+    store_warning: str | None = None
     if not core.loaded:
         problems.append("the state has not been loaded from the store yet")
     if core.synced:
@@ -37,9 +40,12 @@ def ready() -> tuple[Response, int]:
     else:
         try:
             core.refresh()
+            store_warning = core.store.check() if isinstance(core.store, SelfChecking) else None
         except ChatAuthzError as exc:
             problems.append(exc.message)
     warnings: list[str] = []  # degraded but serving correctly: stay in the load balancer
+    if store_warning:  # writes fail (say a full disk) but decisions are right: same for all workers
+        warnings.append(store_warning)
     if core.policy_problems:
         # Every replica reads the same files: failing readiness here would take all of them out
         # while each still serves the last good policy.

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from sidecar.state import Op, RuntimeState
 
@@ -38,3 +38,12 @@ class Store(Protocol):
         """
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class SelfChecking(Protocol):
+    """A store that can say whether it may be trusted (the embedded file: still ours? disk ok?)."""
+
+    def check(self) -> str | None:
+        """Raise StoreError when the store must not be used (readiness fails); return a warning
+        when it serves but needs an operator (readiness "degraded"), else None."""

@@ -5,7 +5,9 @@ write's ops under its revision, so workers catch up by replaying only what is ne
 """
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import mmap
 import os
 import sqlite3
@@ -14,13 +16,21 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from sidecar.errors import StoreError
 from sidecar.state import Op, RuntimeState
 from sidecar.stores.base import Plan
 
+log = logging.getLogger("chatauthz.store")
 _U64 = struct.Struct("<Q")
 BACKSTOP_S = 0.25  # how often a reader also asks SQLite whether anything changed
+REPLACED_CODE = "ERR_STORE_REPLACED"
+PROBE_BYTES = 1 << 16  # a data folder that cannot take this much cannot take a write either
+# Primary SQLite result codes that mean the disk or the file cannot take writes (not a busy lock).
+DISK_ERRORS = {8: "SQLITE_READONLY: the file is read-only", 10: "SQLITE_IOERR: disk I/O error",
+               11: "SQLITE_CORRUPT: the database is damaged", 13: "SQLITE_FULL: the database or disk is full",
+               14: "SQLITE_CANTOPEN: the file cannot be opened", 26: "SQLITE_NOTADB: not a database"}
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -63,34 +73,105 @@ OP_SQL: dict[str, list[str]] = {
 
 
 class SQLiteStore:
-    """Store on one SQLite file; one connection per thread."""
+    """Store on one SQLite file; one connection per thread.
 
-    def __init__(self, path: Path | str, busy_timeout_s: float = 10.0) -> None:
+    The files' identities (device, inode) are taken at open: a database deleted, replaced or
+    moved away while we run is caught before any write commits (and by check(), for readiness);
+    from then on every write is refused and no new connection is opened (it would open whatever
+    now sits at the path); the open ones still read the original files.
+    """
+
+    def __init__(self, path: Path | str, busy_timeout_s: float = 10.0, expect: str | None = None) -> None:
+        """With `expect` (a file_id from preflight) the file must still be that one: a worker
+        started after it was deleted or replaced starts lost (it loads nothing, so it denies, and
+        refuses writes) instead of serving a new, empty store."""
         self.path = str(path)
         self.busy_timeout_s = busy_timeout_s
         self._local = threading.local()
-        self._beacon = RevisionBeacon(self.path + ".rev")
         self._backstop_at = 0.0
+        self._files: dict[str, tuple[int, int]] = {}
+        self._lost: str | None = None
+        self._anchor: sqlite3.Connection | None = None
+        if expect is not None and _file_id_or_none(self.path) != expect:
+            self._lose("is gone or is not the file this server started with (deleted, replaced or moved)")
+            return
         try:
             old_umask = os.umask(0o077)  # the database and its WAL files: owner only
             try:
-                self._conn().executescript(SCHEMA)
-                self._conn().execute("SELECT 1 FROM meta").fetchall()
+                self._local.conn = self._connect("rw" if expect else "rwc")
+                self._beacon = RevisionBeacon(self.path + ".rev")
+                self._local.data_version = self._local.conn.execute("PRAGMA data_version").fetchone()[0]
+                self._local.conn.executescript(SCHEMA)
+                # Held open for our lifetime, so SQLite never deletes and recreates the -wal
+                # and -shm under us (it does when the last connection closes).
+                self._anchor = self._connect("rw", check_same_thread=False)
+                self._anchor.execute("SELECT 1 FROM meta").fetchall()
             finally:
                 os.umask(old_umask)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open the embedded store {self.path}: {exc}") from exc
+        for name in (self.path, self.path + "-wal", self.path + "-shm", self.path + ".rev"):
+            if os.path.exists(name):
+                stat = os.stat(name)
+                self._files[name] = (stat.st_dev, stat.st_ino)
+        if expect is not None and _file_id_or_none(self.path) != expect:  # replaced as we opened it
+            self._lose("was replaced while this worker opened it")
+
+    def _connect(self, mode: str, check_same_thread: bool = True) -> sqlite3.Connection:
+        self._refuse_if_lost()
+        conn = sqlite3.connect(f"file:{quote(self.path)}?mode={mode}", uri=True, timeout=self.busy_timeout_s,
+                               isolation_level=None, check_same_thread=check_same_thread)
+        if self._check_files() is not None:  # replaced as we opened it: touch nothing
+            conn.close()
+            self._refuse_if_lost()
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        return conn
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None,
-                                   check_same_thread=True)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
+            try:
+                conn = self._connect("rw")  # never create a file where ours has gone
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot open the embedded store {self.path}: {exc}") from exc
             self._local.conn = conn
             self._local.data_version = conn.execute("PRAGMA data_version").fetchone()[0]
         return conn
+
+    def _check_files(self) -> str | None:
+        """Why our files are no longer the ones at their paths (logged once), or None."""
+        if self._lost is None:
+            for name, identity in self._files.items():
+                try:
+                    stat = os.stat(name)
+                    if (stat.st_dev, stat.st_ino) == identity:
+                        continue
+                    what = "replaced by another file"
+                except OSError:
+                    what = "deleted or moved away (or its folder renamed)"
+                self._lose(f"was {what} while the sidecar ran", name)
+                break
+        return self._lost
+
+    def _lose(self, what: str, name: str | None = None) -> None:
+        self._lost = (f"the embedded store file {name or self.path} {what}; writes are refused and decisions "
+                      "use the state in memory (a worker started since has none: it denies); put the file "
+                      "back and restart")
+        log.error("%s", self._lost)
+
+    def _refuse_if_lost(self) -> None:
+        if self._check_files() is not None:
+            raise StoreError(f"The store cannot take writes: {self._lost}.", code=REPLACED_CODE)
+
+    def check(self) -> str | None:
+        """For readiness: raise StoreError if our files are gone; a warning while writes fail."""
+        self._refuse_if_lost()
+        code = self._beacon.failure()
+        if code:
+            return (f"writes to {self.path} are failing ({DISK_ERRORS.get(code, code)}); decisions still "
+                    "serve; this clears when a write succeeds")
+        return None
 
     def load(self) -> RuntimeState:
         conn = self._conn()
@@ -150,13 +231,18 @@ class SQLiteStore:
 
     def changed(self, revision: int) -> bool:
         """May a commit past `revision` exist? Reads the shared counter (nanoseconds); every
-        BACKSTOP_S it also asks SQLite itself, in case a writer died mid-way."""
+        BACKSTOP_S it also asks SQLite itself, in case a writer died mid-way, and checks that our
+        files are still there. Once they are not, only connections opened before (onto the
+        original files) catch up: what others committed before the loss still arrives."""
+        if self._lost is not None and getattr(self._local, "conn", None) is None:
+            return False  # a new connection could only open whatever is at the path now
         if self._beacon.read() > revision:
             return True
         now = time.monotonic()
         if now < self._backstop_at:
             return False
         self._backstop_at = now + BACKSTOP_S  # for the process: any thread may take the turn
+        self._check_files()
         version = self._conn().execute("PRAGMA data_version").fetchone()[0]
         if version == self._local.data_version:
             return False
@@ -164,10 +250,12 @@ class SQLiteStore:
         return True
 
     def write(self, plan: Plan, actor: str) -> tuple[int, list[Op]]:
+        self._refuse_if_lost()
         conn = self._conn()
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
+            self._note_failure(exc)
             raise StoreError(f"the embedded store is busy or unavailable: {exc}") from exc
         try:
             ops = plan()
@@ -181,39 +269,113 @@ class SQLiteStore:
             revision = conn.execute("SELECT value FROM meta WHERE key='revision'").fetchone()[0]
             conn.execute("INSERT INTO journal VALUES (?, ?, ?, ?)",
                          (revision, time.time(), actor, json.dumps(ops, separators=(",", ":"))))
+            self._refuse_if_lost()  # last look before COMMIT: never acknowledge into a dead file
             self._beacon.publish(revision)  # under the write lock, so it only ever grows
             conn.execute("COMMIT")
+            self._beacon.set_failure(0)
             return revision, ops
         except BaseException as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             if isinstance(exc, sqlite3.Error):
+                self._note_failure(exc)
                 raise StoreError(f"the write failed and changed nothing: {exc}") from exc
             raise
+
+    def _note_failure(self, exc: sqlite3.Error) -> None:
+        """A disk-level failure is shared with every worker (readiness says so) until a write succeeds."""
+        code = getattr(exc, "sqlite_errorcode", 0) & 0xFF  # absent on errors sqlite3 raises itself
+        if code in DISK_ERRORS:
+            self._beacon.set_failure(code)
+            log.error("a write to %s failed: %s", self.path, exc)
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             conn.close()
             self._local.conn = None
+        if self._anchor is not None:
+            self._anchor.close()
+
+
+def file_id(path: Path | str) -> str:
+    stat = os.stat(path)
+    return f"{stat.st_dev}:{stat.st_ino}"
+
+
+def _file_id_or_none(path: str) -> str | None:
+    try:
+        return file_id(path)
+    except OSError:
+        return None
+
+
+def preflight(folder: Path, database: Path | None) -> str | None:
+    """Before serving: the data folder exists (made if missing) and takes a write, and the
+    database (created if missing) opens, is a chatauthz store and passes PRAGMA quick_check.
+    Returns the database's file_id; raises StoreError with a one-line reason."""
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _probe_write(folder / f".write-probe-{os.getpid()}")
+    except OSError as exc:
+        why = {errno.EROFS: "is on a read-only file system", errno.ENOSPC: "is on a full disk",
+               errno.EDQUOT: "is over its disk quota", errno.EACCES: "is not writable by this user",
+               errno.EEXIST: "is not a folder", errno.ENOTDIR: "is not a folder"}
+        raise StoreError(f"the data folder {folder} {why.get(exc.errno or 0, 'cannot be used')}: "
+                         f"{exc.strerror or exc}") from exc
+    if database is None:
+        return None
+    if not database.exists():
+        leftovers = [p.name for p in (Path(f"{database}{x}") for x in ("-wal", "-shm", ".rev")) if p.exists()]
+        if leftovers:
+            raise StoreError(f"the database {database} is missing but its {', '.join(leftovers)} are here: it was "
+                             "deleted or moved; put it back (or remove them to start empty)")
+        SQLiteStore(database).close()
+    try:
+        conn = sqlite3.connect(f"file:{quote(str(database))}?mode=rw", uri=True, timeout=10.0)
+        try:
+            tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            problems = [" ".join(str(row[0]).split()) for row in conn.execute("PRAGMA quick_check(5)")]
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise StoreError(f"the database {database} cannot be opened (damaged or not a database?): {exc}") from exc
+    if problems != ["ok"]:
+        raise StoreError(f"the database {database} is damaged (PRAGMA quick_check: {'; '.join(problems)}); "
+                         "restore it from a backup or move it away")
+    if tables and "meta" not in tables:
+        raise StoreError(f"the database {database} is not a chatauthz store (tables: {', '.join(sorted(tables))})")
+    return file_id(database)
+
+
+def _probe_write(probe: Path) -> None:
+    fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        data = memoryview(b"\0" * PROBE_BYTES)
+        while data:
+            data = data[os.write(fd, data):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+        probe.unlink(missing_ok=True)
 
 
 class RevisionBeacon:
     """The last committed revision as 8 bytes in a small file every worker maps into memory:
     a reader learns of other workers' commits without a query. Published before COMMIT (under
     SQLite's write lock, so it never goes back); a reader that sees it early just finds the
-    journal not there yet and looks again on its next request."""
+    journal not there yet and looks again on its next request. The next 8 bytes hold the SQLite
+    error code of the last write if it failed at the disk (0 once one succeeds)."""
+
+    SIZE = 16
 
     def __init__(self, path: str) -> None:
-        old_umask = os.umask(0o077)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        finally:
-            os.umask(old_umask)
-        try:
-            if os.fstat(fd).st_size < 8:
-                os.pwrite(fd, b"\0" * 8, 0)
-            self._map = mmap.mmap(fd, 8)
+            size = os.fstat(fd).st_size
+            if size < self.SIZE:
+                os.pwrite(fd, b"\0" * (self.SIZE - size), size)
+            self._map = mmap.mmap(fd, self.SIZE)
         finally:
             os.close(fd)
 
@@ -222,6 +384,13 @@ class RevisionBeacon:
 
     def publish(self, revision: int) -> None:
         _U64.pack_into(self._map, 0, revision)
+
+    def failure(self) -> int:
+        return _U64.unpack_from(self._map, 8)[0]  # type: ignore[no-any-return]
+
+    def set_failure(self, code: int) -> None:
+        if self.failure() != code:
+            _U64.pack_into(self._map, 8, code)
 
 
 def _execute_op(conn: sqlite3.Connection, op: Op) -> None:
