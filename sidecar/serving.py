@@ -2,9 +2,11 @@
 or gunicorn. Worker processes rebuild Settings from CHATAUTHZ_* variables set from the flags."""
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import signal
+import tempfile
 import threading
 import time
 from dataclasses import fields
@@ -36,11 +38,12 @@ def run(settings: Settings) -> None:
 
 
 def _metrics_dir(settings: Settings) -> None:
-    """Workers share one fresh directory so that /metrics adds up every worker's values."""
-    folder = settings.data_dir.resolve() / "metrics"
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True, exist_ok=True)
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+    """Workers share one fresh directory so that /metrics adds up every worker's values: a
+    private temporary one, never in the data folder (the metric files are mmap'd, and a full data
+    disk must cost writes, not workers), removed when the server exits."""
+    folder = tempfile.mkdtemp(prefix=f"chatauthz-metrics-{settings.port}-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
 
 
 def worker_app() -> Any:

@@ -164,6 +164,11 @@ def _check(srv: PolicyServer, folder: Path, scrape: Scraper, server_kind: str) -
         time.sleep(0.1)
     samples = wait_gauges(scrape, revisions[-1], new["policyHash"])
     assert total(samples, "chatauthz_decisions_total") == counted
-    folder_files = os.listdir(srv.data_dir / "metrics")
+    mapped = [line.split()[-1] for line in Path(f"/proc/{pids[0]}/maps").read_text().splitlines()
+              if "/chatauthz-metrics-" in line]  # the worker's mmap'd metric files
+    assert mapped, "the worker maps no metric file"
+    folder = Path(mapped[0]).parent
+    assert srv.data_dir not in folder.parents  # never in the data folder
+    folder_files = os.listdir(folder)
     assert not [f for f in folder_files if f.startswith("gauge_") and f.endswith(f"_{victim}.db")], folder_files
     stderr_records(srv)
