@@ -27,7 +27,8 @@ log = logging.getLogger("chatauthz.compose")
 def open_store(settings: Settings) -> Store:
     """Redis when configured, else the embedded SQLite file in the data folder."""
     if settings.redis_url:
-        return RedisStore(settings.redis_url, settings.redis_prefix, settings.redis_timeout_s)
+        return RedisStore(settings.redis_url, settings.redis_prefix, settings.redis_timeout_s,
+                          recovery_grace_s=settings.redis_recovery_grace_s)
     settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # state and keys: owner only
     return SQLiteStore(settings.data_dir / "chatauthz.sqlite3")
 

@@ -39,6 +39,11 @@ POLICY_INVALID = Gauge("chatauthz_policy_invalid", "1 while the policy files on 
                        multiprocess_mode="max")
 RELOAD_FAILURES = Counter("chatauthz_policy_reload_failures_total", "Policy changes refused as invalid")
 STORE_ERRORS = Counter("chatauthz_store_errors_total", "Store reads or writes that failed")
+DATA_LOSS_EVENTS = Counter("chatauthz_data_loss_events_total",
+                           "Times the store was found without writes this sidecar had applied")
+DATA_LOSS_INFO = Gauge("chatauthz_data_loss_info", "The last data loss (value 1): the epoch, the revisions "
+                       "lost, and up to which revision they were written back", ["epoch", "first", "last",
+                       "status", "restored_to"], multiprocess_mode="liveall")
 DECISION_LOG_DROPPED = Counter("chatauthz_decision_log_dropped_total", "Decision log entries dropped")
 
 _decision_children: dict[tuple[str, str, str], Any] = {}
@@ -78,6 +83,7 @@ class GaugeUpdater:
         self.core = core
         self.interval_s = interval_s
         self._hash: str | None = None
+        self._loss: tuple[str, ...] | None = None
         self._seen: dict[Any, int] = {}  # counter -> the core's count already added
         self._thread = threading.Thread(target=self._run, name="chatauthz-metrics", daemon=True)
 
@@ -95,7 +101,17 @@ class GaugeUpdater:
         REVISION.set(core.state.revision)
         STALENESS.set(core.staleness_s())
         POLICY_INVALID.set(1 if core.policy_problems else 0)
+        loss = core.data_loss
+        labels = None if loss is None else (loss.epoch, str(loss.first), str(loss.last), loss.status,
+                                            "" if loss.restored_to is None else str(loss.restored_to))
+        if labels != self._loss:
+            if self._loss is not None:
+                DATA_LOSS_INFO.remove(*self._loss)
+            if labels is not None:
+                DATA_LOSS_INFO.labels(*labels).set(1)
+            self._loss = labels
         for counter, now in ((RELOAD_FAILURES, core.reload_failures), (STORE_ERRORS, core.store_errors),
+                             (DATA_LOSS_EVENTS, core.data_loss_events),
                              (DECISION_LOG_DROPPED, core.decision_log.dropped if core.decision_log else 0)):
             seen = self._seen.get(counter, 0)
             if now > seen:

@@ -2,6 +2,9 @@
 
 Keys, all under a prefix so that several apps can share one Redis:
   rev, epoch                 the revision counter; an id that changes if Redis loses its data
+  epochs                     list of JSON {epoch, parent, fork, lost, at}: how each epoch began
+  recovery, recovery-claims  while Redis lacks writes sidecars hold: a fence (writes refused)
+                             and each such sidecar's claim (its revision); see recover()
   journal                    hash revision -> {at, actor, ops} (the last JOURNAL_KEEP writes)
   roles, restricted          hashes role -> JSON        roleperms:<role>   hash key -> JSON
   users                      hash uid -> role           roleusers:<role>   set of uids (index)
@@ -21,15 +24,18 @@ import random
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import redis
 
 from sidecar.errors import StoreError
 from sidecar.state import Op, RuntimeState
-from sidecar.stores.base import Plan, ResyncNeeded
+from sidecar.stores.base import DataLoss, Plan, ResyncNeeded
 
 JOURNAL_KEEP = 50_000
+LINEAGE_KEEP = 100
+RECOVERY_TTL_S = 30  # fence and claims outlive a claimant's retries (seconds apart), not its death
 WRITE_RETRIES = 30
 BATCH = 500
 
@@ -58,13 +64,17 @@ return #uids
 
 
 class RedisStore:
-    def __init__(self, url: str, prefix: str = "chatauthz:", timeout_s: float = 1.0) -> None:
+    def __init__(self, url: str, prefix: str = "chatauthz:", timeout_s: float = 1.0,
+                 recovery_grace_s: float = 0.0) -> None:
         self.url = url
         self.prefix = prefix
         self.client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
                                            decode_responses=True, health_check_interval=5)
         self.channel = self.key("channel")
         self.epoch: str | None = None  # the epoch of the data this sidecar holds
+        self.lineage: list[dict[str, Any]] = []  # how that epoch came to be (Redis's `epochs`)
+        self.recovery_grace_s = recovery_grace_s  # after a loss, how long claims are gathered
+        self.claimant = uuid.uuid4().hex
         self._put_user = self.client.register_script(PUT_USER)
         self._delete_user = self.client.register_script(DELETE_USER)
         self._delete_role_users = self.client.register_script(DELETE_ROLE_USERS)
@@ -81,9 +91,10 @@ class RedisStore:
         """Everything, without blocking Redis: scan, then replay what was written meanwhile."""
         with _mapped("load the runtime state"):
             self.client.set(self.key("epoch"), uuid.uuid4().hex, nx=True)  # a new or emptied Redis
-            epoch = self.client.get(self.key("epoch"))
+            epoch = str(self.client.get(self.key("epoch")) or "")
+            lineage = [json.loads(step) for step in self.client.lrange(self.key("epochs"), 0, -1)]
             start = self.revision()
-            state = RuntimeState(revision=start)
+            state = RuntimeState(revision=start, epoch=epoch)
             shared: dict[str, str] = {}  # one str object per role and scope name, not one per entry
             state.roles = {r: json.loads(v) for r, v in self._hscan("roles")}
             state.restricted = {r: frozenset(json.loads(v)) for r, v in self._hscan("restricted")}
@@ -101,7 +112,7 @@ class RedisStore:
                     scope, key = field.split(" ", 1)
                     scopes.setdefault(scope, {})[key] = json.loads(value)
                 state.overrides[guid] = scopes
-            self.epoch = epoch
+            self.epoch, self.lineage = epoch, lineage
             for revision, ops in self.changes_since(start):  # ops are idempotent: safe to replay
                 state.apply_all(ops, revision)
             return state
@@ -154,9 +165,13 @@ class RedisStore:
             for attempt in range(WRITE_RETRIES):
                 with self.client.pipeline(transaction=True) as pipe:
                     try:
-                        pipe.watch(self.key("rev"), self.key("epoch"))
+                        pipe.watch(self.key("rev"), self.key("epoch"), self.key("recovery"))  # type: ignore[no-untyped-call]
                         ops = plan()  # catches up (through changes_since) and checks
-                        current = int(pipe.get(self.key("rev")) or 0)
+                        raw, fenced = pipe.mget(self.key("rev"), self.key("recovery"))
+                        if fenced:
+                            raise StoreError("Redis lost writes that sidecars hold and they are writing them "
+                                             "back; try again in a few seconds")
+                        current = int(raw or 0)
                         if not ops:
                             pipe.unwatch()
                             return current, []
@@ -223,30 +238,103 @@ class RedisStore:
 
     # -- recovery --------------------------------------------------------------------------
     def reseed(self, state: RuntimeState) -> bool:
-        """Redis lost its data (no revision key) while we hold some: write ours back.
+        """Write `state` back if Redis lacks its history (see recover); True if this call did."""
+        loss = self.recover(state)
+        return loss is not None and loss.status == "written"
 
-        One sidecar wins a short lock and writes its whole state at its revision under a new
-        epoch; every other sidecar then resyncs to it. A sidecar that loses the lock must not
-        adopt the empty Redis meanwhile: it gets a StoreError and retries (its sync backs off).
+    def recover(self, state: RuntimeState) -> DataLoss | None:
+        """Does Redis still hold `state`'s history? None if so; else what it lost.
+
+        Redis lost writes when it is in our epoch below our revision (an older snapshot, a
+        lagging replica), or in an epoch that does not descend from ours (emptied, or another
+        history). Then every sidecar that notices fences writes off and claims with its revision;
+        once recovery_grace_s has passed since the first claim, the highest claim writes its whole
+        state back at its revision under a new epoch, so no revision number is issued twice
+        within an epoch. The others find the new epoch descending from theirs and follow.
         """
-        with _mapped("reseed"):
-            if state.revision == 0 or self.client.exists(self.key("rev")):
-                return False
-            if not self.client.set(self.key("reseed-lock"), uuid.uuid4().hex, nx=True, ex=60):
-                raise StoreError("Redis lost its data and another sidecar is restoring it; waiting")
-            epoch = uuid.uuid4().hex
-            with self.client.pipeline(transaction=True) as pipe:
+        if state.revision == 0:
+            return None  # nothing to lose
+        with _mapped("check Redis for lost writes"):
+            with self.client.pipeline(transaction=False) as pipe:
+                pipe.get(self.key("epoch"))
+                pipe.get(self.key("rev"))
+                pipe.lrange(self.key("epochs"), 0, -1)
+                epoch, raw_rev, raw_lineage = pipe.execute()
+            revision = int(raw_rev or 0)
+            if epoch == state.epoch:
+                if revision >= state.revision:
+                    return None  # a gap or a trimmed journal: a plain resync
+                loss = DataLoss(state.epoch, revision + 1, state.revision, "pending",
+                                detail=f"Redis is back at revision {revision} of the same epoch (an older "
+                                       "snapshot, or a failover to a replica that lagged)")
+                return self._claim(state, loss, epoch, revision)
+            steps = {step["epoch"]: step for step in map(json.loads, raw_lineage)}
+            current, step = epoch, None
+            for _ in range(len(steps)):  # walk back from Redis's epoch towards ours
+                if current == state.epoch or current not in steps:
+                    break
+                step = steps[current]
+                current = step["parent"]
+            if current == state.epoch and step is not None:  # restored by someone: follow
+                first, last = step["lost"]
+                return DataLoss(state.epoch, first, max(last, state.revision), "followed", epoch, step["fork"],
+                                f"another sidecar wrote revisions up to {step['fork']} back as epoch {epoch}")
+            loss = DataLoss(state.epoch, min(revision + 1, state.revision), state.revision, "pending",
+                            detail=f"Redis holds another history (epoch {epoch or 'none'}, revision {revision}): "
+                                   "emptied or replaced")
+            return self._claim(state, loss, epoch, revision)
+
+    def _claim(self, state: RuntimeState, loss: DataLoss, epoch: str | None, revision: int) -> DataLoss:
+        """Fence writes and claim; the highest claim past the grace period writes back."""
+        seconds, micros = self.client.time()
+        now = seconds + micros / 1e6
+        fence, claims = self.key("recovery"), self.key("recovery-claims")
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.set(fence, json.dumps({"since": now, "epoch": epoch, "revision": revision}), nx=True,
+                     ex=RECOVERY_TTL_S)
+            pipe.expire(fence, RECOVERY_TTL_S)
+            pipe.hset(claims, self.claimant, f"{state.revision} {now}")
+            pipe.expire(claims, RECOVERY_TTL_S)
+            pipe.get(fence)
+            pipe.hgetall(claims)
+            raw_fence, raw_claims = pipe.execute()[-2:]
+        waited = now - float(json.loads(raw_fence)["since"]) if raw_fence else 0.0
+        live = [(int(rev), who) for who, value in raw_claims.items() for rev, at in [value.split()]
+                if now - float(at) <= RECOVERY_TTL_S]
+        best = max(live, default=(state.revision, self.claimant))
+        if waited < self.recovery_grace_s:
+            return replace(loss, detail=f"{loss.detail}; gathering claims for "
+                                        f"{self.recovery_grace_s - waited:.1f}s more before writing back")
+        if best != (state.revision, self.claimant):
+            return replace(loss, detail=f"{loss.detail}; a sidecar at revision {best[0]} writes its state back")
+        return self._write_back(state, loss, epoch, revision)
+
+    def _write_back(self, state: RuntimeState, loss: DataLoss, epoch: str | None, revision: int) -> DataLoss:
+        """Our whole state, at our revision, under a new epoch, if Redis has not moved meanwhile."""
+        new = uuid.uuid4().hex
+        step = {"epoch": new, "parent": state.epoch, "fork": state.revision, "lost": [loss.first, loss.last],
+                "at": time.time()}
+        lineage = [*self.lineage, step][-LINEAGE_KEEP:]
+        with self.client.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(self.key("rev"), self.key("epoch"))  # type: ignore[no-untyped-call]
+                if pipe.get(self.key("epoch")) != epoch or int(pipe.get(self.key("rev")) or 0) != revision:
+                    return replace(loss, detail=f"{loss.detail}; Redis changed meanwhile, looking again")
                 stale = list(self.client.scan_iter(match=self.prefix + "*", count=10_000))
-                stale = [k for k in stale if not k.endswith("reseed-lock")]
+                pipe.multi()
                 if stale:
                     pipe.delete(*stale)
                 self._put_all(pipe, state)
                 pipe.set(self.key("rev"), state.revision)
-                pipe.set(self.key("epoch"), epoch)
-                pipe.delete(self.key("reseed-lock"))
-                pipe.publish(self.channel, json.dumps({"epoch": epoch, "revision": state.revision}))
+                pipe.set(self.key("epoch"), new)
+                pipe.rpush(self.key("epochs"), *(json.dumps(s) for s in lineage))
+                pipe.publish(self.channel, json.dumps({"epoch": new, "revision": state.revision}))
                 pipe.execute()
-            return True
+            except redis.WatchError:
+                return replace(loss, detail=f"{loss.detail}; Redis changed meanwhile, looking again")
+        self.lineage = lineage
+        return replace(loss, status="written", new_epoch=new, restored_to=state.revision,
+                       detail=f"this sidecar wrote its state back (revisions up to {state.revision}) as epoch {new}")
 
     def _put_all(self, pipe: Any, state: RuntimeState) -> None:
         key = self.key
@@ -285,7 +373,6 @@ class _mapped:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, kind: Any, exc: Any, tb: Any) -> bool:
+    def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
         if isinstance(exc, redis.RedisError) and not isinstance(exc, redis.WatchError):
             raise StoreError(f"Redis is unavailable; could not {self.doing}: {exc}") from exc
-        return False
