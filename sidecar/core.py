@@ -187,7 +187,7 @@ class Sidecar:
                 raise self._not_reached(at_least_revision)  # a resync swapped the state meanwhile
             else:
                 decision = engine.decide(request, self.state)
-            epoch = self.state.epoch
+            epoch = self.state.epoch or "none"  # none: not loaded yet
         body = self.decision_body(decision)
         body["token"] = f"{epoch}:{decision.revision}"
         if timed:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from sidecar.errors import StoreError
@@ -36,7 +36,8 @@ class DataLoss:
     detail: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {"epoch": self.epoch, "first": self.first, "last": self.last, "status": self.status,
+                "newEpoch": self.new_epoch, "restoredTo": self.restored_to, "detail": self.detail}
 
 
 class Store(Protocol):
