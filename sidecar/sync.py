@@ -56,7 +56,7 @@ class RedisSync:
                 self._backoff = min(self._backoff * 2, self.max_backoff_s)
 
     def _listen(self) -> None:
-        pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        pubsub = self.client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
         try:
             pubsub.subscribe(self.channel)
             self.catch_up()  # whatever was published while we were away

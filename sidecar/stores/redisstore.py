@@ -145,7 +145,7 @@ class RedisStore:
             entries = self.client.hmget(self.key("journal"), [str(r) for r in wanted])
             if any(entry is None for entry in entries):
                 raise ResyncNeeded(f"the journal no longer holds revisions {revision + 1}..{current}")
-            return [(rev, json.loads(entry)["ops"]) for rev, entry in zip(wanted, entries, strict=True)]
+            return [(rev, json.loads(str(entry))["ops"]) for rev, entry in zip(wanted, entries, strict=True)]
 
     def journal(self, since: int, offset: int, limit: int) -> tuple[int, list[dict[str, Any]]]:
         with _mapped("read the journal"):
