@@ -25,7 +25,7 @@ from sidecar.engine import AuthzRequest
 from sidecar.errors import ChatAuthzError, StoreError
 from sidecar.policy import load_policy
 from sidecar.state import Op, RuntimeState
-from sidecar.stores.base import RecoveryPending, ResyncNeeded
+from sidecar.stores.base import DataLoss, RecoveryPending, ResyncNeeded
 from sidecar.stores.redisstore import RedisStore
 from sidecar.validation import Token
 from tests.op_script import EVERY_OP, FIELDS, fields, in_memory
@@ -530,6 +530,30 @@ def test_redis_back_from_an_older_snapshot_the_highest_sidecar_writes_back(own_r
                 with pytest.raises(ChatAuthzError) as refused:
                     sidecar.decide(request, old)
                 assert (refused.value.code, refused.value.status) == ("ERR_REVISION_EPOCH_MISMATCH", 409)
+    finally:
+        for store in stores:
+            store.close()
+
+
+def test_a_claim_on_a_stale_look_at_redis_does_not_fence_it_again(own_redis: RedisServer, prefix: str) -> None:
+    """Two sidecars look at the rolled-back Redis; one writes back before the other claims. The
+    late claim must not set the fence again: it would refuse every write until its TTL ran out."""
+    stores = [RedisStore(own_redis.url, prefix, timeout_s=0.5) for _ in range(2)]
+    first, late = core(stores[0]), core(stores[1])
+    try:
+        first.write(lambda p, s: [{"op": "put_user", "uid": "u1", "role": "support"}], "t")
+        admin = own_redis.client()
+        assert admin.save()
+        old_epoch = first.state.epoch
+        first.write(lambda p, s: [{"op": "put_user", "uid": "u2", "role": "support"}], "t")
+        late.catch_up()
+        own_redis.restart()  # back at revision 1
+        loss = DataLoss(old_epoch, 2, 2, "pending")
+        assert settled(first) is None and first.data_loss is not None and first.data_loss.status == "written"
+        assert stores[1]._claim(late.state, loss, old_epoch, 1).status == "pending"  # what `late` saw before
+        assert not admin.exists(prefix + "recovery"), "a stale claim fenced the written-back Redis"
+        assert settled(late) is None and late.data_loss is not None and late.data_loss.status == "followed"
+        assert late.write(lambda p, s: [{"op": "put_user", "uid": "u3", "role": "support"}], "t")[0] == 3
     finally:
         for store in stores:
             store.close()

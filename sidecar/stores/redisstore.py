@@ -61,6 +61,21 @@ for i = 1, #uids do redis.call('HDEL', KEYS[1], uids[i]) end
 redis.call('DEL', KEYS[2])
 return #uids
 """
+# Only while Redis is still in the state the claimant found (else nil): set the fence if absent
+# (with the first claim's time), refresh it and add our claim. KEYS: epoch, rev, recovery,
+# recovery-claims; ARGV: found epoch ('' for none), found rev, claimant, our revision, ttl.
+# Returns {now, fence, claims as a flat list}.
+CLAIM = """
+if (redis.call('GET', KEYS[1]) or '') ~= ARGV[1] or tonumber(redis.call('GET', KEYS[2]) or '0') ~= tonumber(ARGV[2])
+then return nil end
+local t = redis.call('TIME')
+local now = t[1] .. '.' .. string.format('%06d', t[2])
+redis.call('SET', KEYS[3], now, 'NX', 'EX', ARGV[5])
+redis.call('EXPIRE', KEYS[3], ARGV[5])
+redis.call('HSET', KEYS[4], ARGV[3], ARGV[4] .. ' ' .. now)
+redis.call('EXPIRE', KEYS[4], ARGV[5])
+return {now, redis.call('GET', KEYS[3]), redis.call('HGETALL', KEYS[4])}
+"""
 
 
 class RedisStore:
@@ -78,6 +93,7 @@ class RedisStore:
         self._put_user = self.client.register_script(PUT_USER)
         self._delete_user = self.client.register_script(DELETE_USER)
         self._delete_role_users = self.client.register_script(DELETE_ROLE_USERS)
+        self._claim_script = self.client.register_script(CLAIM)
 
     def key(self, name: str) -> str:
         return self.prefix + name
@@ -279,28 +295,25 @@ class RedisStore:
                 first, last = step["lost"]
                 return DataLoss(state.epoch, first, max(last, state.revision), "followed", epoch, step["fork"],
                                 f"another sidecar wrote revisions up to {step['fork']} back as epoch {epoch}")
-            loss = DataLoss(state.epoch, min(revision + 1, state.revision), state.revision, "pending",
-                            detail=f"Redis holds another history (epoch {epoch or 'none'}, revision {revision}): "
-                                   "emptied or replaced")
+            other = f"Redis holds another history (epoch {epoch or 'none'}, revision {revision})"
+            if revision >= state.revision:  # as long as ours: overwriting it would lose its writes
+                return DataLoss(state.epoch, 1, state.revision, "followed", epoch, 0,
+                                f"{other}; this sidecar follows it, and its own writes are not in it")
+            loss = DataLoss(state.epoch, revision + 1, state.revision, "pending",
+                            detail=f"{other}: emptied, or restored from before our epoch began")
             return self._claim(state, loss, epoch, revision)
 
     def _claim(self, state: RuntimeState, loss: DataLoss, epoch: str | None, revision: int) -> DataLoss:
         """Fence writes and claim; the highest claim past the grace period writes back."""
-        seconds, micros = self.client.time()
-        now = seconds + micros / 1e6
-        fence, claims = self.key("recovery"), self.key("recovery-claims")
-        with self.client.pipeline(transaction=False) as pipe:
-            pipe.set(fence, json.dumps({"since": now, "epoch": epoch, "revision": revision}), nx=True,
-                     ex=RECOVERY_TTL_S)
-            pipe.expire(fence, RECOVERY_TTL_S)
-            pipe.hset(claims, self.claimant, f"{state.revision} {now}")
-            pipe.expire(claims, RECOVERY_TTL_S)
-            pipe.get(fence)
-            pipe.hgetall(claims)
-            raw_fence, raw_claims = pipe.execute()[-2:]
-        waited = now - float(json.loads(raw_fence)["since"]) if raw_fence else 0.0
-        live = [(int(rev), who) for who, value in raw_claims.items() for rev, at in [value.split()]
-                if now - float(at) <= RECOVERY_TTL_S]
+        keys = [self.key("epoch"), self.key("rev"), self.key("recovery"), self.key("recovery-claims")]
+        found = self._claim_script(keys=keys, args=[epoch or "", revision, self.claimant, state.revision,
+                                                    RECOVERY_TTL_S])
+        if found is None:  # Redis moved since we looked (say, another sidecar wrote back): look again
+            return replace(loss, detail=f"{loss.detail}; Redis changed meanwhile, looking again")
+        now, since, flat = float(found[0]), float(found[1]), found[2]
+        waited = now - since
+        live = [(int(rev), who) for who, value in zip(flat[::2], flat[1::2], strict=True)
+                for rev, at in [value.split()] if now - float(at) <= RECOVERY_TTL_S]
         best = max(live, default=(state.revision, self.claimant))
         if waited < self.recovery_grace_s:
             return replace(loss, detail=f"{loss.detail}; gathering claims for "
