@@ -103,12 +103,12 @@ class Token(NamedTuple):
     revision: int
 
 
-TOKEN_RE = re.compile(r"^([0-9a-z]{1,64}):([0-9]{1,16})$")
+TOKEN_RE = re.compile(r"([0-9a-z]{1,64}):([0-9]{1,16})")  # whole string only (fullmatch)
 
 
 def consistency(value: Any, field: str = "atLeastRevision") -> int | Token | None:
     """A revision of the store's current epoch (an integer), or a token "<epoch>:<revision>"."""
-    match = TOKEN_RE.match(value) if isinstance(value, str) else None
+    match = TOKEN_RE.fullmatch(value) if isinstance(value, str) else None
     if match and int(match[2]) <= 2**53:
         return Token(match[1], int(match[2]))
     if value is None or (isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 2**53):

@@ -74,7 +74,7 @@ def test_at_least_revision_takes_a_token_or_a_revision(client: FlaskClient) -> N
         {**check, "atLeastRevision": "0123456789abcdef:1"}, {**check, "atLeastRevision": written["token"]}]})
     results = body["data"]["results"]
     assert results[0]["error"]["code"] == "ERR_REVISION_EPOCH_MISMATCH" and results[1]["allowed"] is False, results
-    for bad in ("abc", f"{epoch}:", f":{revision}", f"{epoch}:-1", f"{epoch.upper()}:1", f"{epoch}:1:2", 1.5,
+    for bad in ("abc", f"{epoch}:", f":{revision}", f"{epoch}:{revision}\n", f" {epoch}:{revision}", f"{epoch}:-1", f"{epoch.upper()}:1", f"{epoch}:1:2", 1.5,
                 True, -1, f"{epoch}:{2**60}"):
         status, body = call(client, "POST", "/authorize", {**check, "atLeastRevision": bad})
         assert status == 400 and "atLeastRevision" in body["error"]["details"], (bad, body)
