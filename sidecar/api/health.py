@@ -1,8 +1,9 @@
 """Liveness and readiness, each with a JSON body that says why.
 
 /health/ready is 503 when this sidecar cannot answer from current state (store unreachable,
-sync down, past --max-staleness); 200 "degraded" when it serves correctly but something
-needs an operator (the policy files on disk are invalid: the last good policy serves).
+sync down, past --max-staleness, Redis lost writes not yet written back); 200 "degraded" when
+it serves correctly but something needs an operator (the policy files on disk are invalid: the
+last good policy serves; Redis once lost writes, until this sidecar restarts).
 """
 from __future__ import annotations
 
