@@ -146,3 +146,41 @@ def test_redis_restarted_from_an_older_snapshot_is_detected_and_written_back(rdb
         check_body(member, "sendMessage", group, atLeastRevision=f"{new_epoch}:{head + 5}")]})
     results = response.json()["data"]["results"]
     assert results[0]["error"]["code"] == "ERR_REVISION_EPOCH_MISMATCH" and results[1]["allowed"] is True, results
+
+
+def test_redis_and_both_sidecars_restarted_the_loss_is_still_seen_and_tokens_never_match(rdb_cluster: Any) -> None:
+    """No running sidecar holds the lost writes: they cannot come back, but each sidecar
+    remembers (in its data folder) the revision it had seen, so the loss is reported and the
+    epoch changes: the lost writes' tokens are never met by the new writes that reuse the numbers."""
+    server, admin, prefix, a, b = rdb_cluster
+    a.ok("PUT", f"/users/{unique('early')}", {"role": "support"})
+    assert admin.save()
+    snapshot_revision, old_epoch = int(admin.get(prefix + "rev")), admin.get(prefix + "epoch")
+    lost = [b.ok("PUT", f"/users/{unique('late')}", {"role": "support"}) for _ in range(20)]
+    last = lost[-1]["revision"]
+    wait_until(lambda: a.ready()[1]["revision"] == last, 5, 0.05, "a has seen every write")
+    for process in (a, b, server):
+        process.kill()
+    server.start()
+    start_all([a, b])
+    assert int(admin.get(prefix + "rev")) == snapshot_revision
+
+    def reported(sidecar: SidecarProcess) -> dict[str, Any] | None:
+        code, ready = sidecar.ready()
+        loss = ready.get("dataLoss")
+        done = code == 200 and loss is not None and loss["status"] != "pending"
+        return ready if done and ready["token"] == f"{admin.get(prefix + 'epoch')}:{snapshot_revision}" else None
+    for sidecar in (a, b):
+        ready = wait_until(lambda s=sidecar: reported(s), RECOVERY_BOUND_S, 0.1, f"{sidecar.name} reports the loss")
+        loss = ready["dataLoss"]
+        assert (loss["epoch"], loss["first"], loss["last"]) == (old_epoch, snapshot_revision + 1, last), loss
+        assert loss["restoredTo"] == snapshot_revision and loss["newEpoch"] != old_epoch, loss
+        assert ready["status"] == "degraded" and any("lost for good" in r for r in ready["reasons"]), ready
+    new_epoch = admin.get(prefix + "epoch")
+    assert new_epoch != old_epoch
+    written = a.ok("PUT", f"/users/{unique('new')}", {"role": "support"})
+    assert written["token"] == f"{new_epoch}:{snapshot_revision + 1}"  # the number again, in a new epoch
+    for sidecar in (a, b):
+        for token in (lost[0]["token"], lost[-1]["token"]):
+            status, body = decide(sidecar, check_body("someone", "createGroup", atLeastRevision=token))
+            assert status == 409 and body["error"]["code"] == "ERR_REVISION_EPOCH_MISMATCH", (sidecar.name, body)

@@ -19,12 +19,16 @@ This is the only module that talks to Redis for state; its errors become StoreEr
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
+import os
 import random
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -33,6 +37,7 @@ from sidecar.errors import StoreError
 from sidecar.state import Op, RuntimeState
 from sidecar.stores.base import DataLoss, Plan, ResyncNeeded
 
+log = logging.getLogger("chatauthz.redis")
 JOURNAL_KEEP = 50_000
 LINEAGE_KEEP = 100
 RECOVERY_TTL_S = 30  # fence and claims outlive a claimant's retries (seconds apart), not its death
@@ -80,7 +85,7 @@ return {now, redis.call('GET', KEYS[3]), redis.call('HGETALL', KEYS[4])}
 
 class RedisStore:
     def __init__(self, url: str, prefix: str = "chatauthz:", timeout_s: float = 1.0,
-                 recovery_grace_s: float = 0.0) -> None:
+                 recovery_grace_s: float = 0.0, seen_dir: Path | None = None) -> None:
         self.url = url
         self.prefix = prefix
         self.client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
@@ -90,6 +95,11 @@ class RedisStore:
         self.lineage: list[dict[str, Any]] = []  # how that epoch came to be (Redis's `epochs`)
         self.recovery_grace_s = recovery_grace_s  # after a loss, how long claims are gathered
         self.claimant = uuid.uuid4().hex
+        # The newest (epoch, revision) this sidecar has seen, kept on disk across its restarts: a
+        # Redis found below it after a restart of both lost writes, though no state remembers them.
+        name = hashlib.sha256(f"{url}|{prefix}".encode()).hexdigest()[:16]
+        self.seen_file = seen_dir / f"redis-seen-{name}.json" if seen_dir is not None else None
+        self.seen = self._read_seen()
         self._put_user = self.client.register_script(PUT_USER)
         self._delete_user = self.client.register_script(DELETE_USER)
         self._delete_role_users = self.client.register_script(DELETE_ROLE_USERS)
@@ -129,8 +139,9 @@ class RedisStore:
                     scopes.setdefault(scope, {})[key] = json.loads(value)
                 state.overrides[guid] = scopes
             self.epoch, self.lineage = epoch, lineage
-            for revision, ops in self.changes_since(start):  # ops are idempotent: safe to replay
+            for revision, ops in self.changes_since(start, remembered=False):  # idempotent: safe to replay
                 state.apply_all(ops, revision)
+            self._saw(epoch, state.revision)
             return state
 
     def _hscan(self, name: str) -> Iterator[tuple[str, str]]:
@@ -149,12 +160,16 @@ class RedisStore:
                 if value:
                     yield key[len(self.key(kind)):], value
 
-    def changes_since(self, revision: int) -> list[tuple[int, list[Op]]]:
+    def changes_since(self, revision: int, *, remembered: bool = True) -> list[tuple[int, list[Op]]]:
         with _mapped("read the journal"):
             epoch = self.client.get(self.key("epoch"))
             current = self.revision()
             if epoch != self.epoch or current < revision:
                 raise ResyncNeeded(f"Redis epoch or revision changed (revision {current}, ours {revision})")
+            if remembered and self.seen is not None and self.seen[0] == epoch and current < self.seen[1]:
+                raise ResyncNeeded(f"Redis is at revision {current}, below the {self.seen[1]} this sidecar "
+                                   "saw before it restarted")
+            self._saw(self.epoch, current)  # the caller applies everything up to current
             if current == revision:
                 return []
             wanted = list(range(revision + 1, current + 1))
@@ -197,6 +212,7 @@ class RedisStore:
                             self._queue(pipe, op)
                         self._commit(pipe, revision, actor, ops)
                         pipe.execute()
+                        self._saw(self.epoch, revision)
                         return revision, ops
                     except redis.WatchError:
                         time.sleep(random.uniform(0, min(0.05, 0.001 * 2 ** attempt)))
@@ -278,9 +294,10 @@ class RedisStore:
                 epoch, raw_rev, raw_lineage = pipe.execute()
             revision = int(raw_rev or 0)
             if epoch == state.epoch:
-                if revision >= state.revision:
+                seen = max(state.revision, self.seen[1] if self.seen and self.seen[0] == epoch else 0)
+                if revision >= seen:
                     return None  # a gap or a trimmed journal: a plain resync
-                loss = DataLoss(state.epoch, revision + 1, state.revision, "pending",
+                loss = DataLoss(state.epoch, revision + 1, seen, "pending",
                                 detail=f"Redis is back at revision {revision} of the same epoch (an older "
                                        "snapshot, or a failover to a replica that lagged)")
                 return self._claim(state, loss, epoch, revision)
@@ -348,6 +365,30 @@ class RedisStore:
         self.lineage = lineage
         return replace(loss, status="written", new_epoch=new, restored_to=state.revision,
                        detail=f"this sidecar wrote its state back (revisions up to {state.revision}) as epoch {new}")
+
+    def _read_seen(self) -> tuple[str, int] | None:
+        try:
+            data = json.loads(self.seen_file.read_text()) if self.seen_file is not None else None
+            return (str(data["epoch"]), int(data["revision"])) if data else None
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def _saw(self, epoch: str | None, revision: int) -> None:
+        """Remember (epoch, revision) if newer; on disk (atomically) before a write is answered."""
+        if not epoch or (self.seen is not None and self.seen[0] == epoch and self.seen[1] >= revision):
+            return
+        self.seen = (epoch, revision)
+        if self.seen_file is None:
+            return
+        on_disk = self._read_seen()  # another worker of this sidecar may be ahead: never go back
+        if on_disk is not None and on_disk[0] == epoch and on_disk[1] >= revision:
+            return
+        temp = self.seen_file.with_name(f".{self.seen_file.name}.{os.getpid()}")
+        try:
+            temp.write_text(json.dumps({"epoch": epoch, "revision": revision}))
+            os.replace(temp, self.seen_file)
+        except OSError as exc:
+            log.warning("could not remember the revision seen in %s: %s", self.seen_file, exc)
 
     def _put_all(self, pipe: Any, state: RuntimeState) -> None:
         key = self.key
