@@ -27,7 +27,9 @@ log = logging.getLogger("chatauthz.compose")
 def open_store(settings: Settings) -> Store:
     """Redis when configured, else the embedded SQLite file in the data folder."""
     if settings.redis_url:
-        return RedisStore(settings.redis_url, settings.redis_prefix, settings.redis_timeout_s)
+        settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return RedisStore(settings.redis_url, settings.redis_prefix, settings.redis_timeout_s,
+                          recovery_grace_s=settings.redis_recovery_grace_s, seen_dir=settings.data_dir)
     if settings.store_id is None:  # serve made and pinned it: a worker never makes a new one
         settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # state and keys: owner only
     return SQLiteStore(settings.data_dir / "chatauthz.sqlite3", expect=settings.store_id)

@@ -32,6 +32,7 @@ class Settings:
     redis_prefix: str = "chatauthz:"
     redis_timeout_s: float = 1.0
     sync_interval_s: float = 1.0
+    redis_recovery_grace_s: float = 5.0  # after Redis lost writes: how long sidecars gather claims
     max_staleness_s: float | None = None
     policy_watch_s: float = 1.0
     policy_settle_s: float = 1.0  # a change is taken once the files stayed the same this long

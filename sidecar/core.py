@@ -22,11 +22,14 @@ from sidecar.errors import ChatAuthzError, PolicyError, StoreError
 from sidecar.policy import PolicySet
 from sidecar.reload import Files
 from sidecar.state import Op, RuntimeState, with_before
-from sidecar.stores.base import ResyncNeeded, Store
+from sidecar.stores.base import DataLoss, RecoveryPending, ResyncNeeded, Store
+from sidecar.validation import Token
 
 log = logging.getLogger("chatauthz.core")
 STALE_CODE = "ERR_STATE_TOO_STALE"
 NOT_LOADED_CODE = "ERR_STATE_NOT_LOADED"
+EPOCH_MISMATCH_CODE = "ERR_REVISION_EPOCH_MISMATCH"
+Wanted = int | Token | list[int | Token]  # what atLeastRevision asks for (a batch: all of them)
 
 
 class Sidecar:
@@ -61,6 +64,9 @@ class Sidecar:
         self.on_decision: Callable[[dict[str, Any], float], None] | None = None  # metrics hook
         self.on_write: Callable[[str], None] | None = None  # metrics hook: committed|unchanged|refused|failed
         self.store_errors = 0
+        self.data_loss: DataLoss | None = None  # the last time the store lost writes we held
+        self.data_loss_events = 0
+        self.past_epochs: set[str] = set()  # epochs this process left: their tokens never match
         self.gauges: Any = None  # a metrics.GaugeUpdater (set by sidecar.compose)
         self._ids = itertools.count(1)
         self._id_prefix = f"{secrets.token_hex(4)}{os.getpid():x}"
@@ -119,14 +125,30 @@ class Sidecar:
                 self._apply_entries(entries)
         except ResyncNeeded as why:
             log.warning("full resync: %s", why)
-            if self.store.reseed(self.state):
-                log.error("the store had lost its data; this sidecar wrote its state back "
-                          "(revision %s)", self.state.revision)
+            loss = self.store.recover(self.state)
+            if loss is not None:
+                self._note_loss(loss)
+                if loss.status == "pending":
+                    raise RecoveryPending(f"the store lost revisions {loss.first}..{loss.last} of epoch "
+                                          f"{loss.epoch}: {loss.detail}") from None
             fresh = self.store.load()
             with self._lock:
+                if fresh.epoch != self.state.epoch and self.state.epoch:
+                    self.past_epochs.add(self.state.epoch)
                 self.state = fresh
                 self.loaded = True
         self.last_heard = time.monotonic()
+
+    def _note_loss(self, loss: DataLoss) -> None:
+        known = self.data_loss
+        if known is None or (known.epoch, known.first) != (loss.epoch, loss.first):
+            self.data_loss_events += 1
+            log.error("DATA LOSS: the store lost revisions %s..%s of epoch %s: %s", loss.first, loss.last,
+                      loss.epoch, loss.detail)
+        if loss.status == "written":
+            log.error("the store had lost its data; this sidecar wrote its state back (revision %s, epoch %s)",
+                      loss.restored_to, loss.new_epoch)
+        self.data_loss = loss
 
     def _apply_entries(self, entries: list[tuple[int, list[Op]]]) -> None:
         for revision, ops in entries:
@@ -139,7 +161,7 @@ class Sidecar:
         return time.monotonic() - self.last_heard if self.synced else 0.0
 
     # -- decisions -------------------------------------------------------------------------
-    def decide(self, request: AuthzRequest, at_least_revision: int | None = None, *,
+    def decide(self, request: AuthzRequest, at_least_revision: int | Token | None = None, *,
                wait: bool = True, refresh: bool = True) -> dict[str, Any]:
         """One decision as the API's body. With at_least_revision, answer only from state at
         least that new: wait (bounded) for it, or with wait=False refuse at once. refresh=False
@@ -149,11 +171,9 @@ class Sidecar:
                 self.refresh()
             except StoreError:
                 log.warning("store unreadable; deciding from revision %s", self.state.revision)
-        if at_least_revision is not None and self.state.revision < at_least_revision:
-            if not (wait and self.wait_for_revision(at_least_revision)):
-                raise ChatAuthzError(
-                    f"This sidecar is at revision {self.state.revision}; revision {at_least_revision} was "
-                    f"not reached within {self.revision_wait_s}s.", code="ERR_REVISION_NOT_REACHED", status=503)
+        if at_least_revision is not None and not self.reached(at_least_revision):
+            if self._never(at_least_revision) or not (wait and self.wait_for_revision(at_least_revision)):
+                raise self._not_reached(at_least_revision)
         stale = self.staleness_s() if self.synced else 0.0
         engine = self.engine
         timed = self.on_decision is not None
@@ -166,9 +186,13 @@ class Sidecar:
                 decision = self._refuse(engine, request, STALE_CODE, f"this sidecar last heard from its "
                                         f"store {stale:.1f}s ago, more than the {self.max_staleness_s}s "
                                         "allowed (--max-staleness); it denies until it catches up")
+            elif at_least_revision is not None and not self.reached(at_least_revision):
+                raise self._not_reached(at_least_revision)  # a resync swapped the state meanwhile
             else:
                 decision = engine.decide(request, self.state)
+            epoch = self.state.epoch or "none"  # none: not loaded yet
         body = self.decision_body(decision)
+        body["token"] = f"{epoch}:{decision.revision}"
         if timed:
             self.on_decision(body, time.perf_counter() - started)  # type: ignore[misc]
         if self.synced:
@@ -188,7 +212,33 @@ class Sidecar:
         body["decisionId"] = f"{self._id_prefix}-{next(self._ids)}"
         return body
 
-    def wait_for_revision(self, revision: int) -> bool:
+    def reached(self, wanted: Wanted) -> bool:
+        """Is the state at least as new as `wanted`? An integer means "in the current epoch"; a
+        token only ever matches its own epoch; a batch needs all that can ever match."""
+        if isinstance(wanted, list):
+            return all(self.reached(one) for one in wanted if not self._never(one))
+        state = self.state
+        if isinstance(wanted, Token):
+            return wanted.epoch == state.epoch and state.revision >= wanted.revision
+        return state.revision >= wanted
+
+    def _never(self, wanted: int | Token) -> bool:
+        """A token of an epoch this sidecar left (the store lost data since), or of another file."""
+        return isinstance(wanted, Token) and wanted.epoch != self.state.epoch and (
+            wanted.epoch in self.past_epochs or not self.synced)
+
+    def _not_reached(self, wanted: int | Token) -> ChatAuthzError:
+        state = self.state
+        if isinstance(wanted, Token) and wanted.epoch != state.epoch:
+            return ChatAuthzError(
+                f"The token is from store epoch {wanted.epoch}; this sidecar is at {state.epoch}:{state.revision}. "
+                "A token from before a data loss can never be satisfied: the write it names may be lost; read "
+                "without it, or write again.", code=EPOCH_MISMATCH_CODE, status=409)
+        revision = wanted.revision if isinstance(wanted, Token) else wanted
+        return ChatAuthzError(f"This sidecar is at revision {state.revision}; revision {revision} was not reached "
+                              f"within {self.revision_wait_s}s.", code="ERR_REVISION_NOT_REACHED", status=503)
+
+    def wait_for_revision(self, revision: Wanted) -> bool:
         """Catch up until the state reaches `revision` or revision_wait_s passes; reached?"""
         deadline = time.monotonic() + self.revision_wait_s
         while True:
@@ -196,7 +246,7 @@ class Sidecar:
                 self.catch_up()
             except StoreError:
                 pass  # keep trying until the deadline
-            if self.state.revision >= revision:
+            if self.reached(revision):
                 return True
             if time.monotonic() >= deadline:
                 return False
@@ -218,6 +268,12 @@ class Sidecar:
               view: Callable[[PolicySet, RuntimeState], Any] | None = None) -> tuple[int, Any]:
         """Check and change in one step. Returns the revision after the write and view(policy,
         state) taken at exactly that revision (no other change in between), for the response."""
+        revision, shown, _ = self.write_with_token(plan, actor, view)
+        return revision, shown
+
+    def write_with_token(self, plan: Callable[[PolicySet, RuntimeState], list[Op]], actor: str,
+                         view: Callable[[PolicySet, RuntimeState], Any] | None = None) -> tuple[int, Any, str]:
+        """write(), plus the write's consistency token "<epoch>:<revision>"."""
         with self._write_lock, self._catch_up_lock:  # nothing else advances our state meanwhile
             policy = self.policy
 
@@ -238,5 +294,6 @@ class Sidecar:
             with self._lock:
                 self._apply_entries([(revision, ops)] if ops else [])
                 shown = view(policy, self.state) if view is not None else None
+                token = f"{self.state.epoch}:{revision}"
             self.last_heard = time.monotonic()
-            return revision, shown
+            return revision, shown, token

@@ -35,6 +35,7 @@ from sidecar.errors import StoreError
 
 FAST_BUCKETS = (5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 1e-2, 0.1, 1.0)
 POLICY_INFO_NAME = "chatauthz_policy_info"
+DATA_LOSS_INFO_NAME = "chatauthz_data_loss_info"
 
 
 class Metrics:
@@ -67,6 +68,12 @@ class Metrics:
         self.store_errors = Counter("chatauthz_store_errors_total", "Store reads or writes that failed", registry=r)
         self.decision_log_dropped = Counter("chatauthz_decision_log_dropped_total", "Decision log entries dropped",
                                             registry=r)
+        self.data_loss_events = Counter("chatauthz_data_loss_events_total",
+                                        "Times the store was found without writes this sidecar had applied", registry=r)
+        self.data_loss_info = Gauge(DATA_LOSS_INFO_NAME, "The last data loss (value 1): the epoch, the revisions "
+                                    "lost, and up to which revision they were written back",
+                                    ["epoch", "first", "last", "status", "restored_to"],
+                                    multiprocess_mode="livemax", registry=r)
         self.decision_children: dict[tuple[str, str, str], Any] = {}
         self.request_children: dict[tuple[str, str, int], Any] = {}
 
@@ -130,7 +137,7 @@ class _Served:
 
     def collect(self) -> Iterator[Metric]:
         for metric in self.source.collect():
-            if metric.name == POLICY_INFO_NAME:
+            if metric.name in (POLICY_INFO_NAME, DATA_LOSS_INFO_NAME):
                 metric.samples = [s for s in metric.samples if s.value]
             yield metric
 
@@ -155,6 +162,7 @@ class GaugeUpdater:
         self.core = core
         self.interval_s = interval_s
         self._hash: str | None = None
+        self._loss: tuple[str, ...] | None = None
         self._seen: dict[Any, int] = {}  # counter -> the core's count already added
         self._thread = threading.Thread(target=self._run, name="chatauthz-metrics", daemon=True)
 
@@ -177,7 +185,17 @@ class GaugeUpdater:
         m.revision.set(core.state.revision)
         m.staleness.set(core.staleness_s())
         m.policy_invalid.set(1 if core.policy_problems else 0)
+        loss = core.data_loss
+        labels = None if loss is None else (loss.epoch, str(loss.first), str(loss.last), loss.status,
+                                            "" if loss.restored_to is None else str(loss.restored_to))
+        if labels != self._loss:
+            if self._loss is not None:  # a series cannot leave a worker's file: 0 hides it
+                m.data_loss_info.labels(*self._loss).set(0)
+            if labels is not None:
+                m.data_loss_info.labels(*labels).set(1)
+            self._loss = labels
         for counter, now in ((m.reload_failures, core.reload_failures), (m.store_errors, core.store_errors),
+                             (m.data_loss_events, core.data_loss_events),
                              (m.decision_log_dropped, core.decision_log.dropped if core.decision_log else 0)):
             seen = self._seen.get(counter, 0)
             if now > seen:

@@ -19,6 +19,7 @@ POLICY_OPS = frozenset({"put_role", "delete_role", "set_role_permissions", "unse
 @dataclass
 class RuntimeState:
     revision: int = 0
+    epoch: str = ""  # the store's history this state belongs to: tokens are "<epoch>:<revision>"
     policy_generation: int = 0
     roles: dict[str, dict[str, Any]] = field(default_factory=dict)
     role_permissions: dict[str, dict[str, Any]] = field(default_factory=dict)

@@ -13,6 +13,8 @@ from collections.abc import Callable
 
 import redis
 
+from sidecar.stores.base import RecoveryPending
+
 log = logging.getLogger("chatauthz.sync")
 
 NOT_READY, OK, DEGRADED = "NOT_READY", "OK", "DEGRADED"
@@ -47,11 +49,14 @@ class RedisSync:
             except Exception as exc:  # any failure: report, back off, reconnect, catch up
                 self.status, self.message = DEGRADED, f"{type(exc).__name__}: {exc}"
                 log.warning("sync with Redis failed (retrying in %.1fs): %s", self._backoff, self.message)
-                self._stop.wait(self._backoff)
+                if isinstance(exc, RecoveryPending):  # look again soon: the grace period is counting
+                    self._stop.wait(min(self._backoff, self.interval_s))
+                else:
+                    self._stop.wait(self._backoff)
                 self._backoff = min(self._backoff * 2, self.max_backoff_s)
 
     def _listen(self) -> None:
-        pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        pubsub = self.client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
         try:
             pubsub.subscribe(self.channel)
             self.catch_up()  # whatever was published while we were away

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import Any, NamedTuple
 
 from sidecar.errors import BadRequestError
 
@@ -106,6 +106,26 @@ def revision(value: Any, field: str = "atLeastRevision") -> int | None:
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 2**53:
         raise BadRequestError.field(field, f"The {field} must be a non-negative integer.")
     return value
+
+
+class Token(NamedTuple):
+    """A consistency token "<epoch>:<revision>", as write answers and decisions give it."""
+    epoch: str
+    revision: int
+
+
+TOKEN_RE = re.compile(r"([0-9a-z]{1,64}):([0-9]{1,16})")  # whole string only (fullmatch)
+
+
+def consistency(value: Any, field: str = "atLeastRevision") -> int | Token | None:
+    """A revision of the store's current epoch (an integer), or a token "<epoch>:<revision>"."""
+    match = TOKEN_RE.fullmatch(value) if isinstance(value, str) else None
+    if match and int(match[2]) <= 2**53:
+        return Token(match[1], int(match[2]))
+    if value is None or (isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 2**53):
+        return value
+    raise BadRequestError.field(field, f"The {field} must be a non-negative integer or a token "
+                                "'<epoch>:<revision>' as a write answered it.")
 
 
 def is_ascii_number(raw: str) -> bool:

@@ -96,13 +96,14 @@ def bad(srv: Server, method: str, path: str, body: Any = None, *, field: str, **
 
 def write_ok(srv: Server, method: str, path: str, body: Any = None, *, changes: bool | None = True,
              **kwargs: Any) -> dict[str, Any]:
-    """A write that succeeds: 200, {"data", "revision"}; the revision is now current, and it moved by
+    """A write that succeeds: 200, {"data", "revision", "token"}; the revision is now current, and it moved by
     exactly one (changes=True), stayed (changes=False) or either (changes=None)."""
     before = srv.revision()
     response = srv.request(method, path, json=body, **kwargs)
     assert response.status_code == 200, f"{method} {path} {body!r} -> {response.status_code} {response.text}"
     answer = response.json()
-    assert set(answer) == {"data", "revision"}, answer
+    assert set(answer) == {"data", "revision", "token"}, answer
+    assert answer["token"].endswith(f":{answer['revision']}"), answer
     revision = answer["revision"]
     assert isinstance(revision, int) and not isinstance(revision, bool), answer
     if changes is True:

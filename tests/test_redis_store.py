@@ -18,15 +18,18 @@ from typing import Any
 
 import pytest
 import redis
+from prometheus_client import REGISTRY
 from redis_support import RedisServer, unique
 
+from sidecar import metrics
 from sidecar.core import Sidecar
 from sidecar.engine import AuthzRequest
-from sidecar.errors import StoreError
+from sidecar.errors import ChatAuthzError, StoreError
 from sidecar.policy import load_policy
 from sidecar.state import Op, RuntimeState
-from sidecar.stores.base import ResyncNeeded
+from sidecar.stores.base import DataLoss, RecoveryPending, ResyncNeeded
 from sidecar.stores.redisstore import RedisStore
+from sidecar.validation import Token
 from tests.op_script import EVERY_OP, FIELDS, fields, in_memory
 
 REPO = Path(__file__).resolve().parents[1]
@@ -457,3 +460,109 @@ def test_a_write_that_needs_a_full_resync_plans_and_expands_on_the_fresh_state(o
         "Redis lost the other sidecar's createGroup value: the write expanded its op from the "
         "pre-resync state object")
     assert fields(lagging.state) == fields(loaded)
+
+
+# -- data loss: Redis back from an older snapshot ----------------------------------------------
+def settled(sidecar: Sidecar, attempts: int = 20) -> Exception | None:
+    """catch_up(); None when it succeeded, else its StoreError (after a reconnect to a restarted Redis)."""
+    last: Exception | None = None
+    for _ in range(attempts):
+        try:
+            sidecar.catch_up()
+            return None
+        except RecoveryPending as exc:
+            return exc
+        except (StoreError, redis.ConnectionError) as exc:  # the pooled connection died with Redis
+            last = exc
+            time.sleep(0.05)
+    raise AssertionError(f"catch_up kept failing: {last!r}")
+
+
+def test_redis_back_from_an_older_snapshot_the_highest_sidecar_writes_back(own_redis: RedisServer,
+                                                                          prefix: str) -> None:
+    grace = 0.5
+    stores = [RedisStore(own_redis.url, prefix, timeout_s=0.5, recovery_grace_s=grace) for _ in range(3)]
+    holder, lower = core(stores[0]), core(stores[1])
+    try:
+        for n in range(3):
+            holder.write(lambda p, s, n=n: [{"op": "put_user", "uid": f"early{n}", "role": "support"}], "t")
+        admin = own_redis.client()
+        assert admin.save()
+        snap, old_epoch = holder.state.revision, holder.state.epoch
+        for n in range(5):  # acknowledged after the snapshot; `lower` sees only the first two
+            holder.write(lambda p, s, n=n: [{"op": "put_user", "uid": f"late{n}", "role": "support"}], "t")
+            if n == 1:
+                lower.catch_up()
+        top = holder.state.revision
+        assert (lower.state.revision, top) == (snap + 2, snap + 5)
+        own_redis.restart()  # loads the older dump.rdb
+        assert int(admin.get(prefix + "rev")) == snap
+
+        assert isinstance(settled(lower), RecoveryPending), "a Redis below our revision was adopted"
+        assert lower.data_loss is not None and (lower.data_loss.first, lower.data_loss.last) == (snap + 1, snap + 2)
+        assert lower.state.revision == snap + 2, "the state must not go back while the loss is pending"
+        # a sidecar that starts now cannot know; Redis refuses its writes (they would reuse numbers)
+        fresh_store = stores[2]
+        assert fresh_store.load().revision == snap
+        with pytest.raises(StoreError):
+            fresh_store.write(lambda: [{"op": "put_user", "uid": "reused", "role": "support"}], "fresh")
+        assert isinstance(settled(holder), RecoveryPending)  # the grace period is not over
+        time.sleep(grace + 0.1)
+        assert isinstance(settled(lower), RecoveryPending), "the lower sidecar must leave it to the highest"
+        assert settled(holder) is None
+        assert holder.data_loss is not None and holder.data_loss.status == "written"
+        assert holder.data_loss_events == 1, "pending then written is one event"
+        events = REGISTRY.get_sample_value("chatauthz_data_loss_events_total") or 0.0
+        metrics.GaugeUpdater(holder).update()  # what the metrics thread does every second
+        assert REGISTRY.get_sample_value("chatauthz_data_loss_events_total") == events + 1
+        assert REGISTRY.get_sample_value("chatauthz_data_loss_info", {
+            "epoch": old_epoch, "first": str(snap + 1), "last": str(top), "status": "written",
+            "restored_to": str(top)}) == 1
+        new_epoch = admin.get(prefix + "epoch")
+        assert new_epoch != old_epoch and int(admin.get(prefix + "rev")) == top
+        assert settled(lower) is None
+        assert lower.data_loss is not None and lower.data_loss.status == "followed"
+        assert (lower.data_loss.restored_to, lower.data_loss.new_epoch) == (top, new_epoch)
+        assert fields(lower.state) == fields(holder.state) == fields(fresh_store.load())
+        assert {f"late{n}" for n in range(5)} <= set(lower.state.users)
+
+        # new writes: the new epoch, numbers after every one the old epoch issued
+        revision, _, token = lower.write_with_token(
+            lambda p, s: [{"op": "put_user", "uid": "after", "role": "support"}], "t")
+        assert (revision, token) == (top + 1, f"{new_epoch}:{top + 1}")
+        holder.catch_up()
+        request = AuthzRequest("after", "createGroup")
+        assert holder.decide(request, Token(new_epoch, top + 1))["token"] == token
+        # tokens of the old epoch are never satisfied, even where the new epoch has that number
+        for old in (Token(old_epoch, snap + 1), Token(old_epoch, top + 1), Token(old_epoch, 1)):
+            for sidecar in (holder, lower):
+                with pytest.raises(ChatAuthzError) as refused:
+                    sidecar.decide(request, old)
+                assert (refused.value.code, refused.value.status) == ("ERR_REVISION_EPOCH_MISMATCH", 409)
+    finally:
+        for store in stores:
+            store.close()
+
+
+def test_a_claim_on_a_stale_look_at_redis_does_not_fence_it_again(own_redis: RedisServer, prefix: str) -> None:
+    """Two sidecars look at the rolled-back Redis; one writes back before the other claims. The
+    late claim must not set the fence again: it would refuse every write until its TTL ran out."""
+    stores = [RedisStore(own_redis.url, prefix, timeout_s=0.5) for _ in range(2)]
+    first, late = core(stores[0]), core(stores[1])
+    try:
+        first.write(lambda p, s: [{"op": "put_user", "uid": "u1", "role": "support"}], "t")
+        admin = own_redis.client()
+        assert admin.save()
+        old_epoch = first.state.epoch
+        first.write(lambda p, s: [{"op": "put_user", "uid": "u2", "role": "support"}], "t")
+        late.catch_up()
+        own_redis.restart()  # back at revision 1
+        loss = DataLoss(old_epoch, 2, 2, "pending")
+        assert settled(first) is None and first.data_loss is not None and first.data_loss.status == "written"
+        assert stores[1]._claim(late.state, loss, old_epoch, 1).status == "pending"  # what `late` saw before
+        assert not admin.exists(prefix + "recovery"), "a stale claim fenced the written-back Redis"
+        assert settled(late) is None and late.data_loss is not None and late.data_loss.status == "followed"
+        assert late.write(lambda p, s: [{"op": "put_user", "uid": "u3", "role": "support"}], "t")[0] == 3
+    finally:
+        for store in stores:
+            store.close()

@@ -10,13 +10,13 @@ from sidecar.api.common import json_body, sidecar
 from sidecar.core import Sidecar
 from sidecar.engine import AuthzRequest
 from sidecar.errors import BadRequestError, ChatAuthzError
-from sidecar.validation import clean_id, context, reject_unknown, require_object, revision
+from sidecar.validation import Token, clean_id, consistency, context, reject_unknown, require_object
 
 bp = Blueprint("authorize", __name__)
 FIELDS = {"uid", "action", "guid", "target", "context", "atLeastRevision"}
 
 
-def parse_check(body: Any) -> tuple[AuthzRequest, int | None]:
+def parse_check(body: Any) -> tuple[AuthzRequest, int | Token | None]:
     body = require_object(body)
     reject_unknown(body, FIELDS)
     action = body.get("action")
@@ -25,7 +25,7 @@ def parse_check(body: Any) -> tuple[AuthzRequest, int | None]:
     guid = clean_id(body["guid"], "guid") if body.get("guid") is not None else None
     target = clean_id(body["target"], "target") if body.get("target") is not None else None
     request = AuthzRequest(clean_id(body.get("uid"), "uid"), action, guid, target, context(body.get("context")))
-    return request, revision(body.get("atLeastRevision"))
+    return request, consistency(body.get("atLeastRevision"))
 
 
 def authorize_one(core: Sidecar, body: Any) -> dict[str, Any]:
@@ -39,7 +39,7 @@ def authorize_many(core: Sidecar, body: Any, limit: int) -> dict[str, Any]:
     checks = body.get("checks")
     if not isinstance(checks, list) or not 1 <= len(checks) <= limit:
         raise BadRequestError.field("checks", f"The checks field must be a list of 1 to {limit} checks.")
-    parsed: list[tuple[AuthzRequest, int | None] | ChatAuthzError] = []
+    parsed: list[tuple[AuthzRequest, int | Token | None] | ChatAuthzError] = []
     for check in checks:
         try:
             parsed.append(parse_check(check))
@@ -52,7 +52,7 @@ def authorize_many(core: Sidecar, body: Any, limit: int) -> dict[str, Any]:
             pass  # decide from the last state, as a single check would
     wanted = [item[1] for item in parsed if isinstance(item, tuple) and item[1] is not None]
     if wanted:
-        core.wait_for_revision(max(wanted))  # one bounded wait for the whole batch
+        core.wait_for_revision(wanted)  # one bounded wait for the whole batch
     results: list[dict[str, Any]] = []
     for item in parsed:
         try:

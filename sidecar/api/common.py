@@ -38,7 +38,13 @@ View = Callable[[PolicySet, RuntimeState], Any]
 
 def write(plan: Callable[[PolicySet, RuntimeState], list[Op]], view: View | None = None) -> tuple[int, Any]:
     """Commit the plan as the calling key; (revision, view of the state at that revision)."""
-    return sidecar().write(plan, g.get("actor", "unknown"), view)  # type: ignore[no-any-return]
+    revision, shown, g.write_token = sidecar().write_with_token(plan, g.get("actor", "unknown"), view)
+    return revision, shown
+
+
+def written(data: Any, revision: int) -> Response:
+    """A write's answer: data, the revision after it and its consistency token."""
+    return jsonify({"data": data, "revision": revision, "token": g.write_token})
 
 
 def page(items: list[Any]) -> Response:

@@ -11,7 +11,7 @@ from flask.wrappers import Response
 
 from sidecar import groups as grp
 from sidecar import management as m
-from sidecar.api.common import json_body, page, sidecar, write
+from sidecar.api.common import json_body, page, sidecar, write, written
 from sidecar.validation import clean_id
 
 bp = Blueprint("groups", __name__)
@@ -31,7 +31,7 @@ def _ids(guid: str, uid: str | None = None) -> tuple[str, str]:
 def set_user(uid: str) -> Response:
     uid, body = clean_id(uid, "uid"), json_body()
     revision, view = write(lambda p, s: m.plan_set_user_role(p, s, uid, body), lambda p, s: m.user_view(s, uid))
-    return jsonify({"data": view, "revision": revision})
+    return written(view, revision)
 
 
 @bp.get("/users/<uid>")
@@ -44,8 +44,7 @@ def get_user(uid: str) -> Response:
 def delete_user(uid: str) -> Response:
     uid = clean_id(uid, "uid")
     revision, _ = write(lambda p, s: m.plan_delete_user(s, uid))
-    return jsonify({"data": {"success": True, "message": f"The user {uid} now has the default role."},
-                    "revision": revision})
+    return written({"success": True, "message": f"The user {uid} now has the default role."}, revision)
 
 
 # -- groups --------------------------------------------------------------------------------
@@ -55,7 +54,7 @@ def set_group(guid: str) -> Response:
     engine = sidecar().engine
     revision, view = write(lambda p, s: grp.plan_set_group(engine, s, guid, body, as_user),
                            lambda p, s: grp.group_view(s, guid))
-    return jsonify({"data": view, "revision": revision})
+    return written(view, revision)
 
 
 @bp.get("/groups/<guid>")
@@ -68,8 +67,7 @@ def get_group(guid: str) -> Response:
 def delete_group(guid: str) -> Response:
     guid, as_user, engine = clean_id(guid, "guid"), _as_user(), sidecar().engine
     revision, _ = write(lambda p, s: grp.plan_delete_group(engine, s, guid, as_user))
-    return jsonify({"data": {"success": True, "message": f"The group {guid} has been deleted."},
-                    "revision": revision})
+    return written({"success": True, "message": f"The group {guid} has been deleted."}, revision)
 
 
 # -- members -------------------------------------------------------------------------------
@@ -82,7 +80,7 @@ def add_members(guid: str) -> Response:
         results.clear()
         return grp.plan_add_members(engine, state, guid, body, as_user, results)
     revision, _ = write(plan)
-    return jsonify({"data": {k: v for k, v in results.items() if v}, "revision": revision})
+    return written({k: v for k, v in results.items() if v}, revision)
 
 
 @bp.get("/groups/<guid>/members")
@@ -96,15 +94,15 @@ def set_member(guid: str, uid: str) -> Response:
     (guid, uid), body, as_user, engine = _ids(guid, uid), json_body(), _as_user(), sidecar().engine
     revision, scope = write(lambda p, s: grp.plan_set_member(engine, p, s, guid, uid, body, as_user),
                             lambda p, s: s.scope_of(guid, uid))
-    return jsonify({"data": {"guid": guid, "uid": uid, "scope": scope}, "revision": revision})
+    return written({"guid": guid, "uid": uid, "scope": scope}, revision)
 
 
 @bp.delete("/groups/<guid>/members/<uid>")
 def remove_member(guid: str, uid: str) -> Response:
     (guid, uid), as_user, engine = _ids(guid, uid), _as_user(), sidecar().engine
     revision, _ = write(lambda p, s: grp.plan_remove_member(engine, s, guid, uid, as_user))
-    return jsonify({"data": {"success": True, "message": f"The member with {uid} has been kicked from "
-                             f"the Group with {guid}."}, "revision": revision})
+    return written({"success": True, "message": f"The member with {uid} has been kicked from "
+                    f"the Group with {guid}."}, revision)
 
 
 # -- bans ----------------------------------------------------------------------------------
@@ -112,16 +110,16 @@ def remove_member(guid: str, uid: str) -> Response:
 def ban(guid: str, uid: str) -> Response:
     (guid, uid), as_user, engine = _ids(guid, uid), _as_user(), sidecar().engine
     revision, _ = write(lambda p, s: grp.plan_ban(engine, s, guid, uid, as_user))
-    return jsonify({"data": {"success": True, "message": f"The user {uid} has been banned from the "
-                             f"Group with {guid}."}, "revision": revision})
+    return written({"success": True, "message": f"The user {uid} has been banned from the "
+                    f"Group with {guid}."}, revision)
 
 
 @bp.delete("/groups/<guid>/bannedusers/<uid>")
 def unban(guid: str, uid: str) -> Response:
     (guid, uid), as_user, engine = _ids(guid, uid), _as_user(), sidecar().engine
     revision, _ = write(lambda p, s: grp.plan_unban(engine, s, guid, uid, as_user))
-    return jsonify({"data": {"success": True, "message": f"The user {uid} has been unbanned from the "
-                             f"Group with {guid}."}, "revision": revision})
+    return written({"success": True, "message": f"The user {uid} has been unbanned from the "
+                    f"Group with {guid}."}, revision)
 
 
 @bp.get("/groups/<guid>/bannedusers")
@@ -145,7 +143,7 @@ def set_scope_permissions(guid: str, scope: str) -> Response:
     data: dict[str, Any] = {k: {"success": True, "message": f"Permission with id {k} have been mapped "
                                 f"successfully to scope {scope} on group {guid}."} for k in body["permissions"]}
     data["permissions"] = explicit
-    return jsonify({"data": data, "revision": revision})
+    return written(data, revision)
 
 
 @bp.delete("/groups/<guid>/scopes/<scope>/permissions/<permission>")
@@ -153,5 +151,4 @@ def unset_scope_permission(guid: str, scope: str, permission: str) -> Response:
     guid = clean_id(guid, "guid")
     revision, remaining = write(lambda p, s: grp.plan_unset_scope_permission(p, s, guid, scope, permission),
                                 lambda p, s: grp.explicit_scope_permissions(s, guid, scope))
-    return jsonify({"data": {"message": "Scope permission unset successfully", "permissions": remaining},
-                    "revision": revision})
+    return written({"message": "Scope permission unset successfully", "permissions": remaining}, revision)

@@ -1,9 +1,10 @@
 """Liveness and readiness, each with a JSON body that says why.
 
 /health/ready is 503 when this sidecar cannot answer from current state (store unreachable or
-its file replaced, sync down, past --max-staleness); 200 "degraded" when it serves correctly but
-something needs an operator (the policy files on disk are invalid: the last good policy serves;
-writes to the store's disk fail).
+its file replaced, sync down, past --max-staleness, Redis lost writes not yet written back); 200
+"degraded" when it serves correctly but something needs an operator (the policy files on disk
+are invalid: the last good policy serves; writes to the store's disk fail; Redis once lost
+writes, until this sidecar restarts).
 """
 from __future__ import annotations
 
@@ -52,10 +53,21 @@ def ready() -> tuple[Response, int]:
         warnings.append(f"the policy files on disk are invalid ({len(core.policy_problems)} problem(s)); "
                         f"still serving {core.policy.content_hash}")
         body["policyProblems"] = core.policy_problems
+    loss = core.data_loss
+    if loss is not None:  # loud until restart: an operator must learn that Redis lost writes
+        said = f"the store lost revisions {loss.first}..{loss.last} of epoch {loss.epoch}: {loss.detail}"
+        if loss.status == "pending":
+            problems.append(said)
+        elif loss.restored_to is not None and loss.restored_to < loss.last:
+            warnings.append(f"{said}; revisions {loss.restored_to + 1}..{loss.last} are lost for good")
+        else:
+            warnings.append(f"{said}; all written back")
+        body["dataLoss"] = loss.to_dict()
     staleness = core.staleness_s()
     if core.max_staleness_s is not None and staleness > core.max_staleness_s:
         problems.append(f"state is {staleness:.1f}s stale, past --max-staleness")
-    body.update(revision=core.state.revision, stalenessSeconds=round(staleness, 3))
+    body.update(revision=core.state.revision, token=f"{core.state.epoch or 'none'}:{core.state.revision}",
+                stalenessSeconds=round(staleness, 3))
     body["status"] = "degraded" if problems or warnings else "ready"
     if problems or warnings:
         body["reasons"] = problems + warnings

@@ -87,10 +87,15 @@ def data(schema: dict[str, Any]) -> dict[str, Any]:
     return obj({"data": schema}, ("data",))
 
 
+TOKEN_PATTERN = "^[0-9a-z]{1,64}:[0-9]{1,16}$"
+TOKEN = string(pattern=TOKEN_PATTERN, description="The consistency token \"<epoch>:<revision>\": the store's "
+               "epoch (it changes when the store lost data) and the revision. Pass it as atLeastRevision.")
+
+
 def written(schema: dict[str, Any]) -> dict[str, Any]:
-    """A write: {"data": ..., "revision": n}, n the store revision after the write."""
-    return obj({"data": schema, "revision": integer(description="The store revision after this write.")},
-               ("data", "revision"))
+    """A write: {"data": ..., "revision": n, "token": "<epoch>:<n>"}, n the store revision after it."""
+    return obj({"data": schema, "revision": integer(description="The store revision after this write."),
+                "token": TOKEN}, ("data", "revision", "token"))
 
 
 def paged(item: dict[str, Any]) -> dict[str, Any]:
@@ -264,8 +269,12 @@ SCHEMAS: dict[str, Any] = {
                              "properties": {"newScope": {"enum": SCOPES}},
                              "additionalProperties": {"anyOf": [string(255), {"type": "number"},
                                                                 {"type": "boolean"}]}}),
-        "atLeastRevision": nullable(integer(0, MAX_REVISION, description="Wait (bounded) until this sidecar "
-                                            "has seen this store revision; else 503 ERR_REVISION_NOT_REACHED."))},
+        "atLeastRevision": {
+            "anyOf": [integer(0, MAX_REVISION), string(pattern=TOKEN_PATTERN), {"type": "null"}],
+            "description": "A write's token \"<epoch>:<revision>\" (or a bare revision, taken as the store's "
+                           "current epoch): wait (bounded) until this sidecar has that revision of that epoch; "
+                           "else 503 ERR_REVISION_NOT_REACHED. A token of another epoch (the store lost data "
+                           "since) is never satisfied: 409 ERR_REVISION_EPOCH_MISMATCH."}},
         ("uid", "action")),
     "Decision": obj({
         "allowed": {"type": "boolean"},
@@ -273,12 +282,22 @@ SCHEMAS: dict[str, Any] = {
         "reason": string(description="Which layer, key, value and source decided."),
         "layer": {"enum": ["role", "membership", "scope", "clearance", "store"]},
         "role": string(), "scope": string(description="The user's scope in the group, or owner."),
-        "revision": integer(), "policyHash": string(), "decisionId": string(),
+        "revision": integer(), "token": TOKEN, "policyHash": string(), "decisionId": string(),
         "stalenessSeconds": {"type": "number", "minimum": 0, "description": "With a shared store only."}},
-        ("allowed", "reason", "layer", "role", "revision", "policyHash", "decisionId")),
+        ("allowed", "reason", "layer", "role", "revision", "token", "policyHash", "decisionId")),
     "Ready": obj({
         "status": {"enum": ["ready", "degraded"]}, "policyHash": string(), "revision": integer(),
+        "token": string(description="\"<epoch>:<revision>\" of the state this sidecar answers from."),
         "stalenessSeconds": {"type": "number", "minimum": 0},
+        "dataLoss": obj({
+            "epoch": string(description="The epoch whose writes the store lost."),
+            "first": integer(), "last": integer(description="Revisions first..last were missing from the store."),
+            "status": {"enum": ["pending", "written", "followed"],
+                       "description": "pending: not written back yet (503, writes refused); written: this "
+                                      "sidecar wrote its state back; followed: another sidecar did."},
+            "newEpoch": nullable(string()), "restoredTo": nullable(integer(
+                description="Revisions up to this are back under newEpoch; the rest are lost for good.")),
+            "detail": string()}, ("epoch", "first", "last", "status", "newEpoch", "restoredTo", "detail")),
         "sync": obj({"status": string(), "message": string()}, ("status", "message")),
         "policyProblems": array(string()), "reasons": array(string())},
         ("status", "policyHash", "revision", "stalenessSeconds")),
@@ -299,7 +318,8 @@ REFUSALS = DECISION_CODES  # an onBehalfOf write refused: the decision's code, a
 
 
 def _paths() -> dict[str, dict[str, Any]]:
-    decision_errors = errors(full_access=False, body=True, store=False, s503=["ERR_REVISION_NOT_REACHED"])
+    decision_errors = errors(full_access=False, body=True, store=False, s503=["ERR_REVISION_NOT_REACHED"],
+                             s409=["ERR_REVISION_EPOCH_MISMATCH"])
     return {
         "/authorize": {"post": op(
             "Decide one request", "Decisions", {**ok("The decision: a denial is a 200 with allowed=false.",
@@ -504,7 +524,8 @@ DESCRIPTION = """\
 Policy-as-code authorization sidecar for chat services, in CometChat's paths and shapes.
 
 * Success: `{"data": ...}`; lists add `meta.pagination` (`total`, `count`, `per_page`, `current_page`,
-  `total_pages`); every write answers with the store `revision` after it.
+  `total_pages`); every write answers with the store `revision` after it and its consistency `token`
+  `"<epoch>:<revision>"` (pass it as `atLeastRevision`; the epoch changes when the store lost data).
 * Errors: `{"error": {"code", "message", "details"?}}`; ERR_BAD_REQUEST (400) names each field in `details`.
   An unknown route is 404 ERR_API_NOT_FOUND, a wrong method 405 ERR_METHOD_NOT_ALLOWED.
 * Keys: the `apikey` header. A full-access key calls everything; an authorize-only key calls

@@ -7,7 +7,7 @@ from flask import Blueprint, current_app, jsonify
 from flask.wrappers import Response
 
 from sidecar import management as m
-from sidecar.api.common import json_body, page, sidecar, write
+from sidecar.api.common import json_body, page, sidecar, write, written
 from sidecar.validation import clean_id
 
 bp = Blueprint("roles", __name__)
@@ -28,7 +28,7 @@ def create_role() -> Response:
         created.append(ops[0]["role"])
         return ops
     revision, view = write(plan, lambda policy, state: m.role_view(policy, state, created[-1]))
-    return jsonify({"data": view, "revision": revision})
+    return written(view, revision)
 
 
 @bp.get("/roles")
@@ -46,7 +46,7 @@ def get_role(role: str) -> Response:
 def update_role(role: str) -> Response:
     role, body = _role_id(role), json_body()
     revision, view = write(lambda p, s: m.plan_update_role(p, s, role, body), partial(_view, role))
-    return jsonify({"data": view, "revision": revision})
+    return written(view, revision)
 
 
 @bp.delete("/roles/<role>")
@@ -59,8 +59,8 @@ def delete_role(role: str) -> Response:
         holders.append(sum(1 for held in state.users.values() if held == role))
         return ops
     revision, _ = write(plan)
-    return jsonify({"data": {"success": True, "message": f"Role {role} has been deleted successfully.",
-                             "usersMovedToDefault": holders[-1]}, "revision": revision})
+    return written({"success": True, "message": f"Role {role} has been deleted successfully.",
+                    "usersMovedToDefault": holders[-1]}, revision)
 
 
 @bp.get("/roles/<role>/permissions")
@@ -77,7 +77,7 @@ def set_role_permissions(role: str) -> Response:
     data: dict = {k: {"success": True, "message": f"Permission with id {k} have been mapped successfully "
                       f"to role {role}."} for k in body["permissions"]}
     data["permissions"] = explicit
-    return jsonify({"data": data, "revision": revision})
+    return written(data, revision)
 
 
 @bp.delete("/roles/<role>/permissions/<permission>")
@@ -85,8 +85,7 @@ def unset_role_permission(role: str, permission: str) -> Response:
     role = _role_id(role)
     revision, remaining = write(lambda p, s: m.plan_unset_role_permission(p, s, role, permission),
                                 lambda p, s: m.explicit_role_permissions(s, role))
-    return jsonify({"data": {"message": "Role permission unset successfully", "permissions": remaining},
-                    "revision": revision})
+    return written({"message": "Role permission unset successfully", "permissions": remaining}, revision)
 
 
 def _view(role: str, policy, state):  # type: ignore[no-untyped-def]
@@ -99,7 +98,7 @@ def restrict_features(role: str) -> Response:
     revision, _ = write(lambda p, s: m.plan_restrict_features(p, s, role, body))
     data = {key: {"success": True, "message": f"The feature {key} has been restricted successfully."}
             for key in body["featuresToRestrict"]}
-    return jsonify({"data": data, "revision": revision})
+    return written(data, revision)
 
 
 @bp.get("/roles/<role>/restrictedfeatures")
@@ -112,5 +111,4 @@ def list_restricted_features(role: str) -> Response:
 def allow_features(role: str) -> Response:
     role, body = _role_id(role), json_body()
     revision, _ = write(lambda p, s: m.plan_allow_features(p, s, role, body))
-    return jsonify({"data": {"success": True, "message": "The feature has been allowed successfully."},
-                    "revision": revision})
+    return written({"success": True, "message": "The feature has been allowed successfully."}, revision)

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, runtime_checkable
 
+from sidecar.errors import StoreError
 from sidecar.state import Op, RuntimeState
 
 Plan = Callable[[], list[Op]]
@@ -11,6 +13,31 @@ Plan = Callable[[], list[Op]]
 
 class ResyncNeeded(Exception):
     """The journal cannot bring this reader up to date (gap, trimmed, or the store lost its data)."""
+
+
+class RecoveryPending(StoreError):
+    """The store lost writes this sidecar holds; the sidecars are settling who writes them back."""
+
+
+@dataclass(frozen=True)
+class DataLoss:
+    """The store no longer holds writes this sidecar had applied: revisions first..last of epoch.
+
+    status: "pending" (not written back yet: writes are refused), "written" (this sidecar wrote
+    its state back as new_epoch) or "followed" (another sidecar did, or the store moved on).
+    Revisions up to restored_to are back under new_epoch; restored_to+1..last are gone for good.
+    """
+    epoch: str
+    first: int
+    last: int
+    status: Literal["pending", "written", "followed"]
+    new_epoch: str | None = None
+    restored_to: int | None = None
+    detail: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "first": self.first, "last": self.last, "status": self.status,
+                "newEpoch": self.new_epoch, "restoredTo": self.restored_to, "detail": self.detail}
 
 
 class Store(Protocol):
@@ -23,8 +50,9 @@ class Store(Protocol):
     def journal(self, since: int, offset: int, limit: int) -> tuple[int, list[dict[str, Any]]]:
         """The change log after `since`: (total, entries {revision, at, actor, ops})."""
 
-    def reseed(self, state: RuntimeState) -> bool:
-        """If the store lost its data, write `state` back and return True (else False)."""
+    def recover(self, state: RuntimeState) -> DataLoss | None:
+        """After ResyncNeeded: None if the store still holds `state`'s history; else what it
+        lost, written back under a new epoch when this sidecar holds the most (see DataLoss)."""
 
     def changed(self, revision: int) -> bool:
         """Cheap check: may a commit past `revision` exist (made by another process)?"""

@@ -2,6 +2,9 @@
 
 Keys, all under a prefix so that several apps can share one Redis:
   rev, epoch                 the revision counter; an id that changes if Redis loses its data
+  epochs                     list of JSON {epoch, parent, fork, lost, at}: how each epoch began
+  recovery, recovery-claims  while Redis lacks writes sidecars hold: a fence (writes refused)
+                             and each such sidecar's claim (its revision); see recover()
   journal                    hash revision -> {at, actor, ops} (the last JOURNAL_KEEP writes)
   roles, restricted          hashes role -> JSON        roleperms:<role>   hash key -> JSON
   users                      hash uid -> role           roleusers:<role>   set of uids (index)
@@ -16,20 +19,28 @@ This is the only module that talks to Redis for state; its errors become StoreEr
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
+import os
 import random
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import redis
 
 from sidecar.errors import StoreError
 from sidecar.state import Op, RuntimeState
-from sidecar.stores.base import Plan, ResyncNeeded
+from sidecar.stores.base import DataLoss, Plan, ResyncNeeded
 
+log = logging.getLogger("chatauthz.redis")
 JOURNAL_KEEP = 50_000
+LINEAGE_KEEP = 100
+RECOVERY_TTL_S = 30  # fence and claims outlive a claimant's retries (seconds apart), not its death
 WRITE_RETRIES = 30
 BATCH = 500
 
@@ -55,19 +66,44 @@ for i = 1, #uids do redis.call('HDEL', KEYS[1], uids[i]) end
 redis.call('DEL', KEYS[2])
 return #uids
 """
+# Only while Redis is still in the state the claimant found (else nil): set the fence if absent
+# (with the first claim's time), refresh it and add our claim. KEYS: epoch, rev, recovery,
+# recovery-claims; ARGV: found epoch ('' for none), found rev, claimant, our revision, ttl.
+# Returns {now, fence, claims as a flat list}.
+CLAIM = """
+if (redis.call('GET', KEYS[1]) or '') ~= ARGV[1] or tonumber(redis.call('GET', KEYS[2]) or '0') ~= tonumber(ARGV[2])
+then return nil end
+local t = redis.call('TIME')
+local now = t[1] .. '.' .. string.format('%06d', t[2])
+redis.call('SET', KEYS[3], now, 'NX', 'EX', ARGV[5])
+redis.call('EXPIRE', KEYS[3], ARGV[5])
+redis.call('HSET', KEYS[4], ARGV[3], ARGV[4] .. ' ' .. now)
+redis.call('EXPIRE', KEYS[4], ARGV[5])
+return {now, redis.call('GET', KEYS[3]), redis.call('HGETALL', KEYS[4])}
+"""
 
 
 class RedisStore:
-    def __init__(self, url: str, prefix: str = "chatauthz:", timeout_s: float = 1.0) -> None:
+    def __init__(self, url: str, prefix: str = "chatauthz:", timeout_s: float = 1.0,
+                 recovery_grace_s: float = 0.0, seen_dir: Path | None = None) -> None:
         self.url = url
         self.prefix = prefix
         self.client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
                                            decode_responses=True, health_check_interval=5)
         self.channel = self.key("channel")
         self.epoch: str | None = None  # the epoch of the data this sidecar holds
+        self.lineage: list[dict[str, Any]] = []  # how that epoch came to be (Redis's `epochs`)
+        self.recovery_grace_s = recovery_grace_s  # after a loss, how long claims are gathered
+        self.claimant = uuid.uuid4().hex
+        # The newest (epoch, revision) this sidecar has seen, kept on disk across its restarts: a
+        # Redis found below it after a restart of both lost writes, though no state remembers them.
+        name = hashlib.sha256(f"{url}|{prefix}".encode()).hexdigest()[:16]
+        self.seen_file = seen_dir / f"redis-seen-{name}.json" if seen_dir is not None else None
+        self.seen = self._read_seen()
         self._put_user = self.client.register_script(PUT_USER)
         self._delete_user = self.client.register_script(DELETE_USER)
         self._delete_role_users = self.client.register_script(DELETE_ROLE_USERS)
+        self._claim_script = self.client.register_script(CLAIM)
 
     def key(self, name: str) -> str:
         return self.prefix + name
@@ -81,9 +117,10 @@ class RedisStore:
         """Everything, without blocking Redis: scan, then replay what was written meanwhile."""
         with _mapped("load the runtime state"):
             self.client.set(self.key("epoch"), uuid.uuid4().hex, nx=True)  # a new or emptied Redis
-            epoch = self.client.get(self.key("epoch"))
+            epoch = str(self.client.get(self.key("epoch")) or "")
+            lineage = [json.loads(step) for step in self.client.lrange(self.key("epochs"), 0, -1)]
             start = self.revision()
-            state = RuntimeState(revision=start)
+            state = RuntimeState(revision=start, epoch=epoch)
             shared: dict[str, str] = {}  # one str object per role and scope name, not one per entry
             state.roles = {r: json.loads(v) for r, v in self._hscan("roles")}
             state.restricted = {r: frozenset(json.loads(v)) for r, v in self._hscan("restricted")}
@@ -101,9 +138,10 @@ class RedisStore:
                     scope, key = field.split(" ", 1)
                     scopes.setdefault(scope, {})[key] = json.loads(value)
                 state.overrides[guid] = scopes
-            self.epoch = epoch
-            for revision, ops in self.changes_since(start):  # ops are idempotent: safe to replay
+            self.epoch, self.lineage = epoch, lineage
+            for revision, ops in self.changes_since(start, remembered=False):  # idempotent: safe to replay
                 state.apply_all(ops, revision)
+            self._saw(epoch, state.revision)
             return state
 
     def _hscan(self, name: str) -> Iterator[tuple[str, str]]:
@@ -122,19 +160,23 @@ class RedisStore:
                 if value:
                     yield key[len(self.key(kind)):], value
 
-    def changes_since(self, revision: int) -> list[tuple[int, list[Op]]]:
+    def changes_since(self, revision: int, *, remembered: bool = True) -> list[tuple[int, list[Op]]]:
         with _mapped("read the journal"):
             epoch = self.client.get(self.key("epoch"))
             current = self.revision()
             if epoch != self.epoch or current < revision:
                 raise ResyncNeeded(f"Redis epoch or revision changed (revision {current}, ours {revision})")
+            if remembered and self.seen is not None and self.seen[0] == epoch and current < self.seen[1]:
+                raise ResyncNeeded(f"Redis is at revision {current}, below the {self.seen[1]} this sidecar "
+                                   "saw before it restarted")
+            self._saw(self.epoch, current)  # the caller applies everything up to current
             if current == revision:
                 return []
             wanted = list(range(revision + 1, current + 1))
             entries = self.client.hmget(self.key("journal"), [str(r) for r in wanted])
             if any(entry is None for entry in entries):
                 raise ResyncNeeded(f"the journal no longer holds revisions {revision + 1}..{current}")
-            return [(rev, json.loads(entry)["ops"]) for rev, entry in zip(wanted, entries, strict=True)]
+            return [(rev, json.loads(str(entry))["ops"]) for rev, entry in zip(wanted, entries, strict=True)]
 
     def journal(self, since: int, offset: int, limit: int) -> tuple[int, list[dict[str, Any]]]:
         with _mapped("read the journal"):
@@ -154,9 +196,13 @@ class RedisStore:
             for attempt in range(WRITE_RETRIES):
                 with self.client.pipeline(transaction=True) as pipe:
                     try:
-                        pipe.watch(self.key("rev"), self.key("epoch"))
+                        pipe.watch(self.key("rev"), self.key("epoch"), self.key("recovery"))  # type: ignore[no-untyped-call]
                         ops = plan()  # catches up (through changes_since) and checks
-                        current = int(pipe.get(self.key("rev")) or 0)
+                        raw, fenced = pipe.mget(self.key("rev"), self.key("recovery"))
+                        if fenced:
+                            raise StoreError("Redis lost writes that sidecars hold and they are writing them "
+                                             "back; try again in a few seconds")
+                        current = int(raw or 0)
                         if not ops:
                             pipe.unwatch()
                             return current, []
@@ -166,6 +212,7 @@ class RedisStore:
                             self._queue(pipe, op)
                         self._commit(pipe, revision, actor, ops)
                         pipe.execute()
+                        self._saw(self.epoch, revision)
                         return revision, ops
                     except redis.WatchError:
                         time.sleep(random.uniform(0, min(0.05, 0.001 * 2 ** attempt)))
@@ -223,30 +270,125 @@ class RedisStore:
 
     # -- recovery --------------------------------------------------------------------------
     def reseed(self, state: RuntimeState) -> bool:
-        """Redis lost its data (no revision key) while we hold some: write ours back.
+        """Write `state` back if Redis lacks its history (see recover); True if this call did."""
+        loss = self.recover(state)
+        return loss is not None and loss.status == "written"
 
-        One sidecar wins a short lock and writes its whole state at its revision under a new
-        epoch; every other sidecar then resyncs to it. A sidecar that loses the lock must not
-        adopt the empty Redis meanwhile: it gets a StoreError and retries (its sync backs off).
+    def recover(self, state: RuntimeState) -> DataLoss | None:
+        """Does Redis still hold `state`'s history? None if so; else what it lost.
+
+        Redis lost writes when it is in our epoch below our revision (an older snapshot, a
+        lagging replica), or in an epoch that does not descend from ours (emptied, or another
+        history). Then every sidecar that notices fences writes off and claims with its revision;
+        once recovery_grace_s has passed since the first claim, the highest claim writes its whole
+        state back at its revision under a new epoch, so no revision number is issued twice
+        within an epoch. The others find the new epoch descending from theirs and follow.
         """
-        with _mapped("reseed"):
-            if state.revision == 0 or self.client.exists(self.key("rev")):
-                return False
-            if not self.client.set(self.key("reseed-lock"), uuid.uuid4().hex, nx=True, ex=60):
-                raise StoreError("Redis lost its data and another sidecar is restoring it; waiting")
-            epoch = uuid.uuid4().hex
-            with self.client.pipeline(transaction=True) as pipe:
+        if state.revision == 0:
+            return None  # nothing to lose
+        with _mapped("check Redis for lost writes"):
+            with self.client.pipeline(transaction=False) as pipe:
+                pipe.get(self.key("epoch"))
+                pipe.get(self.key("rev"))
+                pipe.lrange(self.key("epochs"), 0, -1)
+                epoch, raw_rev, raw_lineage = pipe.execute()
+            revision = int(raw_rev or 0)
+            if epoch == state.epoch:
+                seen = max(state.revision, self.seen[1] if self.seen and self.seen[0] == epoch else 0)
+                if revision >= seen:
+                    return None  # a gap or a trimmed journal: a plain resync
+                loss = DataLoss(state.epoch, revision + 1, seen, "pending",
+                                detail=f"Redis is back at revision {revision} of the same epoch (an older "
+                                       "snapshot, or a failover to a replica that lagged)")
+                return self._claim(state, loss, epoch, revision)
+            steps = {step["epoch"]: step for step in map(json.loads, raw_lineage)}
+            current, step = epoch, None
+            for _ in range(len(steps)):  # walk back from Redis's epoch towards ours
+                if current == state.epoch or current not in steps:
+                    break
+                step = steps[current]
+                current = step["parent"]
+            if current == state.epoch and step is not None:  # restored by someone: follow
+                first, last = step["lost"]
+                return DataLoss(state.epoch, first, max(last, state.revision), "followed", epoch, step["fork"],
+                                f"another sidecar wrote revisions up to {step['fork']} back as epoch {epoch}")
+            other = f"Redis holds another history (epoch {epoch or 'none'}, revision {revision})"
+            if revision >= state.revision:  # as long as ours: overwriting it would lose its writes
+                return DataLoss(state.epoch, 1, state.revision, "followed", epoch, 0,
+                                f"{other}; this sidecar follows it, and its own writes are not in it")
+            loss = DataLoss(state.epoch, revision + 1, state.revision, "pending",
+                            detail=f"{other}: emptied, or restored from before our epoch began")
+            return self._claim(state, loss, epoch, revision)
+
+    def _claim(self, state: RuntimeState, loss: DataLoss, epoch: str | None, revision: int) -> DataLoss:
+        """Fence writes and claim; the highest claim past the grace period writes back."""
+        keys = [self.key("epoch"), self.key("rev"), self.key("recovery"), self.key("recovery-claims")]
+        found = self._claim_script(keys=keys, args=[epoch or "", revision, self.claimant, state.revision,
+                                                    RECOVERY_TTL_S])
+        if found is None:  # Redis moved since we looked (say, another sidecar wrote back): look again
+            return replace(loss, detail=f"{loss.detail}; Redis changed meanwhile, looking again")
+        now, since, flat = float(found[0]), float(found[1]), found[2]
+        waited = now - since
+        live = [(int(rev), who) for who, value in zip(flat[::2], flat[1::2], strict=True)
+                for rev, at in [value.split()] if now - float(at) <= RECOVERY_TTL_S]
+        best = max(live, default=(state.revision, self.claimant))
+        if waited < self.recovery_grace_s:
+            return replace(loss, detail=f"{loss.detail}; gathering claims for "
+                                        f"{self.recovery_grace_s - waited:.1f}s more before writing back")
+        if best != (state.revision, self.claimant):
+            return replace(loss, detail=f"{loss.detail}; a sidecar at revision {best[0]} writes its state back")
+        return self._write_back(state, loss, epoch, revision)
+
+    def _write_back(self, state: RuntimeState, loss: DataLoss, epoch: str | None, revision: int) -> DataLoss:
+        """Our whole state, at our revision, under a new epoch, if Redis has not moved meanwhile."""
+        new = uuid.uuid4().hex
+        step = {"epoch": new, "parent": state.epoch, "fork": state.revision, "lost": [loss.first, loss.last],
+                "at": time.time()}
+        lineage = [*self.lineage, step][-LINEAGE_KEEP:]
+        with self.client.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(self.key("rev"), self.key("epoch"))  # type: ignore[no-untyped-call]
+                if pipe.get(self.key("epoch")) != epoch or int(pipe.get(self.key("rev")) or 0) != revision:
+                    return replace(loss, detail=f"{loss.detail}; Redis changed meanwhile, looking again")
                 stale = list(self.client.scan_iter(match=self.prefix + "*", count=10_000))
-                stale = [k for k in stale if not k.endswith("reseed-lock")]
+                pipe.multi()
                 if stale:
                     pipe.delete(*stale)
                 self._put_all(pipe, state)
                 pipe.set(self.key("rev"), state.revision)
-                pipe.set(self.key("epoch"), epoch)
-                pipe.delete(self.key("reseed-lock"))
-                pipe.publish(self.channel, json.dumps({"epoch": epoch, "revision": state.revision}))
+                pipe.set(self.key("epoch"), new)
+                pipe.rpush(self.key("epochs"), *(json.dumps(s) for s in lineage))
+                pipe.publish(self.channel, json.dumps({"epoch": new, "revision": state.revision}))
                 pipe.execute()
-            return True
+            except redis.WatchError:
+                return replace(loss, detail=f"{loss.detail}; Redis changed meanwhile, looking again")
+        self.lineage = lineage
+        return replace(loss, status="written", new_epoch=new, restored_to=state.revision,
+                       detail=f"this sidecar wrote its state back (revisions up to {state.revision}) as epoch {new}")
+
+    def _read_seen(self) -> tuple[str, int] | None:
+        try:
+            data = json.loads(self.seen_file.read_text()) if self.seen_file is not None else None
+            return (str(data["epoch"]), int(data["revision"])) if data else None
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def _saw(self, epoch: str | None, revision: int) -> None:
+        """Remember (epoch, revision) if newer; on disk (atomically) before a write is answered."""
+        if not epoch or (self.seen is not None and self.seen[0] == epoch and self.seen[1] >= revision):
+            return
+        self.seen = (epoch, revision)
+        if self.seen_file is None:
+            return
+        on_disk = self._read_seen()  # another worker of this sidecar may be ahead: never go back
+        if on_disk is not None and on_disk[0] == epoch and on_disk[1] >= revision:
+            return
+        temp = self.seen_file.with_name(f".{self.seen_file.name}.{os.getpid()}")
+        try:
+            temp.write_text(json.dumps({"epoch": epoch, "revision": revision}))
+            os.replace(temp, self.seen_file)
+        except OSError as exc:
+            log.warning("could not remember the revision seen in %s: %s", self.seen_file, exc)
 
     def _put_all(self, pipe: Any, state: RuntimeState) -> None:
         key = self.key
@@ -285,7 +427,6 @@ class _mapped:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, kind: Any, exc: Any, tb: Any) -> bool:
+    def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
         if isinstance(exc, redis.RedisError) and not isinstance(exc, redis.WatchError):
             raise StoreError(f"Redis is unavailable; could not {self.doing}: {exc}") from exc
-        return False

@@ -20,7 +20,7 @@ from urllib.parse import quote
 
 from sidecar.errors import StoreError
 from sidecar.state import Op, RuntimeState
-from sidecar.stores.base import Plan
+from sidecar.stores.base import DataLoss, Plan
 
 log = logging.getLogger("chatauthz.store")
 _U64 = struct.Struct("<Q")
@@ -35,6 +35,7 @@ DISK_ERRORS = {8: "SQLITE_READONLY: the file is read-only", 10: "SQLITE_IOERR: d
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO meta VALUES ('revision', 0);
+INSERT OR IGNORE INTO meta VALUES ('epoch', 's' || lower(hex(randomblob(15))));
 CREATE TABLE IF NOT EXISTS journal (revision INTEGER PRIMARY KEY, at REAL NOT NULL,
     actor TEXT NOT NULL, ops TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS roles (role TEXT PRIMARY KEY, record TEXT NOT NULL);
@@ -187,6 +188,7 @@ class SQLiteStore:
     def _read_all(self, conn: sqlite3.Connection) -> RuntimeState:
         state = RuntimeState()
         state.revision = conn.execute("SELECT value FROM meta WHERE key='revision'").fetchone()[0]
+        state.epoch = str(conn.execute("SELECT value FROM meta WHERE key='epoch'").fetchone()[0])
         state.roles = {r: json.loads(rec) for r, rec in conn.execute("SELECT role, record FROM roles")}
         for role, key, value in conn.execute("SELECT role, key, value FROM role_permissions"):
             state.role_permissions.setdefault(role, {})[key] = json.loads(value)
@@ -226,8 +228,8 @@ class SQLiteStore:
         except sqlite3.Error as exc:
             raise StoreError(f"cannot read the embedded store journal: {exc}") from exc
 
-    def reseed(self, state: RuntimeState) -> bool:
-        return False  # the file is the only copy; it cannot lose data behind our back
+    def recover(self, state: RuntimeState) -> DataLoss | None:
+        return None  # the file is the only copy; its epoch is fixed when it is created
 
     def changed(self, revision: int) -> bool:
         """May a commit past `revision` exist? Reads the shared counter (nanoseconds); every
