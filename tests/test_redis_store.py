@@ -18,7 +18,6 @@ from typing import Any
 
 import pytest
 import redis
-from prometheus_client import REGISTRY
 from redis_support import RedisServer, unique
 
 from sidecar import metrics
@@ -512,10 +511,10 @@ def test_redis_back_from_an_older_snapshot_the_highest_sidecar_writes_back(own_r
         assert settled(holder) is None
         assert holder.data_loss is not None and holder.data_loss.status == "written"
         assert holder.data_loss_events == 1, "pending then written is one event"
-        events = REGISTRY.get_sample_value("chatauthz_data_loss_events_total") or 0.0
+        events = metrics.current().registry.get_sample_value("chatauthz_data_loss_events_total") or 0.0
         metrics.GaugeUpdater(holder).update()  # what the metrics thread does every second
-        assert REGISTRY.get_sample_value("chatauthz_data_loss_events_total") == events + 1
-        assert REGISTRY.get_sample_value("chatauthz_data_loss_info", {
+        assert metrics.current().registry.get_sample_value("chatauthz_data_loss_events_total") == events + 1
+        assert metrics.current().registry.get_sample_value("chatauthz_data_loss_info", {
             "epoch": old_epoch, "first": str(snap + 1), "last": str(top), "status": "written",
             "restored_to": str(top)}) == 1
         new_epoch = admin.get(prefix + "epoch")
