@@ -36,7 +36,7 @@ def _refuse_constant(name: str) -> Any:
 def create_app(settings: Settings | None = None, *, sidecar: Sidecar | None = None,
                keys: KeyRing | None = None) -> Flask:
     settings = settings or Settings.from_env()
-    app = Flask("chatauthz")
+    app = Flask("chatauthz", static_folder=None)  # no /static/<path>: it served the working folder, no key
     app.config.update(MAX_CONTENT_LENGTH=MAX_BODY_BYTES)
     app.json = StrictJSONProvider(app)
     app.extensions["chatauthz"] = sidecar or build_sidecar(settings)
