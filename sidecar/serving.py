@@ -1,10 +1,17 @@
 """Runs the Flask app under a production WSGI server: granian (default, measured fastest here)
-or gunicorn. Worker processes rebuild Settings from CHATAUTHZ_* variables set from the flags."""
+or gunicorn. Worker processes rebuild Settings from CHATAUTHZ_* variables set from the flags.
+
+The CLI binds the listening socket itself (listen()) and both servers serve that very socket: it has
+no SO_REUSEPORT, so a port that another process holds is refused before anything says "listening",
+and nothing can bind beside a running server (granian's own sockets have SO_REUSEPORT, which let a
+second server share the port and the kernel split connections between two data folders)."""
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import signal
+import socket
 import threading
 import time
 from dataclasses import fields
@@ -13,6 +20,31 @@ from typing import Any
 from sidecar.config import Settings
 
 SERVERS = ("granian", "gunicorn")
+BACKLOG = 1024
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A socket listening on host:port, or OSError (EADDRINUSE when another process holds it).
+
+    SO_REUSEADDR only lets a restart bind over connections in TIME_WAIT; without SO_REUSEPORT the
+    bind fails while any other socket is bound or listening there, SO_REUSEPORT or not."""
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(BACKLOG)
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)  # the server's worker processes accept on it
+    return sock
+
+
+def listen_error(exc: OSError) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return "the address is already in use (is another server running on this port?)"
+    return exc.strerror or str(exc)
 
 
 def export_settings(settings: Settings) -> None:
@@ -26,13 +58,14 @@ def export_settings(settings: Settings) -> None:
             os.environ[name] = str(value)
 
 
-def run(settings: Settings) -> None:
+def run(settings: Settings, sock: socket.socket) -> None:
+    """Serve on `sock` (from listen()) until told to stop."""
     export_settings(settings)
     _metrics_dir(settings)
     if settings.server == "gunicorn":
-        _gunicorn(settings).run()
+        _gunicorn(settings, sock).run()
     else:
-        _granian(settings).serve()
+        _granian(settings, sock).serve()
 
 
 def _metrics_dir(settings: Settings) -> None:
@@ -72,20 +105,33 @@ def _exit_with_parent(poll_s: float = 0.5) -> None:
     threading.Thread(target=watch, name="chatauthz-parent-watch", daemon=True).start()
 
 
-def _granian(settings: Settings) -> Any:
-    from granian import Granian
+def _granian(settings: Settings, sock: socket.socket) -> Any:
     from granian.constants import Interfaces
-    return Granian("sidecar.serving:worker_app", address=settings.host, port=settings.port,
-                   interface=Interfaces.WSGI, workers=settings.workers, factory=True,
-                   blocking_threads=settings.threads, respawn_failed_workers=True, log_level="warning")
+    from granian.log import LogLevels
+    from granian.net import SocketHolder  # type: ignore[attr-defined]  # (fd, uds, backlog) on Linux
+    from granian.server import MPServer  # what granian.Granian is on a GIL build (the image's)
+
+    class Server(MPServer):
+        def _init_shared_socket(self) -> None:
+            """Share `sock` with the (forked) workers, as granian does off Linux; on Linux each
+            worker would bind a socket of its own, with SO_REUSEPORT."""
+            self._ssp = None
+            self._sfd = sock.fileno()  # type: ignore[assignment]
+            self._sso = sock
+            self._shd = SocketHolder(sock.fileno(), False, BACKLOG)  # type: ignore[call-arg,assignment]
+
+    return Server("sidecar.serving:worker_app", address=settings.host, port=settings.port,
+                  interface=Interfaces.WSGI, workers=settings.workers, factory=True, backlog=BACKLOG,
+                  blocking_threads=settings.threads, respawn_failed_workers=True, log_level=LogLevels.warning)
 
 
-def _gunicorn(settings: Settings) -> Any:
-    from gunicorn.app.base import BaseApplication
+def _gunicorn(settings: Settings, sock: socket.socket) -> Any:
+    from gunicorn.app.base import BaseApplication  # type: ignore[import-untyped]
 
     class App(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:
-            options = {"bind": f"{settings.host}:{settings.port}", "workers": settings.workers,
+            # fd://: gunicorn takes the socket over (and closes this descriptor after its dup)
+            options = {"bind": f"fd://{sock.detach()}", "workers": settings.workers,
                        "threads": settings.threads, "worker_class": "gthread", "keepalive": 30,
                        "timeout": 60, "graceful_timeout": 10, "accesslog": None,
                        "errorlog": "-", "loglevel": "warning"}
