@@ -21,6 +21,8 @@ from sidecar.config import Settings
 
 SERVERS = ("granian", "gunicorn")
 BACKLOG = 1024
+GRACEFUL_TIMEOUT_S = 10  # SIGTERM: in-flight requests get this long, then the workers are killed
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -77,14 +79,51 @@ def _metrics_dir(settings: Settings) -> None:
 
 
 def worker_app() -> Any:
-    """The app for one worker process, which exits if its server process dies (even by SIGKILL)."""
+    """The app for one granian worker process, which exits if its server process dies (even by
+    SIGKILL), and on SIGINT/SIGTERM, even while it loads or when another thread takes the signal."""
+    for signum in STOP_SIGNALS:  # until granian's own handlers: nothing to drain yet, so go now
+        signal.signal(signum, lambda *_: os._exit(0))  # (the inherited ones only flag the server's copy)
     from sidecar.api import create_app
     from sidecar.logs import configure
     configure()
     app = create_app(Settings.from_env())
     _exit_with_parent()
     _reload_on_sighup(app.extensions["chatauthz"])
+    import granian._signals  # the worker calls its set_sync_signals() next, on this main thread
+    granian._signals.set_sync_signals = _stop_signals
     return app
+
+
+def _stop_signals() -> Any:
+    """granian's set_sync_signals(), made reliable: the event that stops this worker is set once,
+    by SIGINT or SIGTERM, whichever thread the kernel hands the signal to.
+
+    granian's own sets it from a Python handler, and Python runs handlers on the main thread only,
+    which waits in Event.wait(): when another thread (a busy Rust or request thread) took the signal,
+    the handler waited for a wake-up that never came, and the worker served on while the server
+    waited for it forever, deaf to SIGTERM. And set() blocks for good once its one-slot channel
+    is full: the worker hung in its handler on a third signal (Ctrl-C, the server's SIGTERM, one
+    more). The wakeup fd is written by whichever thread took the signal: a thread of ours reads
+    it and sets the event."""
+    from granian._granian import WorkerSignal
+    event = WorkerSignal()
+    once = threading.Lock()
+
+    def stop(*_: Any) -> None:
+        if once.acquire(blocking=False):  # never released: once
+            event.set()
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, stop)
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+
+    def read() -> None:
+        while True:
+            if not set(os.read(read_fd, 64)).isdisjoint(STOP_SIGNALS):
+                stop()
+    threading.Thread(target=read, name="chatauthz-stop-signals", daemon=True).start()
+    return event
 
 
 def _reload_on_sighup(core: Any) -> None:
@@ -122,18 +161,31 @@ def _granian(settings: Settings, sock: socket.socket) -> Any:
 
     return Server("sidecar.serving:worker_app", address=settings.host, port=settings.port,
                   interface=Interfaces.WSGI, workers=settings.workers, factory=True, backlog=BACKLOG,
-                  blocking_threads=settings.threads, respawn_failed_workers=True, log_level=LogLevels.warning)
+                  blocking_threads=settings.threads, respawn_failed_workers=True,
+                  workers_kill_timeout=GRACEFUL_TIMEOUT_S, log_level=LogLevels.warning)
 
 
 def _gunicorn(settings: Settings, sock: socket.socket) -> Any:
     from gunicorn.app.base import BaseApplication  # type: ignore[import-untyped]
+    from gunicorn.workers.gthread import ThreadWorker  # type: ignore[import-untyped]
+
+    class Worker(ThreadWorker):  # type: ignore[misc]
+        def handle_quit(self, sig: int, frame: Any) -> None:
+            """SIGINT/SIGQUIT: stop as on SIGTERM (in-flight requests end, kept-alive connections
+            close within 2 s) but take no lock and raise nothing here. The handler runs on the main
+            thread wherever it is, and gthread's (tpool.shutdown(), then SystemExit) hung forever
+            inside submit() or inside itself (Ctrl-C, then the server's SIGQUIT) on the pool's
+            lock, or broke a lock or the app's loading with a traceback."""
+            if not self.booted:
+                os._exit(0)  # still loading the app: nothing to drain
+            self.handle_exit(sig, frame)
 
     class App(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:
             # fd://: gunicorn takes the socket over (and closes this descriptor after its dup)
             options = {"bind": f"fd://{sock.detach()}", "workers": settings.workers,
-                       "threads": settings.threads, "worker_class": "gthread", "keepalive": 30,
-                       "timeout": 60, "graceful_timeout": 10, "accesslog": None,
+                       "threads": settings.threads, "worker_class": Worker, "keepalive": 30,
+                       "timeout": 60, "graceful_timeout": GRACEFUL_TIMEOUT_S, "accesslog": None,
                        "errorlog": "-", "loglevel": "warning"}
             for key, value in options.items():
                 self.cfg.set(key, value)
