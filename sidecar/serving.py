@@ -187,6 +187,10 @@ def _gunicorn(settings: Settings, sock: socket.socket) -> Any:
                        "threads": settings.threads, "worker_class": Worker, "keepalive": 30,
                        "timeout": 60, "graceful_timeout": GRACEFUL_TIMEOUT_S, "accesslog": None,
                        "errorlog": "-", "loglevel": "warning"}
+            if "control_socket_disable" in self.cfg.settings:  # gunicorn >= 25
+                # its control socket ($HOME/.gunicorn/gunicorn.ctl, shared by every gunicorn of the
+                # user): unused here, and an error at every start where HOME is not writable
+                options["control_socket_disable"] = True
             for key, value in options.items():
                 self.cfg.set(key, value)
 

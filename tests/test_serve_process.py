@@ -207,3 +207,29 @@ def test_ctrl_c_under_load_ends_every_process(tmp_path: Path) -> None:
             srv.kill()
     assert survivors == {}, f"processes still there {CTRL_C_DEADLINE_S}s after SIGINT"
     assert tracebacks == []
+
+
+# -- (c) gunicorn in the container's conditions ----------------------------------------------------
+def test_gunicorn_starts_cleanly_without_a_writable_home_or_working_folder(tmp_path: Path) -> None:
+    """The image's user has HOME=/nonexistent; gunicorn's control socket lived in $HOME/.gunicorn
+    and logged "Control server error: Permission denied" at every start. Here HOME is a path under
+    a regular file (unwritable even by root, who may run these tests) and the working folder is
+    read-only (for a user other than root)."""
+    (tmp_path / "a-file").write_text("")
+    home = tmp_path / "a-file" / "home"
+    logs = tmp_path / "logs"
+    srv = Server(tmp_path / "data", workers=2, log_dir=logs,
+                 extra_env={"CHATAUTHZ_SERVER": "gunicorn", "HOME": str(home), "XDG_RUNTIME_DIR": ""})
+    logs.chmod(0o555)  # the server's working folder
+    try:
+        srv.start()
+        for _ in range(5):
+            assert srv.get("/health/live").status_code == 200
+        time.sleep(1.0)  # gunicorn starts its control server once the workers are up
+        srv.stop()
+        stderr = srv.stderr()
+        for needle in ("Control server error", "control socket", "Permission denied", "Traceback"):
+            assert needle.lower() not in stderr.lower(), stderr
+    finally:
+        srv.stop()
+        logs.chmod(0o755)
