@@ -67,6 +67,7 @@ def run(settings: Settings, sock: socket.socket) -> None:
     if settings.server == "gunicorn":
         _gunicorn(settings, sock).run()
     else:
+        os.register_at_fork(after_in_child=_exit_on_stop_signals)  # granian forks its workers
         _granian(settings, sock).serve()
 
 
@@ -81,8 +82,6 @@ def _metrics_dir(settings: Settings) -> None:
 def worker_app() -> Any:
     """The app for one granian worker process, which exits if its server process dies (even by
     SIGKILL), and on SIGINT/SIGTERM, even while it loads or when another thread takes the signal."""
-    for signum in STOP_SIGNALS:  # until granian's own handlers: nothing to drain yet, so go now
-        signal.signal(signum, lambda *_: os._exit(0))  # (the inherited ones only flag the server's copy)
     from sidecar.api import create_app
     from sidecar.logs import configure
     configure()
@@ -92,6 +91,13 @@ def worker_app() -> Any:
     import granian._signals  # the worker calls its set_sync_signals() next, on this main thread
     granian._signals.set_sync_signals = _stop_signals
     return app
+
+
+def _exit_on_stop_signals() -> None:
+    """In a new worker, until _stop_signals(): SIGINT/SIGTERM exit at once, as there is nothing
+    to drain yet (the handlers inherited from the server only flagged the server's copy: lost)."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, lambda *_: os._exit(0))
 
 
 def _stop_signals() -> Any:
