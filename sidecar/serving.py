@@ -186,10 +186,11 @@ def _gunicorn(settings: Settings, sock: socket.socket) -> Any:
                 os._exit(0)  # still loading the app: nothing to drain
             self.handle_exit(sig, frame)
 
+    fd = sock.detach()  # gunicorn takes the socket over (and closes this descriptor after its dup)
+
     class App(BaseApplication):  # type: ignore[misc]
-        def load_config(self) -> None:
-            # fd://: gunicorn takes the socket over (and closes this descriptor after its dup)
-            options = {"bind": f"fd://{sock.detach()}", "workers": settings.workers,
+        def load_config(self) -> None:  # again on SIGHUP: the same fd://, so the same socket
+            options = {"bind": f"fd://{fd}", "workers": settings.workers,
                        "threads": settings.threads, "worker_class": Worker, "keepalive": 30,
                        "timeout": 60, "graceful_timeout": GRACEFUL_TIMEOUT_S, "accesslog": None,
                        "errorlog": "-", "loglevel": "warning"}

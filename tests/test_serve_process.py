@@ -161,6 +161,22 @@ def test_nobody_can_bind_beside_a_running_server(tmp_path: Path, server: str) ->
         srv.stop()
 
 
+@pytest.mark.parametrize("server", SERVERS)
+def test_sighup_keeps_serving_on_the_same_socket(tmp_path: Path, server: str) -> None:
+    """SIGHUP to the server (new workers, config reloaded) keeps the socket that serve bound."""
+    srv = Server(tmp_path / "data", workers=2, extra_env={"CHATAUTHZ_SERVER": server}, log_dir=tmp_path / "logs")
+    try:
+        srv.start()
+        assert srv.proc is not None
+        for _ in range(2):
+            os.kill(srv.proc.pid, signal.SIGHUP)
+            time.sleep(1.5)
+            assert [srv.get("/health/live").status_code for _ in range(20)] == [200] * 20
+        assert srv.running
+    finally:
+        srv.stop()
+
+
 # -- (b) Ctrl-C ----------------------------------------------------------------------------------
 def load(srv: Server, stop: threading.Event, answered: list[int]) -> None:
     """/authorize on new connections until told to stop; errors once the server is going are fine."""
