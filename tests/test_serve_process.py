@@ -2,7 +2,8 @@
 
 (a) A second server on a port that another process holds exits 2 with a one-line reason, before it
     says "listening", and the first keeps answering every request; nobody can bind the port beside
-    a running server (no SO_REUSEPORT), so the kernel never splits connections between two servers.
+    a running server (no SO_REUSEPORT), so the kernel never splits connections between two servers;
+    SIGHUP keeps that socket.
 (b) SIGINT to the process group (Ctrl-C), under load, ends the server and all its workers within
     5 s, every time.
 (c) gunicorn starts cleanly with an unwritable HOME and working folder (the container's user has
@@ -201,7 +202,7 @@ def test_ctrl_c_under_load_ends_every_process(tmp_path: Path) -> None:
         try:
             srv.start()
             assert srv.proc is not None
-            stop, answered = threading.Event(), []
+            stop, answered = threading.Event(), list[int]()
             threads = [threading.Thread(target=load, args=(srv, stop, answered), daemon=True) for _ in range(3)]
             for thread in threads:
                 thread.start()
