@@ -1,7 +1,8 @@
 # chatauthz: the sidecar for production (`chatauthz serve`: granian by default, CHATAUTHZ_SERVER=gunicorn selects
-# gunicorn; non-root user; healthcheck; policies and data as volumes).
+# gunicorn; non-root user; healthcheck; data in a volume, the policies in the image).
 #   docker build -t chatauthz .
 #   docker run -d -p 127.0.0.1:8787:8787 -e CHATAUTHZ_API_KEY=... -v chatauthz-data:/data chatauthz
+# Reviewed policies from a checkout instead of the image's: add -v "$PWD/policies:/app/policies:ro".
 # Without CHATAUTHZ_API_KEY a key is generated at first start in /data/apikeys.json (mode 0600).
 FROM python:3.11-slim
 
@@ -34,7 +35,9 @@ ENV CHATAUTHZ_HOST=0.0.0.0 \
     CHATAUTHZ_POLICIES=/app/policies \
     CHATAUTHZ_MODEL=/app/model.conf
 
-VOLUME ["/data", "/app/policies"]
+# Only /data: a VOLUME over /app/policies would keep the policies of the first image that filled
+# it, hiding those of every newer image ("roll out a new image" kept serving the old policy).
+VOLUME ["/data"]
 USER chatauthz
 EXPOSE 8787
 

@@ -77,16 +77,25 @@ def healthcheck(args: argparse.Namespace) -> int:
 
 
 def serve_forever(settings: Settings) -> int:
+    from sidecar import serving
     from sidecar.compose import load_with_fallback, preflight
     from sidecar.keys import load_keys
+    try:  # first, before touching the data folder; the server then serves this very socket
+        sock = serving.listen(settings.host, settings.port)
+    except OSError as exc:
+        print(f"chatauthz: cannot listen on {settings.host}:{settings.port}: {serving.listen_error(exc)}",
+              file=sys.stderr)
+        return EXIT_USAGE
     try:
         settings = preflight(settings)  # pins the database for the workers
     except StoreError as exc:
+        sock.close()
         print(f"chatauthz: refusing to start: {exc.message}", file=sys.stderr)
         return EXIT_BAD_DATA
     try:
         _, problems = load_with_fallback(settings)  # refuse to start with no valid policy at all
     except PolicyError as exc:
+        sock.close()
         print(f"chatauthz: refusing to start: {exc}", file=sys.stderr)
         return EXIT_INVALID_POLICY
     if problems:
@@ -98,8 +107,7 @@ def serve_forever(settings: Settings) -> int:
     print(f"chatauthz: listening on http://{settings.host}:{settings.port} "
           f"({settings.workers} worker(s), state in {where})", flush=True)
     print(f"chatauthz: management API key from {keys.source}", flush=True)
-    from sidecar import serving
-    serving.run(settings)
+    serving.run(settings, sock)
     return 0
 
 

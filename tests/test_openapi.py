@@ -4,13 +4,16 @@
 (b) real responses of a live server, for a representative request per route (success and
     errors), match the document: status documented, content type, schema;
 (c) every route that needs a key refuses a missing key, a wrong key and (off /authorize) an
-    authorize-only key, so that a new route cannot be left open.
+    authorize-only key, so that a new route cannot be left open; no route is both open and
+    undocumented (Flask's /static/<path> once was: files of the working folder, no key).
 """
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import jsonschema_rs
@@ -33,7 +36,7 @@ ENVELOPE_EXEMPT = {("get", "/health/ready", 503)}  # readiness says why in {"dat
 
 # -- the document, as a validator -------------------------------------------------------------------
 def openapi_path(rule: str) -> str:
-    """/roles/<role> -> /roles/{role}; /static/<path:filename> -> /static/{filename}."""
+    """/roles/<role> -> /roles/{role}; /files/<path:name> -> /files/{name}."""
     return re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule)
 
 
@@ -77,10 +80,19 @@ def assert_matches(method: str, template: str, response: requests.Response) -> N
 # -- fixtures --------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flask]:
-    """The app in this process (no threads), for its URL map."""
+    """The app in this process (no threads), for its URL map; built in a working folder that has a
+    static/ folder, where Flask's default would add its /static/<path:filename> rule."""
     settings = Settings(data_dir=tmp_path_factory.mktemp("urlmap"), api_key=TEST_API_KEY, policy_watch_s=0)
     core = build_sidecar(settings, start_threads=False)
-    yield create_app(settings, sidecar=core)
+    cwd = tmp_path_factory.mktemp("cwd")
+    (cwd / "static").mkdir()
+    previous = os.getcwd()
+    os.chdir(cwd)
+    try:
+        app = create_app(settings, sidecar=core)
+    finally:
+        os.chdir(previous)
+    yield app
     core.store.close()
 
 
@@ -95,10 +107,9 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 def rules(app: Flask) -> Iterator[tuple[str, str, set[str]]]:
-    """(endpoint, OpenAPI path, methods) of every rule but Flask's static files."""
+    """(endpoint, OpenAPI path, methods) of every rule, none exempt."""
     for rule in app.url_map.iter_rules():
-        if rule.endpoint != "static":
-            yield rule.endpoint, openapi_path(rule.rule), set(rule.methods or ())
+        yield rule.endpoint, openapi_path(rule.rule), set(rule.methods or ())
 
 
 # -- (a) every route is documented -----------------------------------------------------------------
@@ -118,6 +129,15 @@ def test_document_declares_each_path_parameter(app: Flask) -> None:
                 declared = {p["name"] for p in [*item.get("parameters", []), *item[method].get("parameters", [])]
                             if p["in"] == "path"}
                 assert declared == names, (method, path, declared, names)
+
+
+def test_no_route_is_open_and_undocumented(app: Flask) -> None:
+    """Each rule needs a key, or is in the document (so the tests below call it): nothing is
+    served behind everyone's back."""
+    open_and_undocumented = sorted(f"{sorted(methods - AUTOMATIC_METHODS)} {path} ({endpoint})"
+                                   for endpoint, path, methods in rules(app)
+                                   if endpoint in OPEN_ENDPOINTS and path not in DOCUMENT["paths"])
+    assert open_and_undocumented == []
 
 
 def test_open_routes_are_exactly_the_documented_open_ones(app: Flask) -> None:
@@ -350,3 +370,20 @@ def test_open_routes_answer_without_a_key(app: Flask, live: Server) -> None:
                 assert response.status_code in (200, 503), (method, path, response.status_code)
                 assert_matches(method, path, response)
 
+
+
+def test_no_static_files_from_the_working_folder(tmp_path: Path) -> None:
+    """A real server started in a folder that has static/secret.txt does not serve it."""
+    logs = tmp_path / "logs"
+    (logs / "static").mkdir(parents=True)
+    (logs / "static" / "secret.txt").write_text("not for you\n")
+    srv = Server(tmp_path / "data", workers=1, log_dir=logs)  # the server's working folder is `logs`
+    try:
+        srv.start()
+        for path in ("/static/secret.txt", "/static/../static/secret.txt", "/static/"):
+            response = srv.request("GET", path, apikey=None)
+            assert response.status_code == 404, (path, response.status_code, response.text[:200])
+            assert "not for you" not in response.text
+        assert srv.request("GET", "/static/secret.txt").json()["error"]["code"] == "ERR_API_NOT_FOUND"
+    finally:
+        srv.stop()

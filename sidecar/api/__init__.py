@@ -33,7 +33,7 @@ class StrictJSONProvider(DefaultJSONProvider):
 def create_app(settings: Settings | None = None, *, sidecar: Sidecar | None = None,
                keys: KeyRing | None = None) -> Flask:
     settings = settings or Settings.from_env()
-    app = Flask("chatauthz")
+    app = Flask("chatauthz", static_folder=None)  # no /static/<path>: it served the working folder, no key
     app.config.update(MAX_CONTENT_LENGTH=MAX_BODY_BYTES)
     app.json = StrictJSONProvider(app)
     app.extensions["chatauthz"] = sidecar or build_sidecar(settings)

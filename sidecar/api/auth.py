@@ -6,7 +6,7 @@ from flask import Flask, current_app, g, request
 from sidecar.errors import AuthError
 from sidecar.keys import AUTH_ONLY, ApiKey, KeyRing
 
-OPEN_ENDPOINTS = {"health.live", "health.ready", "ops.prometheus", "openapi.openapi_json", "openapi.docs", "static"}
+OPEN_ENDPOINTS = {"health.live", "health.ready", "ops.prometheus", "openapi.openapi_json", "openapi.docs"}
 AUTHORIZE_ENDPOINTS = {"authorize.authorize", "authorize.authorize_batch"}
 
 
