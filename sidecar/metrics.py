@@ -13,6 +13,7 @@ staleness, policy) are refreshed by a background thread, not per request.
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import threading
 import time
@@ -93,26 +94,45 @@ def current() -> Metrics:
 
 
 def observe_decision(body: dict[str, Any], seconds: float) -> None:
-    m = _current or current()
-    key = ("allowed" if body["allowed"] else "denied", body.get("layer") or "", body.get("code") or "")
-    child = m.decision_children.get(key)
-    if child is None:
-        child = m.decision_children[key] = m.decisions.labels(*key)
-    child.inc()
-    m.decision_seconds.observe(seconds)
+    try:  # metrics never fail a request: a metric file that cannot be made or grown is skipped
+        m = _current or current()
+        key = ("allowed" if body["allowed"] else "denied", body.get("layer") or "", body.get("code") or "")
+        child = m.decision_children.get(key)
+        if child is None:
+            child = m.decision_children[key] = m.decisions.labels(*key)
+        child.inc()
+        m.decision_seconds.observe(seconds)
+    except OSError:
+        _lost()
 
 
 def observe_request(route: str, method: str, status: int, seconds: float) -> None:
-    m = _current or current()
-    key = (route, method, status)
-    child = m.request_children.get(key)
-    if child is None:
-        child = m.request_children[key] = m.request_seconds.labels(route, method, str(status))
-    child.observe(seconds)
+    try:
+        m = _current or current()
+        key = (route, method, status)
+        child = m.request_children.get(key)
+        if child is None:
+            child = m.request_children[key] = m.request_seconds.labels(route, method, str(status))
+        child.observe(seconds)
+    except OSError:
+        _lost()
 
 
 def observe_write(result: str) -> None:
-    (_current or current()).writes.labels(result).inc()
+    try:
+        (_current or current()).writes.labels(result).inc()
+    except OSError:
+        _lost()
+
+
+_lost_once = threading.Event()
+
+
+def _lost() -> None:
+    if not _lost_once.is_set():
+        _lost_once.set()
+        logging.getLogger("chatauthz.metrics").exception("a metric could not be recorded (and others may "
+                                                         "not be); requests are served regardless")
 
 
 def render() -> tuple[bytes, str]:

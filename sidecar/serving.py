@@ -77,8 +77,12 @@ def _metrics_dir(settings: Settings) -> None:
     """Workers share one fresh directory so that /metrics adds up every worker's values: a
     private temporary one, never in the data folder (the metric files are mmap'd, and a full data
     disk must cost writes, not workers), removed when the server exits."""
-    folder = tempfile.mkdtemp(prefix=f"chatauthz-metrics-{settings.port}-")
-    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    folder, owner = tempfile.mkdtemp(prefix=f"chatauthz-metrics-{settings.port}-"), os.getpid()
+
+    def remove() -> None:  # forked workers inherit atexit: only the server process removes it
+        if os.getpid() == owner:
+            shutil.rmtree(folder, ignore_errors=True)
+    atexit.register(remove)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
 
 
