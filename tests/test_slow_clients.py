@@ -1,0 +1,109 @@
+"""Hostile clients with a valid authorize-only key must not stop /authorize for everyone else
+(issue 10, item 9): bodies that trickle in at 1 byte/s and atLeastRevision far ahead of the
+store. A real server with 2 workers x 4 threads, each WSGI server; bounded loops throughout."""
+from __future__ import annotations
+
+import json
+import select
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from tests.conftest import TEST_API_KEY, Server
+
+BODY_TIMEOUT_S = 1.0
+SLOW_BODIES = 16  # more than the 2 x 4 threads, so each worker gets more than its share
+FAR_WAITERS = 8
+BODY = b'{"uid": "alice", "action": "sendMessage", "target": "bob"}'
+
+
+@pytest.fixture(params=["granian", "gunicorn"])
+def busy_server(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    server = Server(tmp_path / "data", workers=2, extra_env={
+        "CHATAUTHZ_SERVER": request.param, "CHATAUTHZ_THREADS": "4",
+        "CHATAUTHZ_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S), "CHATAUTHZ_REVISION_WAIT_S": "2.0"}).start()
+    yield server
+    server.stop()
+
+
+def open_slow_body(port: int) -> socket.socket:
+    """Headers for a complete /authorize, then only the first byte of its body."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=2.0)
+    head = (f"POST /authorize HTTP/1.1\r\nHost: 127.0.0.1\r\napikey: {TEST_API_KEY}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(BODY)}\r\n\r\n").encode()
+    sock.sendall(head + BODY[:1])
+    return sock
+
+
+def trickle(socks: list[socket.socket], seconds: float) -> dict[int, tuple[float, bytes]]:
+    """One more body byte per connection every 0.5 s; what each answered (or b"" when closed), and when."""
+    started, sent = time.monotonic(), 1
+    answers: dict[int, tuple[float, bytes]] = {}
+    while time.monotonic() - started < seconds and len(answers) < len(socks):
+        sent += 1
+        for i, sock in enumerate(socks):
+            if i not in answers and sent < len(BODY):
+                try:
+                    sock.sendall(BODY[sent - 1:sent])
+                except OSError:
+                    answers[i] = (time.monotonic() - started, b"")
+        readable, _, _ = select.select([s for i, s in enumerate(socks) if i not in answers], [], [], 0.5)
+        for sock in readable:
+            try:
+                data = sock.recv(4096)
+            except OSError:
+                data = b""
+            answers[socks.index(sock)] = (time.monotonic() - started, data)
+    return answers
+
+
+def far_ahead(server: Server, out: list[tuple[float, int, str]]) -> None:
+    started = time.monotonic()
+    try:
+        response = requests.post(server.url + "/authorize", timeout=10, headers={"apikey": TEST_API_KEY},
+                                 json={"uid": "alice", "action": "sendMessage", "atLeastRevision": 10**9})
+        out.append((time.monotonic() - started, response.status_code, response.json()["error"]["code"]))
+    except requests.RequestException as exc:
+        out.append((time.monotonic() - started, 0, repr(exc)))
+
+
+def test_slow_bodies_and_far_revisions_do_not_stop_authorize(busy_server: Server) -> None:
+    slow = [open_slow_body(busy_server.port) for _ in range(SLOW_BODIES)]
+    waits: list[tuple[float, int, str]] = []
+    waiters = [threading.Thread(target=far_ahead, args=(busy_server, waits)) for _ in range(FAR_WAITERS)]
+    try:
+        for waiter in waiters:
+            waiter.start()
+        answers: dict[int, tuple[float, bytes]] = {}
+        trickler = threading.Thread(target=lambda: answers.update(trickle(slow, BODY_TIMEOUT_S + 4)))
+        trickler.start()
+        time.sleep(0.3)  # the hostile requests now hold whatever they can
+        started, latencies = time.monotonic(), []
+        for _ in range(20):  # the legitimate client: all answered, none waits behind them
+            t0 = time.monotonic()
+            decision = busy_server.authorize("alice", "sendMessage", target="bob")
+            latencies.append(time.monotonic() - t0)
+            assert decision["allowed"] is True
+        assert time.monotonic() - started < 5.0, f"legit latencies {latencies}"
+        trickler.join(timeout=15)
+        for waiter in waiters:
+            waiter.join(timeout=15)
+    finally:
+        for sock in slow:
+            sock.close()
+    # a body still incomplete after the deadline: 408, or the connection closed, soon after it
+    assert len(answers) == SLOW_BODIES, f"{SLOW_BODIES - len(answers)} slow bodies got no answer"
+    for at, data in answers.values():
+        assert BODY_TIMEOUT_S - 0.2 <= at <= BODY_TIMEOUT_S + 2.5, answers
+        assert data == b"" or data.startswith(b"HTTP/1.1 408"), data[:200]
+        if data:
+            assert json.loads(data.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "ERR_BODY_TIMEOUT"
+    # a revision the store never committed is refused at once, not after revision_wait_s
+    assert len(waits) == FAR_WAITERS
+    for took, status, code in waits:
+        assert (status, code) == (503, "ERR_REVISION_NOT_REACHED") and took < 1.0, waits
