@@ -27,6 +27,7 @@ class Settings:
     authorize_key: str | None = None
     max_roles: int = 25
     revision_wait_s: float = 2.0
+    body_timeout_s: float = 3.0  # a request body must arrive within this (else 408)
     max_batch: int = 1000
     redis_url: str | None = None
     redis_prefix: str = "chatauthz:"
@@ -66,6 +67,8 @@ class Settings:
             raise ValueError(f"threads must be 1-64, got {self.threads}")
         if not 0.0 <= self.decision_log_sample <= 1.0:
             raise ValueError(f"decision_log_sample must be 0-1, got {self.decision_log_sample}")
+        if not 0 < self.body_timeout_s <= 300:
+            raise ValueError(f"body_timeout_s must be in (0, 300], got {self.body_timeout_s}")
         if self.server not in ("granian", "gunicorn"):
             raise ValueError(f"server must be granian or gunicorn, got {self.server!r}")
 

@@ -32,7 +32,7 @@ class Sidecar:
     def __init__(self, policy: PolicySet, store: Store, *, revision_wait_s: float = 2.0,
                  max_staleness_s: float | None = None, synced: bool = False,
                  policy_loader: Callable[[], tuple[PolicySet, list[str]]] | None = None,
-                 decision_log: DecisionLog | None = None) -> None:
+                 decision_log: DecisionLog | None = None, revision_waiters: int = 2) -> None:
         self.engine = Engine(policy)  # swapped whole on reload; a decision reads it once
         self.policy_loader = policy_loader
         self.policy_problems: list[str] = []  # why the files on disk are not being served
@@ -40,6 +40,7 @@ class Sidecar:
         self.decision_log = decision_log
         self.store = store
         self.revision_wait_s = revision_wait_s
+        self._waiters = threading.BoundedSemaphore(revision_waiters)  # 0: never wait
         self.max_staleness_s = max_staleness_s
         self.synced = synced  # True when a sync thread keeps this state current (Redis)
         self._lock = threading.RLock()        # guards self.state for decisions and applies
@@ -150,7 +151,8 @@ class Sidecar:
             if not (wait and self.wait_for_revision(at_least_revision)):
                 raise ChatAuthzError(
                     f"This sidecar is at revision {self.state.revision}; revision {at_least_revision} was "
-                    f"not reached within {self.revision_wait_s}s.", code="ERR_REVISION_NOT_REACHED", status=503)
+                    f"not reached: the store has not committed it, or could not be read within "
+                    f"{self.revision_wait_s}s.", code="ERR_REVISION_NOT_REACHED", status=503)
         stale = self.staleness_s() if self.synced else 0.0
         engine = self.engine
         timed = self.on_decision is not None
@@ -186,8 +188,23 @@ class Sidecar:
         return body
 
     def wait_for_revision(self, revision: int) -> bool:
-        """Catch up until the state reaches `revision` or revision_wait_s passes; reached?"""
-        deadline = time.monotonic() + self.revision_wait_s
+        """Catch up until the state reaches `revision`; reached? Caught up yet still behind, the
+        store never committed `revision` (a write's revision is committed before it is answered):
+        refused at once. Only an unreadable store is waited for, by at most revision_waiters
+        requests at a time (each up to revision_wait_s); the rest are refused at once."""
+        try:
+            self.catch_up()
+            return self.state.revision >= revision
+        except StoreError:
+            pass
+        if not self._waiters.acquire(blocking=False):
+            return False
+        try:
+            return self._retry_until(revision, time.monotonic() + self.revision_wait_s)
+        finally:
+            self._waiters.release()
+
+    def _retry_until(self, revision: int, deadline: float) -> bool:
         while True:
             try:
                 self.catch_up()

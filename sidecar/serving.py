@@ -75,9 +75,14 @@ def _exit_with_parent(poll_s: float = 0.5) -> None:
 def _granian(settings: Settings) -> Any:
     from granian import Granian
     from granian.constants import Interfaces
+    # granian reads a WSGI body inside a blocking thread, with no timeout (see api/bodies.py):
+    # a thread for every connection a worker accepts (granian's own backpressure default), so
+    # a stalled body holds only its own connection. Threads start on demand, idle ones exit.
+    connections = max(settings.threads, 1024 // settings.workers)
     return Granian("sidecar.serving:worker_app", address=settings.host, port=settings.port,
                    interface=Interfaces.WSGI, workers=settings.workers, factory=True,
-                   blocking_threads=settings.threads, respawn_failed_workers=True, log_level="warning")
+                   backpressure=connections, blocking_threads=connections,
+                   respawn_failed_workers=True, log_level="warning")
 
 
 def _gunicorn(settings: Settings) -> Any:
