@@ -192,6 +192,8 @@ class Sidecar:
         store never committed `revision` (a write's revision is committed before it is answered):
         refused at once. Only an unreadable store is waited for, by at most revision_waiters
         requests at a time (each up to revision_wait_s); the rest are refused at once."""
+        if not self.synced and not self.store.changed(revision - 1):
+            return False  # the embedded store's counter (no query): nothing that new committed
         try:
             self.catch_up()
             return self.state.revision >= revision

@@ -75,6 +75,7 @@ def _exit_with_parent(poll_s: float = 0.5) -> None:
 def _granian(settings: Settings) -> Any:
     from granian import Granian
     from granian.constants import Interfaces
+    from granian.log import LogLevels
     # granian reads a WSGI body inside a blocking thread, with no timeout (see api/bodies.py):
     # a thread for every connection a worker accepts (granian's own backpressure default), so
     # a stalled body holds only its own connection. Threads start on demand, idle ones exit.
@@ -82,7 +83,7 @@ def _granian(settings: Settings) -> Any:
     return Granian("sidecar.serving:worker_app", address=settings.host, port=settings.port,
                    interface=Interfaces.WSGI, workers=settings.workers, factory=True,
                    backpressure=connections, blocking_threads=connections,
-                   respawn_failed_workers=True, log_level="warning")
+                   respawn_failed_workers=True, log_level=LogLevels.warning)
 
 
 def _gunicorn(settings: Settings) -> Any:

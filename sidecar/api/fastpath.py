@@ -42,7 +42,7 @@ class AuthorizeFastPath:
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO")
         if environ.get("REQUEST_METHOD") != "POST" or path not in ("/authorize", "/authorize/batch"):
-            return self.flask_wsgi(environ, start_response)  # type: ignore[no-any-return]
+            return self.flask_wsgi(environ, start_response)
         started = time.perf_counter()
         rid = take_request_id(environ.get("HTTP_X_REQUEST_ID"))
         try:
