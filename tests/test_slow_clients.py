@@ -120,3 +120,43 @@ def test_slow_bodies_and_far_revisions_do_not_stop_authorize(busy_server: Server
     for took, status, code in waits:
         assert (status, code) == (503, "ERR_REVISION_NOT_REACHED"), waits
         assert took < (1.0 if busy_server.name == "granian" else latest), waits
+
+
+def test_revision_waits_are_few_and_only_for_an_unreadable_store(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process: a committed revision is reached at once, one never committed is refused at
+    once, and while the store cannot be read only `revision_waiters` (default 2) wait at a time."""
+    from sidecar.core import Sidecar
+    from sidecar.errors import StoreError
+    from sidecar.policy import load_policy
+    from sidecar.stores.sqlite import SQLiteStore
+
+    policy = load_policy(Path(__file__).resolve().parent.parent / "policies")
+    store = SQLiteStore(tmp_path / "state.db")
+    core = Sidecar(policy, store, revision_wait_s=0.6)
+    writer = Sidecar(policy, SQLiteStore(tmp_path / "state.db"))  # another worker, same file
+    revision, _ = writer.write(lambda p, s: [{"op": "put_role", "role": "temp", "record": {"role": "temp", "name": "Temp", "createdAt": 6}}], "t")
+    started = time.monotonic()
+    assert core.wait_for_revision(revision) is True
+    assert core.wait_for_revision(revision + 10**6) is False
+    assert time.monotonic() - started < 0.3
+
+    def unreadable() -> None:
+        raise StoreError("the store is locked")
+    monkeypatch.setattr(core, "catch_up", unreadable)
+    monkeypatch.setattr(store, "changed", lambda revision: True)
+    took: dict[str, float] = {}
+
+    def wait(name: str) -> None:
+        t0 = time.monotonic()
+        assert core.wait_for_revision(revision + 1) is False
+        took[name] = time.monotonic() - t0
+    waiting = [threading.Thread(target=wait, args=(name,)) for name in ("first", "second")]
+    for thread in waiting:
+        thread.start()
+    time.sleep(0.1)
+    wait("third")  # both waiter slots are taken: refused at once
+    for thread in waiting:
+        thread.join(timeout=5)
+    assert took["third"] < 0.1 and 0.5 <= min(took["first"], took["second"]) < 2.0, took
+    store.close()
