@@ -22,6 +22,7 @@ import json
 import multiprocessing
 import os
 import select
+import shutil
 import signal
 import socket
 import statistics
@@ -165,9 +166,12 @@ class Abuse:
             thread.start()
         self._done.wait()
         self.stop.set()
+        deadline = time.monotonic() + 3.0  # a waiter stuck in a request is not waited for long
         for thread in threads:
-            thread.join(timeout=10)
-        self._results.put((self.slow_answers, self.slow_held, self.wait_answers, self.wait_took))
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        with self.lock:
+            self._results.put((Counter(self.slow_answers), list(self.slow_held), Counter(self.wait_answers),
+                               list(self.wait_took)))
 
     def _open(self) -> tuple[socket.socket, float, int]:
         sock = socket.create_connection(("127.0.0.1", self.port), timeout=5)
@@ -256,6 +260,7 @@ def bench(args: argparse.Namespace, server: str) -> dict[str, float]:
             runs["abuse"].append(hostile)
     finally:
         stop_server(proc)
+        shutil.rmtree(tmp, ignore_errors=True)
     med = {f"{kind} {k}": statistics.median(r[k] for r in rs) for kind, rs in runs.items() for k in ("answered", "p50", "p99")}
     ratio = med["abuse p99"] / med["none p99"] if med["none p99"] == med["none p99"] else float("nan")
     ok = med["abuse answered"] == 100.0 and ratio <= 2.0
@@ -279,6 +284,7 @@ def main() -> int:
     parser.add_argument("--body-timeout", type=float, default=3.0, help="the server's --body-timeout")
     parser.add_argument("--source", help="run the sidecar from this source tree instead (PYTHONPATH)")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally blocks: stop the server
     servers = ["granian", "gunicorn"] if args.server == "both" else [args.server]
     results = [bench(args, server) for server in servers]
     return 0 if all(r["ok"] for r in results) else 1
