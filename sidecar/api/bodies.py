@@ -1,15 +1,14 @@
 """A request body must arrive within a deadline (--body-timeout), else 408 and the connection
-closes: a client that trickles its body must not hold what answers everyone else.
+closes: a client that trickles its body must not keep what answers everyone else.
 
 Both servers call the app once the headers are in; `wsgi.input.read()` then blocks the calling
-thread until the body has arrived. gunicorn (gthread) reads a blocking socket, which it hands
-over as environ["gunicorn.socket"]: a socket timeout bounds the read. granian reads in Rust
-(block_on over hyper's body stream, GIL released) with no timeout and nothing Python can
-interrupt (upstream: wontfix, granian#728). So under granian the server keeps a blocking thread
-for every connection it accepts (serving.py): a stalled body holds only its own connection's
-thread. A watchdog answers 408 through granian's response handle when the deadline passes; the
-thread is freed when the body ends or the client leaves (a client told 408 and "Connection:
-close" leaves).
+thread until the body has arrived. gunicorn (gthread) reads a blocking socket, handed over as
+environ["gunicorn.socket"]: at the deadline a watchdog shuts its read side, the recv returns and
+the thread answers 408. granian reads in Rust (block_on over hyper's body stream, GIL released)
+with no timeout and nothing Python can interrupt (upstream: wontfix, granian#728): the watchdog
+answers 408 through granian's response handle, and the thread is freed when the body ends or the
+client leaves (a client told 408 and "Connection: close" leaves; a hostile one need not, so under
+granian a stalled body holds one of --threads until its client goes).
 """
 from __future__ import annotations
 
