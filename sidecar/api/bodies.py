@@ -50,27 +50,23 @@ class BodyReader:
 
     def __init__(self, timeout_s: float) -> None:
         self.timeout_s = timeout_s
+        self._reading: dict[int, list[Any]] = {}  # reads under way: [deadline, handle, answered]
         self._lock = threading.Lock()
-        self._reading: dict[int, tuple[float, Any]] = {}  # reads under way: deadline, handle
-        self._answered: set[int] = set()
         self._watchdog: threading.Thread | None = None
 
     def read(self, environ: dict[str, Any], length: int) -> bytes:
         """The body (Content-Length `length`), else BodyTimeoutError (or AlreadyAnsweredError:
         granian's client has had its 408 from the watchdog)."""
-        handle = environ.get("gunicorn.socket") or sys._getframe()
-        key = id(environ)
-        self._reading[key] = (time.monotonic() + self.timeout_s, handle)
+        entry = [time.monotonic() + self.timeout_s, environ.get("gunicorn.socket") or sys._getframe(), False]
+        key = id(entry)
+        self._reading[key] = entry
         if self._watchdog is None:
             self._start_watchdog()
         try:
             raw: bytes = environ["wsgi.input"].read(length)
         finally:
-            with self._lock:
-                del self._reading[key]
-                answered = key in self._answered
-                self._answered.discard(key)
-        if answered:
+            del self._reading[key]
+        if entry[2]:
             raise AlreadyAnsweredError
         if len(raw) < length:  # cut off at the deadline, or the client left mid-body
             raise BodyTimeoutError(self.timeout_s)
@@ -88,12 +84,10 @@ class BodyReader:
         while True:
             time.sleep(TICK_S)
             now = time.monotonic()
-            with self._lock:
-                for key, (deadline, handle) in list(self._reading.items()):
-                    if deadline <= now:
-                        self._reading[key] = (float("inf"), handle)  # once
-                        if self._expire(handle, headers, data):
-                            self._answered.add(key)
+            for entry in list(self._reading.values()):
+                if entry[0] <= now:
+                    entry[0] = float("inf")  # once
+                    entry[2] = self._expire(entry[1], headers, data)
 
     def _expire(self, handle: Any, headers: list[tuple[str, str]], data: bytes) -> bool:
         """End one overdue read; True when the client has been answered here."""
