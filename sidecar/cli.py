@@ -25,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--threads", type=int, help="threads per worker (CHATAUTHZ_THREADS, default 4)")
     serve.add_argument("--server", choices=("granian", "gunicorn"),
                        help="WSGI server (CHATAUTHZ_SERVER, default granian)")
+    serve.add_argument("--body-timeout", type=float, dest="body_timeout_s",
+                       help="seconds a request body may take to arrive, else 408 (CHATAUTHZ_BODY_TIMEOUT_S, default 3)")
     serve.add_argument("--redis-url", help="keep runtime state in Redis (CHATAUTHZ_REDIS_URL)")
     serve.add_argument("--redis-prefix", help="Redis key prefix (CHATAUTHZ_REDIS_PREFIX, default chatauthz:)")
     serve.add_argument("--max-staleness", type=float, dest="max_staleness_s",
@@ -48,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings.from_env(host=args.host, port=args.port, data_dir=args.data_dir,
                                      policies=args.policies, model=args.model, workers=args.workers,
-                                     threads=args.threads, server=args.server, redis_url=args.redis_url,
+                                     threads=args.threads, server=args.server,
+                                     body_timeout_s=args.body_timeout_s, redis_url=args.redis_url,
                                      redis_prefix=args.redis_prefix, max_staleness_s=args.max_staleness_s,
                                      decision_log=args.decision_log,
                                      decision_log_deny_only=args.decision_log_deny_only,

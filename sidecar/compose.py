@@ -57,7 +57,7 @@ def build_sidecar(settings: Settings, *, start_threads: bool = True) -> Sidecar:
     if settings.decision_log:
         decision_log = DecisionLog(settings.decision_log, deny_only=settings.decision_log_deny_only,
                                    sample=settings.decision_log_sample)
-    core = Sidecar(policy, store, revision_wait_s=settings.revision_wait_s,
+    core = Sidecar(policy, store, revision_wait_s=settings.revision_wait_s, revision_waiters=settings.threads // 2,
                    max_staleness_s=settings.max_staleness_s, synced=isinstance(store, RedisStore),
                    policy_loader=lambda files: load_with_fallback(settings, files), decision_log=decision_log)
     core.policy_problems = problems

@@ -27,6 +27,7 @@ class Settings:
     authorize_key: str | None = None
     max_roles: int = 25
     revision_wait_s: float = 2.0
+    body_timeout_s: float = 3.0  # a request body must arrive within this (else 408)
     max_batch: int = 1000
     redis_url: str | None = None
     redis_prefix: str = "chatauthz:"
@@ -71,6 +72,8 @@ class Settings:
             raise ValueError(f"decision_log_sample must be 0-1, got {self.decision_log_sample}")
         if self.policy_settle_s < 0:
             raise ValueError(f"policy_settle_s must be 0 or more, got {self.policy_settle_s}")
+        if not 0 < self.body_timeout_s <= 300:
+            raise ValueError(f"body_timeout_s must be in (0, 300], got {self.body_timeout_s}")
         if self.server not in ("granian", "gunicorn"):
             raise ValueError(f"server must be granian or gunicorn, got {self.server!r}")
 

@@ -36,7 +36,7 @@ class Sidecar:
     def __init__(self, policy: PolicySet, store: Store, *, revision_wait_s: float = 2.0,
                  max_staleness_s: float | None = None, synced: bool = False,
                  policy_loader: Callable[[Files | None], tuple[PolicySet, list[str]]] | None = None,
-                 decision_log: DecisionLog | None = None) -> None:
+                 decision_log: DecisionLog | None = None, revision_waiters: int = 2) -> None:
         self.engine = Engine(policy)  # swapped whole on reload; a decision reads it once
         self.policy_loader = policy_loader
         self.policy_problems: list[str] = []  # why the files on disk are not being served
@@ -44,6 +44,7 @@ class Sidecar:
         self.decision_log = decision_log
         self.store = store
         self.revision_wait_s = revision_wait_s
+        self._waiters = threading.BoundedSemaphore(revision_waiters)  # 0: never wait
         self.max_staleness_s = max_staleness_s
         self.synced = synced  # True when a sync thread keeps this state current (Redis)
         self._lock = threading.RLock()        # guards self.state for decisions and applies
@@ -235,12 +236,37 @@ class Sidecar:
                 "A token from before a data loss can never be satisfied: the write it names may be lost; read "
                 "without it, or write again.", code=EPOCH_MISMATCH_CODE, status=409)
         revision = wanted.revision if isinstance(wanted, Token) else wanted
-        return ChatAuthzError(f"This sidecar is at revision {state.revision}; revision {revision} was not reached "
-                              f"within {self.revision_wait_s}s.", code="ERR_REVISION_NOT_REACHED", status=503)
+        return ChatAuthzError(f"This sidecar is at revision {state.revision}; revision {revision} was not reached: "
+                              f"the store has not committed it, or could not be read within {self.revision_wait_s}s.",
+                              code="ERR_REVISION_NOT_REACHED", status=503)
 
     def wait_for_revision(self, revision: Wanted) -> bool:
-        """Catch up until the state reaches `revision` or revision_wait_s passes; reached?"""
-        deadline = time.monotonic() + self.revision_wait_s
+        """Catch up until the state reaches `revision`; reached? Caught up yet still behind, the
+        store never committed `revision` (a write's revision is committed before it is answered):
+        refused at once. Only an unreadable store is waited for, by at most revision_waiters
+        requests at a time (each up to revision_wait_s); the rest are refused at once."""
+        if not self.synced and not self._may_be_committed(revision):
+            return False  # the embedded store's counter (no query): nothing that new committed
+        try:
+            self.catch_up()
+            return self.reached(revision)
+        except StoreError:
+            pass
+        if not self._waiters.acquire(blocking=False):
+            return False
+        try:
+            return self._retry_until(revision, time.monotonic() + self.revision_wait_s)
+        finally:
+            self._waiters.release()
+
+    def _may_be_committed(self, wanted: Wanted) -> bool:
+        """Embedded store: may the file hold `wanted`? (its shared counter; no query)"""
+        if isinstance(wanted, list):
+            return all(self._may_be_committed(one) for one in wanted if not self._never(one))
+        revision = wanted.revision if isinstance(wanted, Token) else wanted
+        return self.store.changed(revision - 1)
+
+    def _retry_until(self, revision: Wanted, deadline: float) -> bool:
         while True:
             try:
                 self.catch_up()

@@ -17,6 +17,7 @@ from flask import Flask
 from sidecar import wire
 from sidecar.api.auth import authenticate
 from sidecar.api.authorize import authorize_many, authorize_one
+from sidecar.api.bodies import AlreadyAnsweredError, BodyReader
 from sidecar.errors import BadRequestError, ChatAuthzError
 from sidecar.logs import take_request_id
 from sidecar.metrics import observe_request
@@ -24,7 +25,7 @@ from sidecar.metrics import observe_request
 log = logging.getLogger("chatauthz.api")
 JSON_HEADERS = [("Content-Type", "application/json")]
 STATUS_LINES = {200: "200 OK", 400: "400 BAD REQUEST", 401: "401 UNAUTHORIZED", 403: "403 FORBIDDEN",
-                413: "413 REQUEST ENTITY TOO LARGE", 500: "500 INTERNAL SERVER ERROR",
+                408: "408 REQUEST TIMEOUT", 413: "413 REQUEST ENTITY TOO LARGE", 500: "500 INTERNAL SERVER ERROR",
                 503: "503 SERVICE UNAVAILABLE"}
 
 
@@ -34,13 +35,15 @@ class AuthorizeFastPath:
         self.flask_wsgi = app.wsgi_app
         self.core = app.extensions["chatauthz"]
         self.keys = app.extensions["chatauthz.keys"]
-        self.max_batch = app.extensions["chatauthz.settings"].max_batch
+        settings = app.extensions["chatauthz.settings"]
+        self.max_batch = settings.max_batch
         self.max_body_bytes = max_body_bytes
+        self.bodies = BodyReader(settings.body_timeout_s)
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO")
         if environ.get("REQUEST_METHOD") != "POST" or path not in ("/authorize", "/authorize/batch"):
-            return self.flask_wsgi(environ, start_response)  # type: ignore[no-any-return]
+            return self.flask_wsgi(environ, start_response)
         started = time.perf_counter()
         rid = take_request_id(environ.get("HTTP_X_REQUEST_ID"))
         try:
@@ -52,13 +55,18 @@ class AuthorizeFastPath:
                 status, payload = 200, authorize_many(self.core, body, self.max_batch)
         except ChatAuthzError as exc:
             status, payload = exc.status, {"error": exc.to_dict()}
+        except AlreadyAnsweredError:
+            observe_request(path, "POST", 408, time.perf_counter() - started)
+            return []  # the 408 went out at the deadline; the server drops this late answer
         except Exception:
             log.exception("unhandled error in /authorize")
             status, payload = 500, {"error": {"code": "ERR_INTERNAL", "message": "Internal error; see the "
                                               "server log."}}
         data = orjson.dumps(payload)
-        start_response(STATUS_LINES.get(status, f"{status} ERROR"),
-                       [*JSON_HEADERS, ("Content-Length", str(len(data))), ("X-Request-Id", rid)])
+        headers = [*JSON_HEADERS, ("Content-Length", str(len(data))), ("X-Request-Id", rid)]
+        if status == 408:
+            headers.append(("Connection", "close"))  # the rest of the body may still be on its way
+        start_response(STATUS_LINES.get(status, f"{status} ERROR"), headers)
         observe_request(path, "POST", status, time.perf_counter() - started)
         return [data]
 
@@ -74,5 +82,5 @@ class AuthorizeFastPath:
             raise BadRequestError.field("body", "The Content-Length header is invalid.")
         if length > self.max_body_bytes:
             raise ChatAuthzError("The request body is too large.", code="ERR_PAYLOAD_TOO_LARGE", status=413)
-        raw = environ["wsgi.input"].read(length) if length else b""
+        raw = self.bodies.read(environ, length) if length else b""
         return wire.loads(raw)
