@@ -17,6 +17,7 @@ import logging
 import os
 import threading
 import time
+from bisect import bisect_left
 from collections.abc import Iterator
 from typing import Any
 
@@ -93,29 +94,96 @@ def current() -> Metrics:
     return _current
 
 
+class _Pending:
+    """What the hot path counted since the last flush, in plain ints under one short lock (a
+    multiprocess value write costs several microseconds; a request records several)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.decisions: dict[tuple[str, str, str], int] = {}
+        self.decision_buckets = [0] * (len(FAST_BUCKETS) + 1)
+        self.decision_sum = 0.0
+        self.requests: dict[tuple[str, str, int], list[float]] = {}  # key -> [sum, *bucket counts]
+
+
+_pending = _Pending()
+_BOUNDS = list(FAST_BUCKETS)
+
+
 def observe_decision(body: dict[str, Any], seconds: float) -> None:
-    try:  # metrics never fail a request: a metric file that cannot be made or grown is skipped
-        m = _current or current()
-        key = ("allowed" if body["allowed"] else "denied", body.get("layer") or "", body.get("code") or "")
-        child = m.decision_children.get(key)
-        if child is None:
-            child = m.decision_children[key] = m.decisions.labels(*key)
-        child.inc()
-        m.decision_seconds.observe(seconds)
-    except OSError:
-        _lost()
+    key = ("allowed" if body["allowed"] else "denied", body.get("layer") or "", body.get("code") or "")
+    bucket = bisect_left(_BOUNDS, seconds)
+    pending = _pending
+    with pending.lock:
+        pending.decisions[key] = pending.decisions.get(key, 0) + 1
+        pending.decision_buckets[bucket] += 1
+        pending.decision_sum += seconds
+
+
+HOT_ROUTES = ("/authorize", "/authorize/batch")
 
 
 def observe_request(route: str, method: str, status: int, seconds: float) -> None:
+    key = (route, method, status)
+    if route not in HOT_ROUTES:  # rare: recorded at once, so a scrape sees itself and every write
+        _observe_now(key, seconds)
+        return
+    bucket = bisect_left(_BOUNDS, seconds) + 1
+    pending = _pending
+    with pending.lock:
+        row = pending.requests.get(key)
+        if row is None:
+            row = pending.requests[key] = [0.0] * (len(FAST_BUCKETS) + 2)
+        row[0] += seconds
+        row[bucket] += 1
+
+
+def _observe_now(key: tuple[str, str, int], seconds: float) -> None:
     try:
         m = _current or current()
-        key = (route, method, status)
         child = m.request_children.get(key)
         if child is None:
-            child = m.request_children[key] = m.request_seconds.labels(route, method, str(status))
+            child = m.request_children[key] = m.request_seconds.labels(key[0], key[1], str(key[2]))
         child.observe(seconds)
     except OSError:
         _lost()
+
+
+def flush() -> None:
+    """Move what the hot path counted into this process's metrics (every second, and before a
+    scrape): the counts are exact, at most one flush interval late."""
+    global _pending
+    with _pending.lock:
+        done, _pending = _pending, _Pending()
+    if not (done.decisions or done.requests):
+        return
+    try:
+        m = _current or current()
+        for key, count in done.decisions.items():
+            child = m.decision_children.get(key)
+            if child is None:
+                child = m.decision_children[key] = m.decisions.labels(*key)
+            child.inc(count)
+        _add_observations(m.decision_seconds, done.decision_sum, done.decision_buckets)
+        for (route, method, status), row in done.requests.items():
+            child = m.request_children.get((route, method, status))
+            if child is None:
+                child = m.request_children[(route, method, status)] = m.request_seconds.labels(
+                    route, method, str(status))
+            _add_observations(child, row[0], row[1:])
+    except OSError:
+        _lost()
+
+
+def _add_observations(histogram: Any, total: float, buckets: list[Any]) -> None:
+    """Add many observations at once: their sum and per-bucket counts (prometheus_client keeps
+    non-cumulative bucket values, one per upper bound, +Inf last)."""
+    if not any(buckets):
+        return
+    histogram._sum.inc(total)
+    for value, count in zip(histogram._buckets, buckets, strict=True):
+        if count:
+            value.inc(count)
 
 
 def observe_write(result: str) -> None:
@@ -137,6 +205,7 @@ def _lost() -> None:
 
 def render() -> tuple[bytes, str]:
     """The exposition text, added up across worker processes when they share a folder."""
+    flush()
     m = current()
     if m.folder:
         forget_dead_workers(m.folder)
@@ -190,6 +259,7 @@ class GaugeUpdater:
         self._thread.start()
 
     def update(self) -> None:
+        flush()
         m, core = current(), self.core
         if not core.synced:
             try:

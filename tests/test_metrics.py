@@ -51,13 +51,16 @@ def series(samples: Samples, name: str) -> list[tuple[dict[str, str], float]]:
     return [(labels, value) for n, labels, value in samples if n == name]
 
 
-def wait_gauges(scrape: Scraper, revision: int, policy_hash: str, timeout: float = 5.0) -> Samples:
-    """Each worker refreshes its gauges every second (the scraped one at once): poll, bounded."""
+def wait_gauges(scrape: Scraper, revision: int, policy_hash: str, timeout: float = 5.0,
+                decisions: int | None = None) -> Samples:
+    """Each worker refreshes its gauges, and adds what /authorize counted, every second (the
+    scraped one at once): poll, bounded (counts only ever grow, so the first match is exact)."""
     deadline = time.monotonic() + timeout
     while True:
         samples = scrape()
         if (series(samples, "chatauthz_revision") == [({}, revision)]
-                and series(samples, "chatauthz_policy_info") == [({"hash": policy_hash}, 1.0)]):
+                and series(samples, "chatauthz_policy_info") == [({"hash": policy_hash}, 1.0)]
+                and (decisions is None or total(samples, "chatauthz_decisions_total") == decisions)):
             return samples
         assert time.monotonic() < deadline, (series(samples, "chatauthz_revision"),
                                              series(samples, "chatauthz_policy_info"))
@@ -126,7 +129,7 @@ def _check(srv: PolicyServer, folder: Path, scrape: Scraper, server_kind: str) -
     hashes = {a["policyHash"] for a in answers}
     assert len(hashes) == 1, hashes
 
-    samples = wait_gauges(scrape, revisions[-1], hashes.pop())
+    samples = wait_gauges(scrape, revisions[-1], hashes.pop(), decisions=len(answers))
     report = {"K": len(answers), "W": writes, "expected": dict(by_result),
               "decisions": {r: total(samples, "chatauthz_decisions_total", result=r) for r in ("allowed", "denied")},
               "writes": {r: total(samples, "chatauthz_writes_total", result=r) for r in ("committed", "refused")},
@@ -161,8 +164,9 @@ def _check(srv: PolicyServer, folder: Path, scrape: Scraper, server_kind: str) -
     reloads = [r for r in records if r["message"] == f"policy reloaded: now serving {new['policyHash']}"]
     assert len(reloads) == 2 and {r["level"] for r in reloads} == {"INFO"}, records
 
-    # a worker dies: what it counted stays, its gauges go (the survivor and the respawn report)
-    counted = total(samples, "chatauthz_decisions_total")
+    # a worker dies: what it counted (and had added, at most a second after) stays, its gauges go
+    time.sleep(1.5)  # no traffic now: every worker has added all it counted
+    counted = total(scrape(), "chatauthz_decisions_total")
     victim = worker_pids(srv)[0]
     os.kill(victim, signal.SIGKILL)
     deadline = time.monotonic() + 15
