@@ -39,6 +39,22 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of the process group, from /proc."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        state, _ppid, pgrp = stat.rpartition(")")[2].split()[:3]
+        if int(pgrp) == pgid and state != "Z":
+            members.append(int(entry.name))
+    return members
+
+
 def unique(prefix: str) -> str:
     """A fresh alpha-dash id (lowercase), so tests sharing a server never collide."""
     return f"{prefix}-{uuid.uuid4().hex[:12]}"

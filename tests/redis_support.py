@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 import redis
 import requests
 
+from tests.conftest import group_members
 from tests.http_client import ApiClient
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -382,18 +383,7 @@ class SidecarProcess(ApiClient):
         """Every live process of the sidecar's group (master and workers)."""
         if self.proc is None:
             return []
-        found = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            fields = stat.rsplit(")", 1)[1].split()
-            if len(fields) > 2 and int(fields[2]) == self.proc.pid and fields[0] != "Z":
-                found.append(int(entry.name))
-        return found
+        return group_members(self.proc.pid)
 
     def _reap(self, timeout: float) -> bool:
         assert self.proc is not None

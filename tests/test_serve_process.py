@@ -23,7 +23,8 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import Server, server_env, unique
+
+from tests.conftest import Server, group_members, server_env, unique
 
 SERVERS = ("granian", "gunicorn")
 SECOND_EXIT_TIMEOUT_S = 20.0
@@ -34,22 +35,6 @@ CTRL_C_DEADLINE_S = 5.0
 def serve_command(port: int, data_dir: Path) -> list[str]:
     return [sys.executable, "-m", "sidecar", "serve", "--host", "127.0.0.1", "--port", str(port),
             "--data-dir", str(data_dir)]
-
-
-def group_members(pgid: int) -> list[int]:
-    """Live (not zombie) processes of the process group, from /proc."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        state, _ppid, pgrp = stat.rpartition(")")[2].split()[:3]
-        if int(pgrp) == pgid and state != "Z":
-            members.append(int(entry.name))
-    return members
 
 
 def wait_group_gone(proc: subprocess.Popen[bytes], timeout: float) -> list[int]:
