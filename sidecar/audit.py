@@ -11,7 +11,7 @@ import random
 import sys
 import threading
 import time
-from typing import Any, TextIO
+from typing import Any
 
 import orjson
 
@@ -55,7 +55,7 @@ class DecisionLog:
             time.sleep(0.01)
 
     def _run(self) -> None:
-        stream: TextIO | Any = None
+        stream: Any = None
         while True:
             line = self._queue.get()
             try:

@@ -70,7 +70,8 @@ def plan_update_role(policy: PolicySet, state: RuntimeState, role: str, body: An
         raise BadRequestError.field("unset", f"The unset field may only list {', '.join(UNSETTABLE)}.")
     changes = {"name": text(body, "name", 100), "description": text(body, "description", 255),
                "metadata": metadata(body), "settings": settings(body)}
-    if "name" in body and changes["name"] is not None and not changes["name"].strip():
+    name = changes["name"]
+    if "name" in body and isinstance(name, str) and not name.strip():
         raise BadRequestError.field("name", "The name must be a non-empty string.")
     for field_name in unset:
         if field_name in body:

@@ -50,7 +50,7 @@ class RuntimeState:
 
     def is_banned(self, guid: str, uid: str) -> bool:
         banned = self.bans.get(guid)
-        return bool(banned) and uid in banned
+        return banned is not None and uid in banned
 
     # -- op handlers -----------------------------------------------------------------------
     def _put_role(self, op: Op) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
@@ -16,8 +17,8 @@ HTTP_CODES = {404: ("ERR_API_NOT_FOUND", "The API endpoint is invalid. Please ve
               400: ("ERR_BAD_REQUEST", "The request is invalid.")}
 
 
-def envelope(code: str, message: str, status: int, details: dict | None = None) -> tuple[Response, int]:
-    error: dict = {"code": code, "message": message}
+def envelope(code: str, message: str, status: int, details: dict[str, Any] | None = None) -> tuple[Response, int]:
+    error: dict[str, Any] = {"code": code, "message": message}
     if details:
         error["details"] = details
     return jsonify({"error": error}), status

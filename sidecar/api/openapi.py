@@ -312,6 +312,10 @@ PERMISSIONS_BODY = obj({"permissions": {"type": "object", "minProperties": 1,
                                                        "catalogue; one bad key changes nothing."}},
                        ("permissions",))
 FEATURES = array(string(), minItems=1, description="Feature keys, with or without the u. prefix.")
+# allowAll: true, else featuresToAllow is required
+CONDITIONAL_FEATURES: dict[str, Any] = {
+    "if": {"required": ["allowAll"], "properties": {"allowAll": {"const": True}}},
+    "else": {"required": ["featuresToAllow"], "properties": {"featuresToAllow": FEATURES}}}
 ROLE_404 = ["ERR_ROLE_NOT_FOUND", NO_ROUTE]
 GROUP_404 = ["ERR_GUID_NOT_FOUND", NO_ROUTE]
 REFUSALS = DECISION_CODES  # an onBehalfOf write refused: the decision's code, as a 403
@@ -400,9 +404,7 @@ def _paths() -> dict[str, dict[str, Any]]:
                          request=body(obj({"featuresToAllow": {"description": "Feature keys, with or without "
                                                                   "the u. prefix; not read when allowAll is true."},
                                            "allowAll": {"type": "boolean"}},
-                                          **{"if": {"required": ["allowAll"], "properties": {"allowAll": {"const": True}}},
-                                             "else": {"required": ["featuresToAllow"],
-                                                      "properties": {"featuresToAllow": FEATURES}}})))},
+                                          **CONDITIONAL_FEATURES)))},
         "/users/{uid}": {
             "parameters": [UID],
             "get": op("Get a user's role", "Users", {**ok("The user.", data(ref("User"))),
@@ -565,7 +567,7 @@ def _type_html(schema: Any) -> str:
     if "const" in schema:
         return f"<code>{esc(json.dumps(schema['const']))}</code>"
     if "anyOf" in schema or "oneOf" in schema:
-        return " or ".join(_type_html(s) for s in schema.get("anyOf", schema.get("oneOf")))
+        return " or ".join(_type_html(s) for s in schema.get("anyOf") or schema.get("oneOf") or [])
     kind = schema.get("type", "any JSON value")
     words = [esc(str(kind))]
     if kind in ("integer", "number") and ("minimum" in schema or "maximum" in schema):

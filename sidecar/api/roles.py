@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from functools import partial
+from typing import Any
 
 from flask import Blueprint, current_app, jsonify
 from flask.wrappers import Response
@@ -74,7 +75,7 @@ def set_role_permissions(role: str) -> Response:
     role, body = _role_id(role), json_body()
     revision, explicit = write(lambda p, s: m.plan_set_role_permissions(p, s, role, body),
                                lambda p, s: m.explicit_role_permissions(s, role))
-    data: dict = {k: {"success": True, "message": f"Permission with id {k} have been mapped successfully "
+    data: dict[str, Any] = {k: {"success": True, "message": f"Permission with id {k} have been mapped successfully "
                       f"to role {role}."} for k in body["permissions"]}
     data["permissions"] = explicit
     return written(data, revision)

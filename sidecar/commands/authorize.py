@@ -56,8 +56,10 @@ def add_parser(commands: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        request = AuthzRequest(cli_id(args.uid, "uid"), args.action, cli_id(args.guid, "guid"),
-                               cli_id(args.target, "target"), parse_context(args.context))
+        request = AuthzRequest(cli_id(args.uid, "uid"), args.action,
+                               None if args.guid is None else cli_id(args.guid, "guid"),
+                               None if args.target is None else cli_id(args.target, "target"),
+                               parse_context(args.context))
         settings = settings_from(data_dir=args.data_dir, redis_url=args.redis_url,
                                  redis_prefix=args.redis_prefix, policies=args.policies, model=args.model)
         policy = policy_of(settings)
@@ -72,10 +74,10 @@ def run(args: argparse.Namespace) -> int:
     return 0 if decision.allowed else EXIT_DENIED
 
 
-def cli_id(value: str | None, field: str) -> str | None:
+def cli_id(value: str, field: str) -> str:
     """--uid/--guid/--target through HTTP's canonicaliser (so MARK is mark); exit 2 if invalid."""
     try:
-        return None if value is None else clean_id(value, field)
+        return clean_id(value, field)
     except ChatAuthzError as exc:
         raise CommandError(EXIT_USAGE, f"chatauthz authorize: --{field}: {exc.message}") from exc
 

@@ -194,7 +194,8 @@ class _SuiteLoader:
         except ChatAuthzError as exc:
             self.problem(spec.line, f"{where}: {exc.message.removeprefix('The request is invalid: ')}")
             return None
-        label = spec.get("name") if isinstance(spec.get("name"), str) else f"#{number}"
+        label_value = spec.get("name")
+        label = label_value if isinstance(label_value, str) else f"#{number}"
         return Check(label, spec.line, request, expect)
 
     def expect(self, where: str, spec: LineDict) -> dict[str, Any] | None:
