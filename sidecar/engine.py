@@ -326,7 +326,8 @@ def takes_group(action: Action) -> bool:
 
 
 def _require_inputs(action: Action, request: AuthzRequest, policy: PolicySet) -> None:
-    if action.scope_key and not action.role_key and not request.guid:
+    if not request.guid and ((action.scope_key and not action.role_key)
+                             or GROUP_RULES.get(action.name) in ("owner", "admin", "moderator")):
         raise BadRequestError.field("guid", f"{action.name} is a group action: guid is required")
     if request.guid and not takes_group(action):
         raise BadRequestError.field("guid", f"{action.name} takes no group: send guid only with group "

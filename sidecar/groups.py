@@ -130,13 +130,8 @@ def plan_add_members(engine: Engine, state: RuntimeState, guid: str, body: Any, 
     body = require_object(body)
     reject_unknown(body, {*SCOPE_LISTS, "usersToBan"})
     wanted = _wanted_members(body)
-    if guid not in state.owners:  # on behalf of a user, its refusal comes first, as /authorize says
-        first, list_name = next(iter(wanted.items()))
-        if canonical_id(first) is not None and list_name == "usersToBan":
-            _ban_ops(engine, state, guid, first, as_user)
-        elif canonical_id(first) is not None:
-            _add_member_ops(engine, state, guid, first, LIST_SCOPE[list_name], as_user)
-        raise group_not_found(guid)
+    if as_user is None:  # on behalf of a user, each uid's op asks the engine first, as /authorize does
+        require_group(state, guid)
     ops: list[Op] = []
     for list_name in (*SCOPE_LISTS, "usersToBan"):
         results[list_name] = {}

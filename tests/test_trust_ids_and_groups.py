@@ -229,3 +229,11 @@ def test_no_pattern_anchors_with_a_dollar() -> None:
                 if text.endswith("$") and not text.endswith("\\$"):
                     offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}: {text!r}")
     assert not offenders, offenders
+
+
+@pytest.mark.parametrize("action", ["transferOwnership", "massMemberOperate", "deleteGroupMessages"])
+def test_an_action_of_one_group_needs_its_guid(action: str) -> None:
+    """Without a guid these would be answered by the role layer alone: a 400 instead."""
+    with pytest.raises(BadRequestError) as refused:
+        Engine(POLICY).decide(AuthzRequest("own", action), group_world())
+    assert "guid" in (refused.value.details or {})
