@@ -23,7 +23,7 @@ from sidecar.policy import PolicySet
 from sidecar.reload import Files
 from sidecar.state import Op, RuntimeState, with_before
 from sidecar.stores.base import DataLoss, RecoveryPending, ResyncNeeded, Store
-from sidecar.validation import Token
+from sidecar.validation import Token, format_token
 
 log = logging.getLogger("chatauthz.core")
 STALE_CODE = "ERR_STATE_TOO_STALE"
@@ -191,9 +191,9 @@ class Sidecar:
                 raise self._not_reached(at_least_revision)  # a resync swapped the state meanwhile
             else:
                 decision = engine.decide(request, self.state)
-            epoch = self.state.epoch or "none"  # none: not loaded yet
+            epoch = self.state.epoch
         body = self.decision_body(decision)
-        body["token"] = f"{epoch}:{decision.revision}"
+        body["token"] = format_token(epoch, decision.revision)
         if timed:
             self.on_decision(body, time.perf_counter() - started)  # type: ignore[misc]
         if self.synced:
@@ -320,6 +320,6 @@ class Sidecar:
             with self._lock:
                 self._apply_entries([(revision, ops)] if ops else [])
                 shown = view(policy, self.state) if view is not None else None
-                token = f"{self.state.epoch}:{revision}"
+                token = format_token(self.state.epoch, revision)
             self.last_heard = time.monotonic()
             return revision, shown, token

@@ -114,6 +114,11 @@ class Token(NamedTuple):
     revision: int
 
 
+def format_token(epoch: str, revision: int) -> str:
+    """The consistency token of `revision` in `epoch` (epoch "none": no state loaded yet)."""
+    return f"{epoch or 'none'}:{revision}"
+
+
 TOKEN_RE = re.compile(r"([0-9a-z]{1,64}):([0-9]{1,16})")  # whole string only (fullmatch)
 
 

@@ -16,6 +16,7 @@ from flask.wrappers import Response
 from sidecar.api.common import sidecar
 from sidecar.errors import ChatAuthzError
 from sidecar.stores.base import SelfChecking
+from sidecar.validation import format_token
 
 bp = Blueprint("health", __name__)
 
@@ -66,7 +67,7 @@ def ready() -> tuple[Response, int]:
     staleness = core.staleness_s()
     if core.max_staleness_s is not None and staleness > core.max_staleness_s:
         problems.append(f"state is {staleness:.1f}s stale, past --max-staleness")
-    body.update(revision=core.state.revision, token=f"{core.state.epoch or 'none'}:{core.state.revision}",
+    body.update(revision=core.state.revision, token=format_token(core.state.epoch, core.state.revision),
                 stalenessSeconds=round(staleness, 3))
     body["status"] = "degraded" if problems or warnings else "ready"
     if problems or warnings:
