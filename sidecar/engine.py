@@ -88,6 +88,7 @@ class Engine:
     def __init__(self, policy: PolicySet) -> None:
         self.policy = policy
         self._ranks = {name: scope.rank for name, scope in policy.scopes.items()}
+        self._vocabulary = fact_vocabulary(policy)
         self._lock = threading.Lock()
         self._compiled_for: tuple[RuntimeState, int] | None = None  # holds the state: ids get reused
         self._enforcer: casbin.Enforcer | None = None
@@ -262,7 +263,10 @@ class Engine:
                    target_scope: str | None) -> str | None:
         for fact, values in defn.when.items():
             seen = _fact(fact, request, state, self.policy, target_scope)
-            if seen is not _MISSING and seen not in values:
+            known = self._vocabulary.get(fact)
+            # skipped only for a value the catalogue knows for that fact and the condition does not
+            # name: "Custom", 1 or "x" is no reason to skip a constraint (fail closed)
+            if seen is not _MISSING and seen not in values and (known is None or seen in known):
                 return None
         assert defn.fact is not None
         seen = _fact(defn.fact, request, state, self.policy, target_scope)
@@ -272,8 +276,8 @@ class Engine:
             return f"send {defn.fact} so that it can be checked"
         if defn.type == "mode":
             return None if seen is True else f"{defn.fact} is {_show(seen)}, not true"
-        if defn.type == "allowDeny":
-            return None if seen is not True else f"{defn.fact} is true"
+        if defn.type == "allowDeny":  # passes on exactly false: "true", 1 or "no" are not false
+            return None if seen is False else f"{defn.fact} is {_show(seen)}, not false"
         return None if seen in value else f"{defn.fact} is {_show(seen)}"
 
     # -- Casbin ----------------------------------------------------------------------------
@@ -318,6 +322,15 @@ class Engine:
             enforcer.add_policies(rules)
         self._enforcer, self._answers = enforcer, {}
         self._compiled_for = (state, state.policy_generation)
+
+
+def fact_vocabulary(policy: PolicySet) -> dict[str, frozenset[str]]:
+    """The values the catalogue knows for each fact with a closed list (context.messageType ...)."""
+    vocabulary: dict[str, set[str]] = {}
+    for defn in (*policy.role_keys.values(), *policy.scope_keys.values()):
+        if defn.fact and defn.values and defn.type == "stringArray":
+            vocabulary.setdefault(defn.fact, set()).update(defn.values)
+    return {fact: frozenset(values) for fact, values in vocabulary.items()}
 
 
 def takes_group(action: Action) -> bool:

@@ -237,3 +237,44 @@ def test_an_action_of_one_group_needs_its_guid(action: str) -> None:
     with pytest.raises(BadRequestError) as refused:
         Engine(POLICY).decide(AuthzRequest("own", action), group_world())
     assert "guid" in (refused.value.details or {})
+
+
+# -- constraint conditions and boolean facts fail closed ------------------------------------------
+WHEN_KEYS = sorted(k for k, d in POLICY.role_keys.items() if d.when)
+JUNK = ["Custom", "USER", "IMAGE", "x", 1, True, 0.5]
+
+
+@pytest.mark.parametrize("key", WHEN_KEYS)
+def test_a_condition_fact_outside_its_vocabulary_never_skips_the_constraint(key: str) -> None:
+    """A `when` condition skips its constraint only for a value the catalogue knows for that fact
+    (found by an outsider: messageCategory "Custom" skipped allowedCustomTypes)."""
+    defn = POLICY.role_keys[key]
+    assert defn.fact is not None
+    restrictive = ["nobody"] if defn.type == "rolesStringArray" else ["only-this"]
+    state = RuntimeState()
+    state.apply_all([{"op": "put_role", "role": "tight", "record": {"role": "tight", "name": "T", "createdAt": 0}},
+                     {"op": "set_role_permissions", "role": "tight", "values": {key: restrictive}},
+                     {"op": "put_user", "uid": "actor", "role": "tight"}], 1)
+    engine = Engine(POLICY)
+    main = {} if defn.fact.startswith("target.") else {defn.fact.removeprefix("context."): "zzz"}
+    for fact, values in defn.when.items():
+        name = fact.removeprefix("context.")
+        applies = engine.decide(AuthzRequest("actor", defn.action, None, "someone", {**main, name: values[0]}), state)
+        assert applies.allowed is False, applies  # the constraint applies: the baseline denies
+        for junk in JUNK:
+            decision = engine.decide(AuthzRequest("actor", defn.action, None, "someone", {**main, name: junk}), state)
+            assert decision.allowed is False, (fact, junk, decision)
+
+
+@pytest.mark.parametrize("value", ["true", "True", 1, "1", "yes", "false", 0])
+def test_a_deny_on_a_true_fact_passes_on_exactly_false(value: Any) -> None:
+    """listMessages.historyBeforeJoin = deny: only beforeJoin false passes (an outsider's "true"
+    string was allowed)."""
+    state = group_world()
+    state.apply_all([{"op": "set_scope_permissions", "guid": "tg", "scope": "participant",
+                      "values": {"listMessages.historyBeforeJoin": "deny"}}], 2)
+    engine = Engine(POLICY)
+    ask = lambda before: engine.decide(AuthzRequest("par", "listMessages", "tg", None,  # noqa: E731
+                                                    {"beforeJoin": before}), state)
+    assert ask(False).allowed is True and ask(True).allowed is False
+    assert ask(value).allowed is False, ask(value)
