@@ -121,6 +121,7 @@ def observe_decision(body: dict[str, Any], seconds: float) -> None:
 
 
 HOT_ROUTES = ("/authorize", "/authorize/batch")
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 def observe_request(route: str, method: str, status: int, seconds: float) -> None:

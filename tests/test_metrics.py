@@ -183,3 +183,16 @@ def _check(srv: PolicyServer, folder: Path, scrape: Scraper, server_kind: str) -
     folder_files = os.listdir(folder)
     assert not [f for f in folder_files if f.startswith("gauge_") and f.endswith(f"_{victim}.db")], folder_files
     stderr_records(srv)
+
+
+def test_clients_cannot_mint_metric_series(server: Server) -> None:
+    """An unknown HTTP method is labelled "other": without a key, a client could otherwise add a
+    histogram series per made-up method and grow every worker's memory and each scrape (found by
+    an outside attack)."""
+    for n in range(5):
+        assert server.request(f"ZZPROBE{n}", "/").status_code in (404, 405)
+    scrape = Scraper(server)
+    samples = scrape()
+    methods = {labels.get("method") for name, labels, _ in samples if name == "chatauthz_request_seconds_count"}
+    assert not {m for m in methods if m and m.startswith("ZZPROBE")}, methods
+    assert total(samples, "chatauthz_request_seconds_count", method="other") == 5

@@ -33,8 +33,9 @@ def install_request_timing(app: Flask) -> None:
     def record(response: Response) -> Response:
         started = g.get("started")
         route = request.url_rule.rule if request.url_rule else "unmatched"
-        if started is not None:
-            metrics.observe_request(route, request.method, response.status_code, time.perf_counter() - started)
+        if started is not None:  # labels from closed sets only: a client must not mint series
+            method = request.method if request.method in metrics.METHODS else "other"
+            metrics.observe_request(route, method, response.status_code, time.perf_counter() - started)
         if g.get("request_id"):
             response.headers["X-Request-Id"] = g.request_id
         if request.method != "GET" and route != "unmatched":
