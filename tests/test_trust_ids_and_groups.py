@@ -278,3 +278,20 @@ def test_a_deny_on_a_true_fact_passes_on_exactly_false(value: Any) -> None:
                                                     {"beforeJoin": before}), state)
     assert ask(False).allowed is True and ask(True).allowed is False
     assert ask(value).allowed is False, ask(value)
+
+
+@pytest.mark.parametrize(("method", "path", "body"), [
+    ("PUT", "/groups/team/scopes/participant/permissions", {"permissions": {"kickMembers": "allow"}}),
+    ("PUT", "/users/alice", {"role": "default"}),
+    ("DELETE", "/roles/support/restrictedfeatures", {"allowAll": True}),
+    ("POST", "/authorize", {"uid": "alice", "action": "listUsers"}),
+    ("POST", "/roles", {"role": "sneaky", "name": "Sneaky"}),
+])
+def test_on_behalf_of_is_refused_where_it_would_be_ignored(srv: Server, method: str, path: str,
+                                                           body: dict[str, Any]) -> None:
+    """Found by an outside attack: a participant's onBehalfOf on a route that does not decide as
+    the user was ignored, and the write made with the key's full rights."""
+    before = srv.revision()
+    response = srv.request(method, path, json=body, headers={"onBehalfOf": "mod"})
+    assert_bad_field(response, "onBehalfOf")
+    assert srv.revision() == before

@@ -3,11 +3,16 @@ from __future__ import annotations
 
 from flask import Flask, current_app, g, request
 
-from sidecar.errors import AuthError
+from sidecar.errors import AuthError, BadRequestError
 from sidecar.keys import AUTH_ONLY, ApiKey, KeyRing
 
 OPEN_ENDPOINTS = {"health.live", "health.ready", "ops.prometheus", "openapi.openapi_json", "openapi.docs"}
 AUTHORIZE_ENDPOINTS = {"authorize.authorize", "authorize.authorize_batch"}
+# The writes decided as the onBehalfOf user; everywhere else the header would be ignored: a 400.
+ON_BEHALF_ENDPOINTS = {"groups.set_group", "groups.delete_group", "groups.add_members", "groups.set_member",
+                       "groups.remove_member", "groups.ban", "groups.unban"}
+ON_BEHALF_ONLY_THERE = ("onBehalfOf is taken only by group, member and ban writes; elsewhere it would "
+                        "be ignored and the call made with the key's full rights")
 
 
 def install_auth(app: Flask) -> None:
@@ -18,6 +23,8 @@ def install_auth(app: Flask) -> None:
         keys: KeyRing = current_app.extensions["chatauthz.keys"]
         key = authenticate(keys, request.headers.get("apikey", ""), request.endpoint in AUTHORIZE_ENDPOINTS)
         g.actor = key.name
+        if "onBehalfOf" in request.headers and request.endpoint not in ON_BEHALF_ENDPOINTS:
+            raise BadRequestError.field("onBehalfOf", ON_BEHALF_ONLY_THERE)
 
 
 def authenticate(keys: KeyRing, presented: str, authorize_only: bool) -> ApiKey:

@@ -15,7 +15,7 @@ import orjson
 from flask import Flask
 
 from sidecar import wire
-from sidecar.api.auth import authenticate
+from sidecar.api.auth import ON_BEHALF_ONLY_THERE, authenticate
 from sidecar.api.authorize import authorize_many, authorize_one
 from sidecar.api.bodies import AlreadyAnsweredError, BodyReader
 from sidecar.errors import BadRequestError, ChatAuthzError
@@ -48,6 +48,8 @@ class AuthorizeFastPath:
         rid = take_request_id(environ.get("HTTP_X_REQUEST_ID"))
         try:
             authenticate(self.keys, environ.get("HTTP_APIKEY", ""), True)
+            if "HTTP_ONBEHALFOF" in environ:
+                raise BadRequestError.field("onBehalfOf", ON_BEHALF_ONLY_THERE)
             body = self._json(environ)
             if path == "/authorize":
                 status, payload = 200, authorize_one(self.core, body)
