@@ -85,11 +85,15 @@ def test_explain_shows_each_layer_key_value_and_source(capsys: pytest.CaptureFix
     assert lines[2] == "explanation:"
     steps = [" ".join(line.split()) for line in lines[3:]]
     assert steps[0].startswith("role role of mod = default (from never given a role, so default; role from roles.yaml")
+    assert steps[0].endswith("-> passes")
     assert steps[1:] == [
         "role kickMembers = allow (from catalogue) -> allows",
-        "membership scope of mod in g1 = moderator (from members of g1)",
+        "matched: p, 40, role, *, *, kickMembers, allow, catalogue",  # the Casbin line enforce_ex matched
+        "membership scope of mod in g1 = moderator (from members of g1) -> passes",
         "scope kickMembers = allow (from scopes.yaml) -> allows",
-        "scope kickMembers.allowedScopes = [participant] (from scopes.yaml; target.scope = 'admin') -> refuses",
+        "matched: p, 30, scope, moderator, *, kickMembers, allow, scopes.yaml",
+        "clearance kickMembers.allowedScopes = [participant] (from scopes.yaml; target.scope = 'admin') "
+        "-> refuses (ERR_GROUP_NO_CLEARANCE)",
     ]
 
 
@@ -102,7 +106,7 @@ def test_explain_names_a_group_override_and_a_constraint_value(capsys: pytest.Ca
     assert body["allowed"] is True and body["scope"] == "moderator"
     scope_steps = [s for s in body["explanation"] if s["layer"] == "scope"]
     assert scope_steps[0] == {"layer": "scope", "key": "sendMessage", "value": "allow", "source": "catalogue",
-                              "verdict": "allows"}
+                              "verdict": "allows", "rule": "p, 40, scope, *, *, sendMessage, allow, catalogue"}
     # the override is the participant's, so the moderator's value comes from the catalogue
     types = next(s for s in scope_steps if s["key"] == "sendMessage.allowedMessageTypes")
     assert (types["source"], types["verdict"]) == ("catalogue", "unrestricted")
@@ -113,7 +117,8 @@ def test_explain_names_a_group_override_and_a_constraint_value(capsys: pytest.Ca
     assert code == 1 and body["layer"] == "role"  # rita's role refuses images before her scope is asked
     refusing = body["explanation"][-1]
     assert refusing == {"layer": "role", "key": "sendMessage.allowedMessageTypes", "value": "[text]",
-                        "source": "roles.yaml; context.messageType = 'image'", "verdict": "refuses"}
+                        "source": "roles.yaml; context.messageType = 'image'", "verdict": "refuses",
+                        "code": "ERR_PERMISSION_DENIED"}
 
 
 def test_json_output_is_the_decision(capsys: pytest.CaptureFixture[str], world: str) -> None:
