@@ -452,7 +452,8 @@ class Engine:
                 gate = (True, where)
             defs = action.role_constraints if layer == "role" else action.scope_constraints
             guid = None if dom == "*" else dom
-            active, unrestricted = [], []
+            active: list[Constraint] = []
+            unrestricted: list[Constraint] = []
             for defn in defs:
                 value, source = resolve_value(self.policy, state, layer, sub, guid, defn.key)
                 restricts = not (value is None or value == "all" or (defn.type == "allowDeny" and value == "allow"))

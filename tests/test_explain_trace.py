@@ -20,6 +20,8 @@ import casbin
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_differential_authorize_write import world_ops
+from test_unit_model import DOMAIN_TERM, GROUPS, SHIPPED_EFFECT, SUBJECT_TERM, model_with, policy
 
 from sidecar.engine import ALLOWS, REFUSES, AuthzRequest, Engine, Step
 from sidecar.errors import ChatAuthzError
@@ -27,8 +29,6 @@ from sidecar.explain import explain, format_steps
 from sidecar.policy import PolicySet
 from sidecar.rules import build_rules
 from sidecar.state import RuntimeState
-from test_differential_authorize_write import world_ops
-from test_unit_model import DOMAIN_TERM, GROUPS, SHIPPED_EFFECT, SUBJECT_TERM, model_with, policy
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
