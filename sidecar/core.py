@@ -13,7 +13,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sidecar.audit import DecisionLog
@@ -24,6 +24,7 @@ from sidecar.reload import Files
 from sidecar.state import Op, RuntimeState, with_before
 from sidecar.stores.base import DataLoss, RecoveryPending, ResyncNeeded, Store
 from sidecar.validation import Token, format_token
+from sidecar.wire import Check
 
 log = logging.getLogger("chatauthz.core")
 STALE_CODE = "ERR_STATE_TOO_STALE"
@@ -162,19 +163,42 @@ class Sidecar:
         return time.monotonic() - self.last_heard if self.synced else 0.0
 
     # -- decisions -------------------------------------------------------------------------
-    def decide(self, request: AuthzRequest, at_least_revision: int | Token | None = None, *,
-               wait: bool = True, refresh: bool = True) -> dict[str, Any]:
+    def decide(self, request: AuthzRequest, at_least_revision: int | Token | None = None) -> dict[str, Any]:
         """One decision as the API's body. With at_least_revision, answer only from state at
-        least that new: wait (bounded) for it, or with wait=False refuse at once. refresh=False
-        skips the look at the embedded store (a batch looks once for all its checks)."""
-        if not self.synced and refresh:
+        least that new: wait (bounded) for it, else refuse (ChatAuthzError)."""
+        self._prepare(None if at_least_revision is None else [at_least_revision])
+        return self._decide_prepared(request, at_least_revision)
+
+    def decide_many(self, checks: Sequence[Check | ChatAuthzError]) -> list[dict[str, Any] | ChatAuthzError]:
+        """A batch: one look at the store and one bounded wait for all its checks; each answer
+        is a decision body or the error of that check (an error given in is passed through)."""
+        self._prepare([check[1] for check in checks if not isinstance(check, ChatAuthzError)
+                       and check[1] is not None])
+        results: list[dict[str, Any] | ChatAuthzError] = []
+        for check in checks:
+            if isinstance(check, ChatAuthzError):
+                results.append(check)
+                continue
+            try:
+                results.append(self._decide_prepared(*check))
+            except ChatAuthzError as exc:
+                results.append(exc)
+        return results
+
+    def _prepare(self, wanted: list[int | Token] | None) -> None:
+        """Before deciding: apply what the embedded store committed (an unreadable store is
+        decided from the last state), and wait once, bounded, for the revisions asked for."""
+        if not self.synced:
             try:
                 self.refresh()
             except StoreError:
                 log.warning("store unreadable; deciding from revision %s", self.state.revision)
+        if wanted and not self.reached(wanted):
+            self.wait_for_revision(wanted)
+
+    def _decide_prepared(self, request: AuthzRequest, at_least_revision: int | Token | None) -> dict[str, Any]:
         if at_least_revision is not None and not self.reached(at_least_revision):
-            if self._never(at_least_revision) or not (wait and self.wait_for_revision(at_least_revision)):
-                raise self._not_reached(at_least_revision)
+            raise self._not_reached(at_least_revision)
         stale = self.staleness_s() if self.synced else 0.0
         engine = self.engine
         timed = self.on_decision is not None

@@ -1,4 +1,8 @@
-"""JSON as the sidecar reads it, on every route (the /authorize fast path and Flask alike). Pure.
+"""The wire format, on every route (the /authorize fast path and Flask alike); imports no Flask.
+
+One content-type rule (`is_json`), one body reader (`parse_json`, with its size limit), one
+/authorize parser (`parse_check`, `parse_batch`) and one error envelope (`error_body`, the 500
+included). Both transports call these and only render what they return. Pure.
 
 orjson parses (it refuses NaN, Infinity and invalid UTF-8); a body with the same key twice in
 one object, at any depth, is refused: parsers disagree on which value wins, so a caller whose
@@ -18,7 +22,93 @@ from typing import Any
 
 import orjson
 
-from sidecar.errors import BadRequestError
+from sidecar.engine import AuthzRequest
+from sidecar.errors import BadRequestError, ChatAuthzError
+from sidecar.validation import Token, clean_id, consistency, context, reject_unknown, require_object
+
+MAX_BODY_BYTES = 1024 * 1024
+NOT_JSON = "The request body must be JSON (Content-Type: application/json)."
+INTERNAL = "Internal error; the request changed nothing it could not finish. See the server log."
+CHECK_FIELDS = {"uid", "action", "guid", "target", "context", "atLeastRevision"}
+Check = tuple[AuthzRequest, int | Token | None]  # a parsed /authorize check: request, atLeastRevision
+
+
+class PayloadTooLargeError(ChatAuthzError):
+    code = "ERR_PAYLOAD_TOO_LARGE"
+    status = 413
+
+    def __init__(self) -> None:
+        super().__init__("The request body is too large.")
+
+
+def is_json(content_type: str | None) -> bool:
+    """application/json or application/<anything>+json, parameters (charset) ignored."""
+    mimetype = (content_type or "").partition(";")[0].strip().lower()
+    return mimetype == "application/json" or (mimetype.startswith("application/") and mimetype.endswith("+json"))
+
+
+def body_length(header: str | None, limit: int = MAX_BODY_BYTES) -> int:
+    """The Content-Length of a body to read: 0 when absent, a 400 when invalid, a 413 over limit."""
+    try:
+        length = int(header or 0)
+    except ValueError:
+        length = -1
+    if length < 0:
+        raise BadRequestError.field("body", "The Content-Length header is invalid.")
+    if length > limit:
+        raise PayloadTooLargeError
+    return length
+
+
+def parse_json(content_type: str | None, raw: bytes, *, optional: bool = False) -> Any:
+    """A request body's JSON value; optional: an empty body is {} whatever its content type."""
+    if optional and not raw:
+        return {}
+    if not is_json(content_type):
+        raise BadRequestError.field("body", NOT_JSON)
+    return loads(raw)
+
+
+def parse_check(body: Any) -> Check:
+    """One /authorize check: the request and its atLeastRevision, or a 400 naming the field."""
+    body = require_object(body)
+    reject_unknown(body, CHECK_FIELDS)
+    action = body.get("action")
+    if not isinstance(action, str) or not action or len(action) > 100:
+        raise BadRequestError.field("action", "The action field is required and must be a string.")
+    guid = clean_id(body["guid"], "guid") if body.get("guid") is not None else None
+    target = clean_id(body["target"], "target") if body.get("target") is not None else None
+    request = AuthzRequest(clean_id(body.get("uid"), "uid"), action, guid, target, context(body.get("context")))
+    return request, consistency(body.get("atLeastRevision"))
+
+
+def parse_batch(body: Any, limit: int) -> list[Check | ChatAuthzError]:
+    """/authorize/batch: each check parsed on its own (a bad one is that item's error)."""
+    body = require_object(body)
+    reject_unknown(body, {"checks"})
+    checks = body.get("checks")
+    if not isinstance(checks, list) or not 1 <= len(checks) <= limit:
+        raise BadRequestError.field("checks", f"The checks field must be a list of 1 to {limit} checks.")
+    parsed: list[Check | ChatAuthzError] = []
+    for check in checks:
+        try:
+            parsed.append(parse_check(check))
+        except ChatAuthzError as exc:
+            parsed.append(exc)
+    return parsed
+
+
+def batch_body(results: list[dict[str, Any] | ChatAuthzError]) -> dict[str, Any]:
+    return {"data": {"results": [{"error": r.to_dict()} if isinstance(r, ChatAuthzError) else r
+                                 for r in results]}}
+
+
+def error_body(exc: BaseException) -> tuple[int, dict[str, Any]]:
+    """The one error envelope: (status, {"error": {code, message, details?}}); anything that is
+    not a ChatAuthzError is a 500 that says nothing of its cause (the log has it)."""
+    if isinstance(exc, ChatAuthzError):
+        return exc.status, {"error": exc.to_dict()}
+    return 500, {"error": {"code": "ERR_INTERNAL", "message": INTERNAL}}
 
 
 def loads(raw: bytes | str) -> Any:

@@ -16,8 +16,6 @@ from sidecar.config import Settings
 from sidecar.core import Sidecar
 from sidecar.keys import KeyRing, load_keys
 
-MAX_BODY_BYTES = 1024 * 1024
-
 
 class StrictJSONProvider(DefaultJSONProvider):
     """Flask reads request bodies with sidecar.wire, as the /authorize fast path does: NaN,
@@ -34,7 +32,7 @@ def create_app(settings: Settings | None = None, *, sidecar: Sidecar | None = No
                keys: KeyRing | None = None) -> Flask:
     settings = settings or Settings.from_env()
     app = Flask("chatauthz", static_folder=None)  # no /static/<path>: it served the working folder, no key
-    app.config.update(MAX_CONTENT_LENGTH=MAX_BODY_BYTES)
+    app.config.update(MAX_CONTENT_LENGTH=wire.MAX_BODY_BYTES)
     app.json = StrictJSONProvider(app)
     app.extensions["chatauthz"] = sidecar or build_sidecar(settings)
     app.extensions["chatauthz.settings"] = settings
@@ -45,5 +43,5 @@ def create_app(settings: Settings | None = None, *, sidecar: Sidecar | None = No
     install_request_timing(app)
     for blueprint in (authorize.bp, roles.bp, groups.bp, changes.bp, health.bp, ops.bp, openapi.bp):
         app.register_blueprint(blueprint)
-    app.wsgi_app = AuthorizeFastPath(app, MAX_BODY_BYTES)  # type: ignore[method-assign]
+    app.wsgi_app = AuthorizeFastPath(app, wire.MAX_BODY_BYTES)  # type: ignore[method-assign]
     return app
