@@ -14,7 +14,8 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 from sidecar.audit import DecisionLog
 from sidecar.engine import AuthzRequest, Decision, Engine
@@ -31,6 +32,29 @@ STALE_CODE = "ERR_STATE_TOO_STALE"
 NOT_LOADED_CODE = "ERR_STATE_NOT_LOADED"
 EPOCH_MISMATCH_CODE = "ERR_REVISION_EPOCH_MISMATCH"
 Wanted = int | Token | list[int | Token]  # what atLeastRevision asks for (a batch: all of them)
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class WriteContext:
+    """What a write plan reads, all taken inside the write's lock: the engine (and so the
+    policy) in force, and the state caught up to the store's last commit."""
+    engine: Engine
+    state: RuntimeState
+
+    @property
+    def policy(self) -> PolicySet:
+        return self.engine.policy
+
+
+@dataclass(frozen=True)
+class Written(Generic[R]):
+    """A committed (or unchanged) write: its revision and token, the plan's result, and what
+    `after` read at that revision."""
+    revision: int
+    token: str
+    result: R
+    shown: Any = None
 
 
 class Sidecar:
@@ -314,25 +338,24 @@ class Sidecar:
         if self.on_write is not None:
             self.on_write(result)
 
-    def write(self, plan: Callable[[PolicySet, RuntimeState], list[Op]], actor: str,
-              view: Callable[[PolicySet, RuntimeState], Any] | None = None) -> tuple[int, Any]:
-        """Check and change in one step. Returns the revision after the write and view(policy,
-        state) taken at exactly that revision (no other change in between), for the response."""
-        revision, shown, _ = self.write_with_token(plan, actor, view)
-        return revision, shown
-
-    def write_with_token(self, plan: Callable[[PolicySet, RuntimeState], list[Op]], actor: str,
-                         view: Callable[[PolicySet, RuntimeState], Any] | None = None) -> tuple[int, Any, str]:
-        """write(), plus the write's consistency token "<epoch>:<revision>"."""
+    def write(self, plan: Callable[[WriteContext], tuple[list[Op], R]], actor: str,
+              after: Callable[[WriteContext, R], Any] | None = None) -> Written[R]:
+        """Check and change in one step: plan(tx) runs inside the store's exclusive transaction on
+        caught-up state, with the engine and policy taken there, and returns (ops, result); it
+        raises to refuse, and then nothing is written. after(tx, result), if given, reads the
+        state at exactly the write's revision (no other change in between) for the response."""
         with self._write_lock, self._catch_up_lock:  # nothing else advances our state meanwhile
-            policy = self.policy
+            planned: list[tuple[WriteContext, R]] = []
 
-            def planned() -> list[Op]:
+            def run_plan() -> list[Op]:
                 self._catch_up_locked()
                 with self._lock:
-                    return [with_before(self.state, op) for op in plan(policy, self.state)]
+                    tx = WriteContext(self.engine, self.state)
+                    ops, result = plan(tx)
+                    planned.append((tx, result))
+                    return [with_before(self.state, op) for op in ops]
             try:
-                revision, ops = self.store.write(planned, actor)
+                revision, ops = self.store.write(run_plan, actor)
             except StoreError:
                 self.store_errors += 1
                 self._count_write("failed")
@@ -341,9 +364,11 @@ class Sidecar:
                 self._count_write("refused")
                 raise
             self._count_write("committed" if ops else "unchanged")
+            tx, result = planned[-1]  # a store may run the plan again (Redis, on a conflict): the last counts
             with self._lock:
                 self._apply_entries([(revision, ops)] if ops else [])
-                shown = view(policy, self.state) if view is not None else None
+                done = WriteContext(tx.engine, self.state)
+                shown = after(done, result) if after is not None else None
                 token = format_token(self.state.epoch, revision)
             self.last_heard = time.monotonic()
-            return revision, shown, token
+            return Written(revision, token, result, shown)

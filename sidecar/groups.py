@@ -1,18 +1,23 @@
 """Group plans and views: owners, members, bans and per-group scope overrides. Pure.
 
-A plan given `as_user` (the onBehalfOf header) first decides the operation as that user with
-the engine, inside the same write transaction: check and change in one step.
+parse_* reads a body (before any lock), plan_* decides on one WriteContext inside the write
+transaction and returns (ops, result). A plan given `as_user` (the onBehalfOf header) first
+decides the operation as that user with the engine, on the same state: check and change in
+one step.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sidecar.engine import AuthzRequest, Engine
+from sidecar.engine import AuthzRequest
 from sidecar.errors import BadRequestError, ConflictError, NotFoundError, RefusedError
-from sidecar.management import checked_permissions, permission_rows
+from sidecar.management import Planned, checked_permissions, permission_rows
 from sidecar.policy import PolicySet
 from sidecar.state import Op, RuntimeState
 from sidecar.validation import canonical_id, clean_id, optional_list, reject_unknown, require_object
+
+if TYPE_CHECKING:
+    from sidecar.core import WriteContext
 
 MAX_MEMBERS_PER_CALL = 25
 SCOPE_LISTS = ("admins", "moderators", "participants")  # highest first
@@ -35,14 +40,14 @@ CONFLICT_CODES = {"ERR_ALREADY_BANNED", "ERR_NOT_A_BANNED_USER", "ERR_ALREADY_JO
                   "ERR_SAME_SCOPE", "ERR_GUID_ALREADY_EXISTS"}
 
 
-def check_as(engine: Engine, state: RuntimeState, as_user: str | None, action: str, guid: str | None,
+def check_as(tx: WriteContext, as_user: str | None, action: str, guid: str | None,
              target: str | None = None, **context: Any) -> None:
     """Refuse unless as_user may do this, exactly as POST /authorize decides it (same code and
     reason; 404 for a missing group, 400 for a state conflict, else 403). Called before the plan's
     own checks, so that /authorize and the write agree on every refusal."""
     if as_user is None:
         return
-    decision = engine.decide(AuthzRequest(as_user, action, guid, target, context), state)
+    decision = tx.engine.decide(AuthzRequest(as_user, action, guid, target, context), tx.state)
     if decision.allowed:
         return
     code = decision.code or "ERR_PERMISSION_DENIED"
@@ -59,62 +64,71 @@ def group_view(state: RuntimeState, guid: str) -> dict[str, Any]:
             "bannedCount": len(state.bans.get(guid, ())), "hasOverrides": guid in state.overrides}
 
 
-def plan_set_group(engine: Engine, state: RuntimeState, guid: str, body: Any, as_user: str | None) -> list[Op]:
+def parse_group(body: Any) -> str:
+    """PUT /groups/{guid}: the owner."""
     body = require_object(body)
     reject_unknown(body, {"owner"})
-    owner = clean_id(body.get("owner"), "owner")
+    return clean_id(body.get("owner"), "owner")
+
+
+def plan_set_group(tx: WriteContext, guid: str, owner: str, as_user: str | None) -> Planned:
+    state = tx.state
     current = state.owners.get(guid)
     if current is None:
-        check_as(engine, state, as_user, "createGroup", guid)
+        check_as(tx, as_user, "createGroup", guid)
     elif current != owner:  # a transfer: the owner's alone (the engine's transferOwnership rule)
-        check_as(engine, state, as_user, "transferOwnership", guid, owner)
+        check_as(tx, as_user, "transferOwnership", guid, owner)
     else:
-        check_as(engine, state, as_user, "editGroup", guid)
-        return []
+        check_as(tx, as_user, "editGroup", guid)
+        return [], None
     ops: list[Op] = [{"op": "put_group", "guid": guid, "owner": owner}]
     if state.is_banned(guid, owner):
         ops.insert(0, {"op": "unban", "guid": guid, "uid": owner})
     if state.scope_of(guid, owner) != "admin":
         ops.append({"op": "put_member", "guid": guid, "uid": owner, "scope": "admin"})
-    return ops
+    return ops, None
 
 
-def plan_delete_group(engine: Engine, state: RuntimeState, guid: str, as_user: str | None) -> list[Op]:
-    check_as(engine, state, as_user, "deleteGroup", guid)
-    require_group(state, guid)
-    return [{"op": "delete_group", "guid": guid}]
+def plan_delete_group(tx: WriteContext, guid: str, as_user: str | None) -> Planned:
+    check_as(tx, as_user, "deleteGroup", guid)
+    require_group(tx.state, guid)
+    return [{"op": "delete_group", "guid": guid}], None
 
 
 # -- members -------------------------------------------------------------------------------
-def plan_set_member(engine: Engine, policy: PolicySet, state: RuntimeState, guid: str, uid: str,
-                    body: Any, as_user: str | None) -> list[Op]:
+def parse_member(body: Any) -> Any:
+    """PUT /groups/{guid}/members/{uid}: the scope asked for (checked against the policy by the plan)."""
     body = require_object(body)
     reject_unknown(body, {"scope"})
-    scope = body.get("scope")
+    return body.get("scope")
+
+
+def plan_set_member(tx: WriteContext, guid: str, uid: str, scope: Any, as_user: str | None) -> Planned:
+    policy, state = tx.policy, tx.state
     if not isinstance(scope, str) or scope not in policy.scopes:
         raise BadRequestError.field("scope", f"The scope must be one of {', '.join(policy.scopes)}.")
     current = state.scope_of(guid, uid)
     if current is None:
-        return _add_member_ops(engine, state, guid, uid, scope, as_user)
-    check_as(engine, state, as_user, "changeScope", guid, uid, newScope=scope)
+        return _add_member_ops(tx, guid, uid, scope, as_user), None
+    check_as(tx, as_user, "changeScope", guid, uid, newScope=scope)
     if current == scope:
         raise ConflictError(f"{uid} already has the scope {scope} in group {guid}.", code="ERR_SAME_SCOPE")
     if state.owners.get(guid) == uid and scope != "admin":
         raise RefusedError(f"{uid} owns group {guid} and stays admin; transfer ownership first.",
                            code="ERR_GROUP_NO_SCOPE_CLEARANCE")
-    return [{"op": "put_member", "guid": guid, "uid": uid, "scope": scope}]
+    return [{"op": "put_member", "guid": guid, "uid": uid, "scope": scope}], None
 
 
-def _add_member_ops(engine: Engine, state: RuntimeState, guid: str, uid: str, scope: str,
-                    as_user: str | None) -> list[Op]:
+def _add_member_ops(tx: WriteContext, guid: str, uid: str, scope: str, as_user: str | None) -> list[Op]:
     """Add uid as scope; on behalf of uid itself that is joining (joinGroup, as a participant)."""
+    state = tx.state
     if as_user is not None and as_user == uid:
-        check_as(engine, state, as_user, "joinGroup", guid)
+        check_as(tx, as_user, "joinGroup", guid)
         if scope != "participant":
             raise RefusedError(f"{uid} may join group {guid} as a participant only; an admin may then "
                                "change the scope.", code="ERR_GROUP_NO_CLEARANCE")
     else:
-        check_as(engine, state, as_user, "addMembers", guid, uid, newScope=scope)
+        check_as(tx, as_user, "addMembers", guid, uid, newScope=scope)
     require_group(state, guid)
     if state.is_banned(guid, uid):
         raise ConflictError(f"{uid} is banned from group {guid}; unban them first.",
@@ -124,33 +138,32 @@ def _add_member_ops(engine: Engine, state: RuntimeState, guid: str, uid: str, sc
     return [{"op": "put_member", "guid": guid, "uid": uid, "scope": scope}]
 
 
-def plan_add_members(engine: Engine, state: RuntimeState, guid: str, body: Any, as_user: str | None,
-                     results: dict[str, dict[str, Any]]) -> list[Op]:
-    """POST /groups/{guid}/members: per-member results (filled into `results`); one bad uid fails alone."""
-    body = require_object(body)
-    reject_unknown(body, {*SCOPE_LISTS, "usersToBan"})
-    wanted = _wanted_members(body)
+def plan_add_members(tx: WriteContext, guid: str, wanted: dict[str, str], as_user: str | None) -> Planned:
+    """POST /groups/{guid}/members: result = per-list, per-uid outcomes; one bad uid fails alone."""
+    state = tx.state
     if as_user is None:  # on behalf of a user, each uid's op asks the engine first, as /authorize does
         require_group(state, guid)
     ops: list[Op] = []
-    for list_name in (*SCOPE_LISTS, "usersToBan"):
-        results[list_name] = {}
+    results: dict[str, dict[str, Any]] = {list_name: {} for list_name in (*SCOPE_LISTS, "usersToBan")}
     for raw_uid, list_name in wanted.items():
         try:
             uid = clean_id(raw_uid, "uid")
             if list_name == "usersToBan":
-                new_ops = _ban_ops(engine, state, guid, uid, as_user)
+                new_ops = _ban_ops(tx, guid, uid, as_user)
             else:
-                new_ops = _add_member_ops(engine, state, guid, uid, LIST_SCOPE[list_name], as_user)
+                new_ops = _add_member_ops(tx, guid, uid, LIST_SCOPE[list_name], as_user)
             ops += new_ops
             results[list_name][raw_uid] = {"success": True}
         except (BadRequestError, ConflictError, RefusedError) as exc:
             results[list_name][raw_uid] = {"success": False, "error": exc.to_dict()}
-    return ops
+    return ops, {name: outcome for name, outcome in results.items() if outcome}
 
 
-def _wanted_members(body: dict[str, Any]) -> dict[str, str]:
-    """uid -> the list it lands in: the highest scope wins; usersToBan stands apart."""
+def parse_members(body: Any) -> dict[str, str]:
+    """POST /groups/{guid}/members: uid -> the list it lands in: the highest scope wins;
+    usersToBan stands apart."""
+    body = require_object(body)
+    reject_unknown(body, {*SCOPE_LISTS, "usersToBan"})
     wanted: dict[str, str] = {}
     total = 0
     for list_name in (*SCOPE_LISTS, "usersToBan"):
@@ -171,19 +184,20 @@ def _wanted_members(body: dict[str, Any]) -> dict[str, str]:
     return wanted
 
 
-def plan_remove_member(engine: Engine, state: RuntimeState, guid: str, uid: str, as_user: str | None) -> list[Op]:
+def plan_remove_member(tx: WriteContext, guid: str, uid: str, as_user: str | None) -> Planned:
     """Kick uid; on behalf of uid itself that is leaving (leaveGroup)."""
+    state = tx.state
     if as_user is not None and as_user == uid:
-        check_as(engine, state, as_user, "leaveGroup", guid)
+        check_as(tx, as_user, "leaveGroup", guid)
     else:
-        check_as(engine, state, as_user, "kickMembers", guid, uid)
+        check_as(tx, as_user, "kickMembers", guid, uid)
     require_group(state, guid)
     if state.scope_of(guid, uid) is None:
         raise ConflictError(f"{uid} is not a member of group {guid}.", code="ERR_NOT_A_MEMBER")
     if state.owners.get(guid) == uid:
         raise RefusedError(f"{uid} owns group {guid}; transfer ownership before removing them.",
                            code="ERR_GROUP_NO_CLEARANCE")
-    return [{"op": "delete_member", "guid": guid, "uid": uid}]
+    return [{"op": "delete_member", "guid": guid, "uid": uid}], None
 
 
 def members_view(policy: PolicySet, state: RuntimeState, guid: str, scopes: str | None) -> list[dict[str, Any]]:
@@ -200,8 +214,9 @@ def members_view(policy: PolicySet, state: RuntimeState, guid: str, scopes: str 
 
 
 # -- bans ----------------------------------------------------------------------------------
-def _ban_ops(engine: Engine, state: RuntimeState, guid: str, uid: str, as_user: str | None) -> list[Op]:
-    check_as(engine, state, as_user, "ban", guid, uid)
+def _ban_ops(tx: WriteContext, guid: str, uid: str, as_user: str | None) -> list[Op]:
+    state = tx.state
+    check_as(tx, as_user, "ban", guid, uid)
     require_group(state, guid)
     if state.is_banned(guid, uid):
         raise ConflictError(f"{uid} is already banned from group {guid}.", code="ERR_ALREADY_BANNED")
@@ -210,16 +225,17 @@ def _ban_ops(engine: Engine, state: RuntimeState, guid: str, uid: str, as_user: 
     return [{"op": "ban", "guid": guid, "uid": uid}]
 
 
-def plan_ban(engine: Engine, state: RuntimeState, guid: str, uid: str, as_user: str | None) -> list[Op]:
-    return _ban_ops(engine, state, guid, uid, as_user)
+def plan_ban(tx: WriteContext, guid: str, uid: str, as_user: str | None) -> Planned:
+    return _ban_ops(tx, guid, uid, as_user), None
 
 
-def plan_unban(engine: Engine, state: RuntimeState, guid: str, uid: str, as_user: str | None) -> list[Op]:
-    check_as(engine, state, as_user, "unban", guid, uid)
+def plan_unban(tx: WriteContext, guid: str, uid: str, as_user: str | None) -> Planned:
+    state = tx.state
+    check_as(tx, as_user, "unban", guid, uid)
     require_group(state, guid)
     if not state.is_banned(guid, uid):
         raise ConflictError(f"{uid} is not banned from group {guid}.", code="ERR_NOT_A_BANNED_USER")
-    return [{"op": "unban", "guid": guid, "uid": uid}]
+    return [{"op": "unban", "guid": guid, "uid": uid}], None
 
 
 def bans_view(state: RuntimeState, guid: str) -> list[dict[str, Any]]:
@@ -240,20 +256,20 @@ def scope_permissions_view(policy: PolicySet, state: RuntimeState, guid: str, sc
     return permission_rows(policy, state, "scope", scope, guid)
 
 
-def plan_set_scope_permissions(policy: PolicySet, state: RuntimeState, guid: str, scope: str, body: Any) -> list[Op]:
-    require_group(state, guid)
-    require_scope(policy, scope)
-    values = checked_permissions(body, policy.scope_keys, None)
-    return [{"op": "set_scope_permissions", "guid": guid, "scope": scope, "values": values}]
+def plan_set_scope_permissions(tx: WriteContext, guid: str, scope: str, permissions: dict[str, Any]) -> Planned:
+    require_group(tx.state, guid)
+    require_scope(tx.policy, scope)
+    values = checked_permissions(permissions, tx.policy.scope_keys, None)
+    return [{"op": "set_scope_permissions", "guid": guid, "scope": scope, "values": values}], None
 
 
-def plan_unset_scope_permission(policy: PolicySet, state: RuntimeState, guid: str, scope: str, key: str) -> list[Op]:
-    require_group(state, guid)
-    require_scope(policy, scope)
-    if key not in state.overrides.get(guid, {}).get(scope, {}):
+def plan_unset_scope_permission(tx: WriteContext, guid: str, scope: str, key: str) -> Planned:
+    require_group(tx.state, guid)
+    require_scope(tx.policy, scope)
+    if key not in tx.state.overrides.get(guid, {}).get(scope, {}):
         raise NotFoundError(f"Group {guid} has no override of {key} for scope {scope}.",
                             code="ERR_PERMISSION_NOT_FOUND")
-    return [{"op": "unset_scope_permission", "guid": guid, "scope": scope, "key": key}]
+    return [{"op": "unset_scope_permission", "guid": guid, "scope": scope, "key": key}], None
 
 
 def explicit_scope_permissions(state: RuntimeState, guid: str, scope: str) -> dict[str, Any]:

@@ -5,15 +5,61 @@ journal them, so every worker and sidecar replays them into its own RuntimeState
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 Op = dict[str, Any]
 
-# Ops that change what Casbin evaluates (roles, permission values, features, overrides).
-POLICY_OPS = frozenset({"put_role", "delete_role", "set_role_permissions", "unset_role_permission",
-                        "set_restricted_features", "set_scope_permissions", "unset_scope_permission",
-                        "delete_group"})
+
+class OpKind(NamedTuple):
+    fields: tuple[str, ...]  # besides "op" (and "before", which the change log adds)
+    policy: bool             # changes what Casbin evaluates (the engine recompiles its lines)
+
+
+# The one registry of ops: RuntimeState.apply, the change log's `before` and both stores handle
+# exactly these (tests/test_op_registry.py), and a store refuses any op not shaped like one.
+OPS: Mapping[str, OpKind] = MappingProxyType({
+    "put_role": OpKind(("role", "record"), True),
+    "delete_role": OpKind(("role",), True),
+    "set_role_permissions": OpKind(("role", "values"), True),
+    "unset_role_permission": OpKind(("role", "key"), True),
+    "set_restricted_features": OpKind(("role", "features"), True),
+    "put_user": OpKind(("uid", "role"), False),
+    "delete_user": OpKind(("uid",), False),
+    "put_group": OpKind(("guid", "owner"), False),
+    "delete_group": OpKind(("guid",), True),
+    "put_member": OpKind(("guid", "uid", "scope"), False),
+    "delete_member": OpKind(("guid", "uid"), False),
+    "ban": OpKind(("guid", "uid"), False),
+    "unban": OpKind(("guid", "uid"), False),
+    "set_scope_permissions": OpKind(("guid", "scope", "values"), True),
+    "unset_scope_permission": OpKind(("guid", "scope", "key"), True),
+})
+POLICY_OPS = frozenset(name for name, kind in OPS.items() if kind.policy)
+
+
+def op_problem(op: Any) -> str | None:
+    """Why `op` is not an op of the registry (None when it is one)."""
+    if not isinstance(op, dict):
+        return f"an op must be an object, not {type(op).__name__}"
+    kind = OPS.get(op.get("op"))  # type: ignore[arg-type]
+    if kind is None:
+        return f"unknown op {op.get('op')!r}"
+    keys = set(op) - {"op", "before"}
+    if keys != set(kind.fields):
+        return f"op {op['op']} has fields {sorted(keys)}, not {sorted(kind.fields)}"
+    return None
+
+
+def check_ops(ops: list[Op]) -> list[Op]:
+    """The ops, after checking each against the registry (ValueError otherwise)."""
+    for op in ops:
+        problem = op_problem(op)
+        if problem is not None:
+            raise ValueError(problem)
+    return ops
 
 
 @dataclass
@@ -37,7 +83,7 @@ class RuntimeState:
         self.revision = revision
 
     def apply(self, op: Op) -> None:
-        handler = getattr(self, "_" + op["op"], None)
+        handler = getattr(self, "_" + op["op"], None) if op["op"] in OPS else None
         if handler is None:
             raise ValueError(f"unknown op {op['op']!r}")
         handler(op)
@@ -151,5 +197,7 @@ def _before(state: RuntimeState, op: Op) -> Any:
                 "bans": len(state.bans.get(guid, ())), "overrides": state.overrides.get(guid)}
     if name in ("put_member", "delete_member", "ban", "unban"):
         return {"scope": state.scope_of(op["guid"], op["uid"]), "banned": state.is_banned(op["guid"], op["uid"])}
-    current = state.overrides.get(op["guid"], {}).get(op["scope"], {})
-    return {k: current.get(k) for k in op.get("values", {op.get("key"): None})}
+    if name in ("set_scope_permissions", "unset_scope_permission"):
+        current = state.overrides.get(op["guid"], {}).get(op["scope"], {})
+        return {k: current.get(k) for k in op.get("values", {op.get("key"): None})}
+    raise ValueError(f"unknown op {name!r}")

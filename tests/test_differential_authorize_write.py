@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from sidecar import groups as grp
+from sidecar.core import WriteContext
 from sidecar.engine import AuthzRequest, Decision, Engine
 from sidecar.errors import ChatAuthzError
 from sidecar.policy import load_policy
@@ -149,32 +150,32 @@ def random_case(rng: random.Random, state: RuntimeState, uids: list[str], guids:
 def run_write(engine: Engine, state: RuntimeState, case: Case) -> tuple[list[Op] | None, str | None]:
     """The write plan on behalf of the actor: (ops, None) when done, (None, code) when refused."""
     actor, guid, target = case.actor, case.guid, case.target or ""
-    results: dict[str, dict[str, Any]] = {}
+    tx = WriteContext(engine, state)
     try:
         if case.operation == "create":
-            ops = grp.plan_set_group(engine, state, guid, {"owner": actor}, actor)
+            ops, _ = grp.plan_set_group(tx, guid, grp.parse_group({"owner": actor}), actor)
         elif case.operation == "update":
-            ops = grp.plan_set_group(engine, state, guid, {"owner": state.owners.get(guid, actor)}, actor)
+            ops, _ = grp.plan_set_group(tx, guid, state.owners.get(guid, actor), actor)
         elif case.operation == "transfer":
-            ops = grp.plan_set_group(engine, state, guid, {"owner": target}, actor)
+            ops, _ = grp.plan_set_group(tx, guid, target, actor)
         elif case.operation == "delete":
-            ops = grp.plan_delete_group(engine, state, guid, actor)
+            ops, _ = grp.plan_delete_group(tx, guid, actor)
         elif case.operation == "leave":
-            ops = grp.plan_remove_member(engine, state, guid, actor, actor)
+            ops, _ = grp.plan_remove_member(tx, guid, actor, actor)
         elif case.operation == "kick":
-            ops = grp.plan_remove_member(engine, state, guid, target, actor)
+            ops, _ = grp.plan_remove_member(tx, guid, target, actor)
         elif case.operation == "unban":
-            ops = grp.plan_unban(engine, state, guid, target, actor)
+            ops, _ = grp.plan_unban(tx, guid, target, actor)
         elif case.operation == "ban" and not case.via_batch:
-            ops = grp.plan_ban(engine, state, guid, target, actor)
+            ops, _ = grp.plan_ban(tx, guid, target, actor)
         elif case.operation in ("add", "changeScope") and not case.via_batch:
-            ops = grp.plan_set_member(engine, POLICY, state, guid, target, {"scope": case.new_scope}, actor)
+            ops, _ = grp.plan_set_member(tx, guid, target, grp.parse_member({"scope": case.new_scope}), actor)
         elif case.operation == "join" and not case.via_batch:
-            ops = grp.plan_set_member(engine, POLICY, state, guid, actor, {"scope": "participant"}, actor)
+            ops, _ = grp.plan_set_member(tx, guid, actor, "participant", actor)
         else:  # add, join or ban through the batch route: the one uid's own result
             uid, list_name = {"add": (target, LISTS[case.new_scope or "participant"]),
                               "join": (actor, "participants"), "ban": (target, "usersToBan")}[case.operation]
-            ops = grp.plan_add_members(engine, state, guid, {list_name: [uid]}, actor, results)
+            ops, results = grp.plan_add_members(tx, guid, grp.parse_members({list_name: [uid]}), actor)
             result = results[list_name][uid]
             if not result["success"]:
                 return None, str(result["error"]["code"])

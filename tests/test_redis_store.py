@@ -21,7 +21,7 @@ import redis
 from redis_support import RedisServer, unique
 
 from sidecar import metrics
-from sidecar.core import Sidecar
+from sidecar.core import Sidecar, WriteContext
 from sidecar.engine import AuthzRequest
 from sidecar.errors import ChatAuthzError, StoreError
 from sidecar.policy import load_policy
@@ -259,17 +259,17 @@ def test_a_write_that_loses_the_watch_race_retries_on_fresh_state(shared_redis: 
                                                                   prefix: str) -> None:
     """Another writer commits between our WATCH and our EXEC: ours retries, nothing is lost."""
     ours, theirs = core(open_store(shared_redis, prefix)), core(open_store(shared_redis, prefix))
-    ours.write(lambda p, s: [{"op": "set_role_permissions", "role": "support", "values": {"blockUser": "allow"}}],
-               "ours")
+    ours.write(lambda tx: ([{"op": "set_role_permissions", "role": "support", "values": {"blockUser": "allow"}}],
+                           None), "ours")
     seen: list[dict[str, Any]] = []
 
-    def plan(policy: Any, state: RuntimeState) -> list[Op]:
-        seen.append(dict(state.role_permissions.get("support", {})))
+    def plan(tx: WriteContext) -> tuple[list[Op], None]:
+        seen.append(dict(tx.state.role_permissions.get("support", {})))
         if len(seen) == 1:  # the first attempt: someone else writes the same role meanwhile
-            theirs.write(lambda p, s: [{"op": "set_role_permissions", "role": "support",
-                                        "values": {"createGroup": "allow"}}], "theirs")
-        return [{"op": "set_role_permissions", "role": "support", "values": {"editProfile": "deny"}}]
-    assert ours.write(plan, "ours")[0] == 3
+            theirs.write(lambda tx: ([{"op": "set_role_permissions", "role": "support",
+                                       "values": {"createGroup": "allow"}}], None), "theirs")
+        return [{"op": "set_role_permissions", "role": "support", "values": {"editProfile": "deny"}}], None
+    assert ours.write(plan, "ours").revision == 3
     assert len(seen) == 2, seen  # planned twice: the first EXEC was refused
     assert seen[1] == {"blockUser": "allow", "createGroup": "allow"}
     expected = {"blockUser": "allow", "createGroup": "allow", "editProfile": "deny"}
@@ -296,11 +296,11 @@ def test_concurrent_writers_on_two_sidecars_never_lose_an_update(shared_redis: R
             for n in range(per_thread):
                 uid = f"w{index}-m{n}"
 
-                def plan(policy: Any, state: RuntimeState, uid: str = uid) -> list[Op]:
+                def plan(tx: WriteContext, uid: str = uid) -> tuple[list[Op], None]:
                     with attempts_lock:
                         attempts[0] += 1
-                    return [{"op": "put_member", "guid": "busy", "uid": uid, "scope": "participant"}]
-                results[index].append(sidecar.write(plan, f"thread-{index}")[0])
+                    return [{"op": "put_member", "guid": "busy", "uid": uid, "scope": "participant"}], None
+                results[index].append(sidecar.write(plan, f"thread-{index}").revision)
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
@@ -335,12 +335,12 @@ def test_concurrent_writers_on_two_sidecars_never_lose_an_update(shared_redis: R
 def test_a_write_while_redis_is_down_raises_store_error_and_changes_nothing(own_redis: RedisServer,
                                                                            open_store: Any, prefix: str) -> None:
     sidecar = core(open_store(own_redis, prefix))
-    sidecar.write(lambda p, s: [{"op": "put_user", "uid": "u1", "role": "support"}], "t")
+    sidecar.write(lambda tx: ([{"op": "put_user", "uid": "u1", "role": "support"}], None), "t")
     before_state = fields(sidecar.state)
     own_redis.kill()
     started = time.monotonic()
     with pytest.raises(StoreError) as caught:
-        sidecar.write(lambda p, s: [{"op": "put_user", "uid": "u2", "role": "support"}], "t")
+        sidecar.write(lambda tx: ([{"op": "put_user", "uid": "u2", "role": "support"}], None), "t")
     assert time.monotonic() - started < 5.0
     assert caught.value.status == 503 and caught.value.code == "ERR_STORE_UNAVAILABLE"
     assert "Redis" in caught.value.message
@@ -354,14 +354,14 @@ def test_a_write_while_redis_hangs_raises_store_error_and_is_not_applied_later(o
                                                                                prefix: str) -> None:
     """SIGSTOP: the commands sit in Redis's socket buffers; after SIGCONT nothing may apply them."""
     sidecar = core(open_store(own_redis, prefix))
-    sidecar.write(lambda p, s: [{"op": "put_user", "uid": "u1", "role": "support"}], "t")
+    sidecar.write(lambda tx: ([{"op": "put_user", "uid": "u1", "role": "support"}], None), "t")
     admin = own_redis.client()
     before, before_state = dump(admin, prefix), fields(sidecar.state)
     own_redis.pause()
     try:
         started = time.monotonic()
         with pytest.raises(StoreError) as caught:
-            sidecar.write(lambda p, s: [{"op": "put_user", "uid": "u2", "role": "support"}], "t")
+            sidecar.write(lambda tx: ([{"op": "put_user", "uid": "u2", "role": "support"}], None), "t")
         elapsed = time.monotonic() - started
         assert caught.value.status == 503
         assert elapsed < 5.0, f"a write against a hung Redis took {elapsed:.1f}s to fail (timeout 0.5 s)"
@@ -371,7 +371,7 @@ def test_a_write_while_redis_hangs_raises_store_error_and_is_not_applied_later(o
     assert dump(admin, prefix) == before
     assert fields(sidecar.state) == before_state
     # and once Redis answers again the next write goes through as revision 2
-    assert sidecar.write(lambda p, s: [{"op": "put_user", "uid": "u3", "role": "support"}], "t")[0] == 2
+    assert sidecar.write(lambda tx: ([{"op": "put_user", "uid": "u3", "role": "support"}], None), "t").revision == 2
     assert sidecar.store.load().users == {"u1": "support", "u3": "support"}
 
 
@@ -399,7 +399,7 @@ def test_after_flushall_a_sidecar_writes_its_state_back_and_others_load_it(own_r
     holder, other = core(open_store(own_redis, prefix)), core(open_store(own_redis, prefix))
     for start in range(0, len(EVERY_OP), 3):
         ops = EVERY_OP[start:start + 3]
-        holder.write(lambda p, s, ops=ops: [dict(op) for op in ops], "t")
+        holder.write(lambda tx, ops=ops: ([dict(op) for op in ops], None), "t")
     other.catch_up()
     expected = fields(holder.state)
     assert fields(other.state) == expected
@@ -415,7 +415,7 @@ def test_after_flushall_a_sidecar_writes_its_state_back_and_others_load_it(own_r
     fresh = open_store(own_redis, prefix)
     assert fields(fresh.load()) == expected
     # and the next write continues from there, visible to everyone
-    revision, _ = other.write(lambda p, s: [{"op": "put_user", "uid": "late", "role": "restricted"}], "t")
+    revision = other.write(lambda tx: ([{"op": "put_user", "uid": "late", "role": "restricted"}], None), "t").revision
     assert revision == expected["revision"] + 1
     holder.catch_up()
     assert holder.state.users["late"] == "restricted" and fields(holder.state) == fields(fresh.load())
@@ -443,15 +443,15 @@ def test_a_write_that_needs_a_full_resync_plans_and_expands_on_the_fresh_state(o
     or the write silently drops what the others wrote and this sidecar diverges from Redis.
     """
     lagging, other = core(open_store(own_redis, prefix)), core(open_store(own_redis, prefix))
-    lagging.write(lambda p, s: [{"op": "set_role_permissions", "role": "support",
-                                 "values": {"blockUser": "allow"}}], "lagging")
+    lagging.write(lambda tx: ([{"op": "set_role_permissions", "role": "support",
+                                 "values": {"blockUser": "allow"}}], None), "lagging")
     other.catch_up()
     own_redis.client().flushall()
     other.catch_up()  # reseeds (new epoch); `lagging` has not noticed yet
-    other.write(lambda p, s: [{"op": "set_role_permissions", "role": "support",
-                               "values": {"createGroup": "allow"}}], "other")
-    lagging.write(lambda p, s: [{"op": "set_role_permissions", "role": "support",
-                                 "values": {"editProfile": "deny"}}], "lagging")
+    other.write(lambda tx: ([{"op": "set_role_permissions", "role": "support",
+                               "values": {"createGroup": "allow"}}], None), "other")
+    lagging.write(lambda tx: ([{"op": "set_role_permissions", "role": "support",
+                                 "values": {"editProfile": "deny"}}], None), "lagging")
     expected = {"blockUser": "allow", "createGroup": "allow", "editProfile": "deny"}
     assert lagging.state.role_permissions["support"] == expected
     loaded = open_store(own_redis, prefix).load()
@@ -484,12 +484,12 @@ def test_redis_back_from_an_older_snapshot_the_highest_sidecar_writes_back(own_r
     holder, lower = core(stores[0]), core(stores[1])
     try:
         for n in range(3):
-            holder.write(lambda p, s, n=n: [{"op": "put_user", "uid": f"early{n}", "role": "support"}], "t")
+            holder.write(lambda tx, n=n: ([{"op": "put_user", "uid": f"early{n}", "role": "support"}], None), "t")
         admin = own_redis.client()
         assert admin.save()
         snap, old_epoch = holder.state.revision, holder.state.epoch
         for n in range(5):  # acknowledged after the snapshot; `lower` sees only the first two
-            holder.write(lambda p, s, n=n: [{"op": "put_user", "uid": f"late{n}", "role": "support"}], "t")
+            holder.write(lambda tx, n=n: ([{"op": "put_user", "uid": f"late{n}", "role": "support"}], None), "t")
             if n == 1:
                 lower.catch_up()
         top = holder.state.revision
@@ -526,8 +526,8 @@ def test_redis_back_from_an_older_snapshot_the_highest_sidecar_writes_back(own_r
         assert {f"late{n}" for n in range(5)} <= set(lower.state.users)
 
         # new writes: the new epoch, numbers after every one the old epoch issued
-        revision, _, token = lower.write_with_token(
-            lambda p, s: [{"op": "put_user", "uid": "after", "role": "support"}], "t")
+        done = lower.write(lambda tx: ([{"op": "put_user", "uid": "after", "role": "support"}], None), "t")
+        revision, token = done.revision, done.token
         assert (revision, token) == (top + 1, f"{new_epoch}:{top + 1}")
         holder.catch_up()
         request = AuthzRequest("after", "createGroup")
@@ -549,11 +549,11 @@ def test_a_claim_on_a_stale_look_at_redis_does_not_fence_it_again(own_redis: Red
     stores = [RedisStore(own_redis.url, prefix, timeout_s=0.5) for _ in range(2)]
     first, late = core(stores[0]), core(stores[1])
     try:
-        first.write(lambda p, s: [{"op": "put_user", "uid": "u1", "role": "support"}], "t")
+        first.write(lambda tx: ([{"op": "put_user", "uid": "u1", "role": "support"}], None), "t")
         admin = own_redis.client()
         assert admin.save()
         old_epoch = first.state.epoch
-        first.write(lambda p, s: [{"op": "put_user", "uid": "u2", "role": "support"}], "t")
+        first.write(lambda tx: ([{"op": "put_user", "uid": "u2", "role": "support"}], None), "t")
         late.catch_up()
         own_redis.restart()  # back at revision 1
         loss = DataLoss(old_epoch, 2, 2, "pending")
@@ -561,7 +561,7 @@ def test_a_claim_on_a_stale_look_at_redis_does_not_fence_it_again(own_redis: Red
         assert stores[1]._claim(late.state, loss, old_epoch, 1).status == "pending"  # what `late` saw before
         assert not admin.exists(prefix + "recovery"), "a stale claim fenced the written-back Redis"
         assert settled(late) is None and late.data_loss is not None and late.data_loss.status == "followed"
-        assert late.write(lambda p, s: [{"op": "put_user", "uid": "u3", "role": "support"}], "t")[0] == 3
+        assert late.write(lambda tx: ([{"op": "put_user", "uid": "u3", "role": "support"}], None), "t").revision == 3
     finally:
         for store in stores:
             store.close()

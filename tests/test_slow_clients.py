@@ -141,7 +141,7 @@ def test_revision_waits_are_few_and_only_for_an_unreadable_store(tmp_path: Path,
     store = SQLiteStore(tmp_path / "state.db")
     core = Sidecar(policy, store, revision_wait_s=0.6)
     writer = Sidecar(policy, SQLiteStore(tmp_path / "state.db"))  # another worker, same file
-    revision, _ = writer.write(lambda p, s: [{"op": "put_role", "role": "temp", "record": {"role": "temp", "name": "Temp", "createdAt": 6}}], "t")
+    revision = writer.write(lambda tx: ([{"op": "put_role", "role": "temp", "record": {"role": "temp", "name": "Temp", "createdAt": 6}}], None), "t").revision
     started = time.monotonic()
     assert core.wait_for_revision(revision) is True
     assert core.wait_for_revision(revision + 10**6) is False

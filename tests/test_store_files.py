@@ -161,7 +161,7 @@ def test_a_worker_that_notices_first_still_applies_what_others_committed_before(
     policy = load_policy(REPO / "policies")
     db = tmp_path / DB
     one, two = Sidecar(policy, SQLiteStore(db)), Sidecar(policy, SQLiteStore(db))
-    revision, _ = two.write(lambda p, s: [{"op": "put_user", "uid": "u1", "role": "restricted"}], "worker-2")
+    revision = two.write(lambda tx: ([{"op": "put_user", "uid": "u1", "role": "restricted"}], None), "worker-2").revision
     db.unlink()
     ready = one.store.check  # type: ignore[attr-defined]
     with pytest.raises(Exception, match="deleted"):

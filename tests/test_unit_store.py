@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from sidecar.core import Sidecar
+from sidecar.core import Sidecar, WriteContext
 from sidecar.engine import AuthzRequest
 from sidecar.policy import load_policy
 from sidecar.state import Op, RuntimeState
@@ -112,7 +112,10 @@ def test_a_plan_that_raises_leaves_nothing_written(open_store: Any, db: Path) ->
 def test_a_failing_op_rolls_back_the_ops_before_it(open_store: Any, db: Path) -> None:
     store = open_store()
     before = dump_tables(db)
-    with pytest.raises(KeyError):
+    unwritable = {"op": "put_role", "role": "r", "record": {"role": "r", "name": object()}}  # fails mid-write
+    with pytest.raises(TypeError):
+        store.write(ops_writer([{"op": "put_user", "uid": "u1", "role": "support"}, unwritable]), "t")
+    with pytest.raises(ValueError, match="unknown op 'no_such_op'"):  # refused by the op registry first
         store.write(ops_writer([{"op": "put_user", "uid": "u1", "role": "support"}, {"op": "no_such_op"}]), "t")
     assert dump_tables(db) == before
     assert store.load().revision == 0
@@ -191,7 +194,7 @@ def test_sidecars_on_two_stores_see_each_others_writes(open_store: Any) -> None:
     assert one.decide(request)["allowed"] is True
     assert two.decide(request)["allowed"] is True
 
-    revision, _ = one.write(lambda policy, state: [{"op": "put_user", "uid": "u1", "role": "support"}], "worker-1")
+    revision = one.write(lambda tx: ([{"op": "put_user", "uid": "u1", "role": "support"}], None), "worker-1").revision
     assert revision == 1
     assert one.state.users == {"u1": "support"}
     two.refresh()
@@ -201,8 +204,8 @@ def test_sidecars_on_two_stores_see_each_others_writes(open_store: Any) -> None:
     assert decision["allowed"] is False and decision["revision"] == 1
 
     # policy ops travel too, and invalidate the other worker's Casbin gates
-    two.write(lambda policy, state: [{"op": "set_role_permissions", "role": "support",
-                                      "values": {"createGroup": "allow"}}], "worker-2")
+    two.write(lambda tx: ([{"op": "set_role_permissions", "role": "support",
+                            "values": {"createGroup": "allow"}}], None), "worker-2")
     one.refresh()
     assert one.state.revision == 2
     decision = one.decide(request)
@@ -216,13 +219,13 @@ def test_sidecars_on_two_stores_see_each_others_writes(open_store: Any) -> None:
 
 def test_sidecar_write_plans_on_caught_up_state(open_store: Any) -> None:
     one, two = Sidecar(POLICY, open_store()), Sidecar(POLICY, open_store())
-    one.write(lambda policy, state: [{"op": "put_group", "guid": "g1", "owner": "o"}], "worker-1")
+    one.write(lambda tx: ([{"op": "put_group", "guid": "g1", "owner": "o"}], None), "worker-1")
     seen: list[dict[str, str]] = []
 
-    def plan(policy: Any, state: RuntimeState) -> list[Op]:
-        seen.append(dict(state.owners))
-        return [{"op": "put_member", "guid": "g1", "uid": "o", "scope": "admin"}]
-    assert two.write(plan, "worker-2")[0] == 2
+    def plan(tx: WriteContext) -> tuple[list[Op], None]:
+        seen.append(dict(tx.state.owners))
+        return [{"op": "put_member", "guid": "g1", "uid": "o", "scope": "admin"}], None
+    assert two.write(plan, "worker-2").revision == 2
     assert seen == [{"g1": "o"}]
     one.refresh()
     assert one.state.members == {"g1": {"o": "admin"}}
@@ -230,13 +233,13 @@ def test_sidecar_write_plans_on_caught_up_state(open_store: Any) -> None:
 
 def test_sidecar_write_that_refuses_changes_nothing(open_store: Any, db: Path) -> None:
     sidecar = Sidecar(POLICY, open_store())
-    sidecar.write(lambda policy, state: [{"op": "put_user", "uid": "u1", "role": "support"}], "w")
+    sidecar.write(lambda tx: ([{"op": "put_user", "uid": "u1", "role": "support"}], None), "w")
     before = dump_tables(db)
 
-    def plan(policy: Any, state: RuntimeState) -> list[Op]:
+    def plan(tx: WriteContext) -> tuple[list[Op], None]:
         raise ValueError("refused")
     with pytest.raises(ValueError):
         sidecar.write(plan, "w")
     assert dump_tables(db) == before
     assert sidecar.state.revision == 1
-    assert sidecar.write(lambda policy, state: [], "w")[0] == 1
+    assert sidecar.write(lambda tx: ([], None), "w").revision == 1

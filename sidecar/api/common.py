@@ -8,10 +8,9 @@ from flask import current_app, g, jsonify, request
 from flask.wrappers import Response
 
 from sidecar import wire
-from sidecar.core import Sidecar
+from sidecar.core import Sidecar, WriteContext, Written
 from sidecar.errors import BadRequestError
-from sidecar.policy import PolicySet
-from sidecar.state import Op, RuntimeState
+from sidecar.management import Planned
 from sidecar.validation import paging
 
 
@@ -26,18 +25,15 @@ def json_body(optional: bool = False) -> Any:
     return wire.parse_json(request.content_type, request.get_data(cache=False), optional=optional)
 
 
-View = Callable[[PolicySet, RuntimeState], Any]
+def write(plan: Callable[[WriteContext], Planned], after: Callable[[WriteContext, Any], Any] | None = None
+          ) -> Written[Any]:
+    """Commit the plan as the calling key (Sidecar.write: check and change in one step)."""
+    return sidecar().write(plan, g.get("actor", "unknown"), after)
 
 
-def write(plan: Callable[[PolicySet, RuntimeState], list[Op]], view: View | None = None) -> tuple[int, Any]:
-    """Commit the plan as the calling key; (revision, view of the state at that revision)."""
-    revision, shown, g.write_token = sidecar().write_with_token(plan, g.get("actor", "unknown"), view)
-    return revision, shown
-
-
-def written(data: Any, revision: int) -> Response:
+def written(data: Any, done: Written[Any]) -> Response:
     """A write's answer: data, the revision after it and its consistency token."""
-    return jsonify({"data": data, "revision": revision, "token": g.write_token})
+    return jsonify({"data": data, "revision": done.revision, "token": done.token})
 
 
 def page(items: list[Any]) -> Response:

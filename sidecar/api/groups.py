@@ -1,6 +1,8 @@
 """Users' roles, groups (owner), members, bans and per-group scope permissions.
 
-Member and group writes honour the onBehalfOf header: decided as that user first, atomically.
+Each write view parses its body and ids first, then commits one plan (sidecar.groups,
+sidecar.management). Member and group writes honour the onBehalfOf header: decided as that
+user first, in the same transaction.
 """
 from __future__ import annotations
 
@@ -26,12 +28,17 @@ def _ids(guid: str, uid: str | None = None) -> tuple[str, str]:
     return clean_id(guid, "guid"), clean_id(uid, "uid") if uid is not None else ""
 
 
+def _done(plan: Any, message: str) -> Response:
+    """A write whose answer is a success message."""
+    return written({"success": True, "message": message}, write(plan))
+
+
 # -- users ---------------------------------------------------------------------------------
 @bp.put("/users/<uid>")
 def set_user(uid: str) -> Response:
-    uid, body = clean_id(uid, "uid"), json_body()
-    revision, view = write(lambda p, s: m.plan_set_user_role(p, s, uid, body), lambda p, s: m.user_view(s, uid))
-    return written(view, revision)
+    uid, role = clean_id(uid, "uid"), m.parse_user_role(json_body())
+    done = write(lambda tx: m.plan_set_user_role(tx, uid, role), lambda tx, _: m.user_view(tx.state, uid))
+    return written(done.shown, done)
 
 
 @bp.get("/users/<uid>")
@@ -43,18 +50,15 @@ def get_user(uid: str) -> Response:
 @bp.delete("/users/<uid>")
 def delete_user(uid: str) -> Response:
     uid = clean_id(uid, "uid")
-    revision, _ = write(lambda p, s: m.plan_delete_user(s, uid))
-    return written({"success": True, "message": f"The user {uid} now has the default role."}, revision)
+    return _done(lambda tx: m.plan_delete_user(tx, uid), f"The user {uid} now has the default role.")
 
 
 # -- groups --------------------------------------------------------------------------------
 @bp.put("/groups/<guid>")
 def set_group(guid: str) -> Response:
-    guid, body, as_user = clean_id(guid, "guid"), json_body(), _as_user()
-    engine = sidecar().engine
-    revision, view = write(lambda p, s: grp.plan_set_group(engine, s, guid, body, as_user),
-                           lambda p, s: grp.group_view(s, guid))
-    return written(view, revision)
+    guid, owner, as_user = clean_id(guid, "guid"), grp.parse_group(json_body()), _as_user()
+    done = write(lambda tx: grp.plan_set_group(tx, guid, owner, as_user), lambda tx, _: grp.group_view(tx.state, guid))
+    return written(done.shown, done)
 
 
 @bp.get("/groups/<guid>")
@@ -65,22 +69,16 @@ def get_group(guid: str) -> Response:
 
 @bp.delete("/groups/<guid>")
 def delete_group(guid: str) -> Response:
-    guid, as_user, engine = clean_id(guid, "guid"), _as_user(), sidecar().engine
-    revision, _ = write(lambda p, s: grp.plan_delete_group(engine, s, guid, as_user))
-    return written({"success": True, "message": f"The group {guid} has been deleted."}, revision)
+    guid, as_user = clean_id(guid, "guid"), _as_user()
+    return _done(lambda tx: grp.plan_delete_group(tx, guid, as_user), f"The group {guid} has been deleted.")
 
 
 # -- members -------------------------------------------------------------------------------
 @bp.post("/groups/<guid>/members")
 def add_members(guid: str) -> Response:
-    guid, body, as_user, engine = clean_id(guid, "guid"), json_body(), _as_user(), sidecar().engine
-    results: dict[str, dict[str, Any]] = {}
-
-    def plan(policy, state):  # type: ignore[no-untyped-def]
-        results.clear()
-        return grp.plan_add_members(engine, state, guid, body, as_user, results)
-    revision, _ = write(plan)
-    return written({k: v for k, v in results.items() if v}, revision)
+    guid, wanted, as_user = clean_id(guid, "guid"), grp.parse_members(json_body()), _as_user()
+    done = write(lambda tx: grp.plan_add_members(tx, guid, wanted, as_user))
+    return written(done.result, done)
 
 
 @bp.get("/groups/<guid>/members")
@@ -91,35 +89,32 @@ def list_members(guid: str) -> Response:
 
 @bp.put("/groups/<guid>/members/<uid>")
 def set_member(guid: str, uid: str) -> Response:
-    (guid, uid), body, as_user, engine = _ids(guid, uid), json_body(), _as_user(), sidecar().engine
-    revision, scope = write(lambda p, s: grp.plan_set_member(engine, p, s, guid, uid, body, as_user),
-                            lambda p, s: s.scope_of(guid, uid))
-    return written({"guid": guid, "uid": uid, "scope": scope}, revision)
+    (guid, uid), scope, as_user = _ids(guid, uid), grp.parse_member(json_body()), _as_user()
+    done = write(lambda tx: grp.plan_set_member(tx, guid, uid, scope, as_user),
+                 lambda tx, _: tx.state.scope_of(guid, uid))
+    return written({"guid": guid, "uid": uid, "scope": done.shown}, done)
 
 
 @bp.delete("/groups/<guid>/members/<uid>")
 def remove_member(guid: str, uid: str) -> Response:
-    (guid, uid), as_user, engine = _ids(guid, uid), _as_user(), sidecar().engine
-    revision, _ = write(lambda p, s: grp.plan_remove_member(engine, s, guid, uid, as_user))
-    return written({"success": True, "message": f"The member with {uid} has been kicked from "
-                    f"the Group with {guid}."}, revision)
+    (guid, uid), as_user = _ids(guid, uid), _as_user()
+    return _done(lambda tx: grp.plan_remove_member(tx, guid, uid, as_user),
+                 f"The member with {uid} has been kicked from the Group with {guid}.")
 
 
 # -- bans ----------------------------------------------------------------------------------
 @bp.post("/groups/<guid>/bannedusers/<uid>")
 def ban(guid: str, uid: str) -> Response:
-    (guid, uid), as_user, engine = _ids(guid, uid), _as_user(), sidecar().engine
-    revision, _ = write(lambda p, s: grp.plan_ban(engine, s, guid, uid, as_user))
-    return written({"success": True, "message": f"The user {uid} has been banned from the "
-                    f"Group with {guid}."}, revision)
+    (guid, uid), as_user = _ids(guid, uid), _as_user()
+    return _done(lambda tx: grp.plan_ban(tx, guid, uid, as_user),
+                 f"The user {uid} has been banned from the Group with {guid}.")
 
 
 @bp.delete("/groups/<guid>/bannedusers/<uid>")
 def unban(guid: str, uid: str) -> Response:
-    (guid, uid), as_user, engine = _ids(guid, uid), _as_user(), sidecar().engine
-    revision, _ = write(lambda p, s: grp.plan_unban(engine, s, guid, uid, as_user))
-    return written({"success": True, "message": f"The user {uid} has been unbanned from the "
-                    f"Group with {guid}."}, revision)
+    (guid, uid), as_user = _ids(guid, uid), _as_user()
+    return _done(lambda tx: grp.plan_unban(tx, guid, uid, as_user),
+                 f"The user {uid} has been unbanned from the Group with {guid}.")
 
 
 @bp.get("/groups/<guid>/bannedusers")
@@ -137,18 +132,18 @@ def list_scope_permissions(guid: str, scope: str) -> Response:
 
 @bp.put("/groups/<guid>/scopes/<scope>/permissions")
 def set_scope_permissions(guid: str, scope: str) -> Response:
-    guid, body = clean_id(guid, "guid"), json_body()
-    revision, explicit = write(lambda p, s: grp.plan_set_scope_permissions(p, s, guid, scope, body),
-                               lambda p, s: grp.explicit_scope_permissions(s, guid, scope))
+    guid, permissions = clean_id(guid, "guid"), m.parse_permissions(json_body())
+    done = write(lambda tx: grp.plan_set_scope_permissions(tx, guid, scope, permissions),
+                 lambda tx, _: grp.explicit_scope_permissions(tx.state, guid, scope))
     data: dict[str, Any] = {k: {"success": True, "message": f"Permission with id {k} have been mapped "
-                                f"successfully to scope {scope} on group {guid}."} for k in body["permissions"]}
-    data["permissions"] = explicit
-    return written(data, revision)
+                                f"successfully to scope {scope} on group {guid}."} for k in permissions}
+    data["permissions"] = done.shown
+    return written(data, done)
 
 
 @bp.delete("/groups/<guid>/scopes/<scope>/permissions/<permission>")
 def unset_scope_permission(guid: str, scope: str, permission: str) -> Response:
     guid = clean_id(guid, "guid")
-    revision, remaining = write(lambda p, s: grp.plan_unset_scope_permission(p, s, guid, scope, permission),
-                                lambda p, s: grp.explicit_scope_permissions(s, guid, scope))
-    return written({"message": "Scope permission unset successfully", "permissions": remaining}, revision)
+    done = write(lambda tx: grp.plan_unset_scope_permission(tx, guid, scope, permission),
+                 lambda tx, _: grp.explicit_scope_permissions(tx.state, guid, scope))
+    return written({"message": "Scope permission unset successfully", "permissions": done.shown}, done)

@@ -1,7 +1,9 @@
-"""Roles in CometChat's paths and shapes: /roles and /roles/{role}/permissions."""
+"""Roles in CometChat's paths and shapes: /roles and /roles/{role}/permissions.
+
+Each write view parses its body and ids first, then commits one plan (sidecar.management).
+"""
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
 from flask import Blueprint, current_app, jsonify
@@ -9,6 +11,7 @@ from flask.wrappers import Response
 
 from sidecar import management as m
 from sidecar.api.common import json_body, page, sidecar, write, written
+from sidecar.core import WriteContext
 from sidecar.validation import clean_id
 
 bp = Blueprint("roles", __name__)
@@ -18,18 +21,25 @@ def _role_id(role: str) -> str:
     return clean_id(role, "role")
 
 
+def _role_view(role: str) -> Any:
+    """After a write: the role object at the write's revision."""
+    return lambda tx, _: m.role_view(tx.policy, tx.state, role)
+
+
+def _explicit(role: str) -> Any:
+    return lambda tx, _: m.explicit_role_permissions(tx.state, role)
+
+
 @bp.post("/roles")
 def create_role() -> Response:
-    body = json_body()
+    record = m.parse_new_role(json_body())
     max_roles = current_app.extensions["chatauthz.settings"].max_roles
-    created: list[str] = []  # the validated (lowercased) id, known once the plan has run
+    done = write(lambda tx: m.plan_create_role(tx, record, max_roles), _created_view)
+    return written(done.shown, done)
 
-    def plan(policy, state):  # type: ignore[no-untyped-def]
-        ops = m.plan_create_role(policy, state, body, max_roles)
-        created.append(ops[0]["role"])
-        return ops
-    revision, view = write(plan, lambda policy, state: m.role_view(policy, state, created[-1]))
-    return written(view, revision)
+
+def _created_view(tx: WriteContext, role: str) -> dict[str, Any]:
+    return m.role_view(tx.policy, tx.state, role)
 
 
 @bp.get("/roles")
@@ -40,28 +50,22 @@ def list_roles() -> Response:
 @bp.get("/roles/<role>")
 def get_role(role: str) -> Response:
     role = _role_id(role)
-    return jsonify({"data": sidecar().read(partial(_view, role))})
+    return jsonify({"data": sidecar().read(lambda p, s: m.role_view(p, s, role))})
 
 
 @bp.put("/roles/<role>")
 def update_role(role: str) -> Response:
-    role, body = _role_id(role), json_body()
-    revision, view = write(lambda p, s: m.plan_update_role(p, s, role, body), partial(_view, role))
-    return written(view, revision)
+    role, update = _role_id(role), m.parse_role_update(json_body())
+    done = write(lambda tx: m.plan_update_role(tx, role, update), _role_view(role))
+    return written(done.shown, done)
 
 
 @bp.delete("/roles/<role>")
 def delete_role(role: str) -> Response:
     role = _role_id(role)
-    holders: list[int] = []
-
-    def plan(policy, state):  # type: ignore[no-untyped-def]
-        ops = m.plan_delete_role(policy, state, role)
-        holders.append(sum(1 for held in state.users.values() if held == role))
-        return ops
-    revision, _ = write(plan)
+    done = write(lambda tx: m.plan_delete_role(tx, role))
     return written({"success": True, "message": f"Role {role} has been deleted successfully.",
-                    "usersMovedToDefault": holders[-1]}, revision)
+                    "usersMovedToDefault": done.result}, done)
 
 
 @bp.get("/roles/<role>/permissions")
@@ -72,34 +76,28 @@ def list_role_permissions(role: str) -> Response:
 
 @bp.put("/roles/<role>/permissions")
 def set_role_permissions(role: str) -> Response:
-    role, body = _role_id(role), json_body()
-    revision, explicit = write(lambda p, s: m.plan_set_role_permissions(p, s, role, body),
-                               lambda p, s: m.explicit_role_permissions(s, role))
+    role, permissions = _role_id(role), m.parse_permissions(json_body())
+    done = write(lambda tx: m.plan_set_role_permissions(tx, role, permissions), _explicit(role))
     data: dict[str, Any] = {k: {"success": True, "message": f"Permission with id {k} have been mapped successfully "
-                      f"to role {role}."} for k in body["permissions"]}
-    data["permissions"] = explicit
-    return written(data, revision)
+                      f"to role {role}."} for k in permissions}
+    data["permissions"] = done.shown
+    return written(data, done)
 
 
 @bp.delete("/roles/<role>/permissions/<permission>")
 def unset_role_permission(role: str, permission: str) -> Response:
     role = _role_id(role)
-    revision, remaining = write(lambda p, s: m.plan_unset_role_permission(p, s, role, permission),
-                                lambda p, s: m.explicit_role_permissions(s, role))
-    return written({"message": "Role permission unset successfully", "permissions": remaining}, revision)
-
-
-def _view(role: str, policy, state):  # type: ignore[no-untyped-def]
-    return m.role_view(policy, state, role)
+    done = write(lambda tx: m.plan_unset_role_permission(tx, role, permission), _explicit(role))
+    return written({"message": "Role permission unset successfully", "permissions": done.shown}, done)
 
 
 @bp.post("/roles/<role>/restrictedfeatures")
 def restrict_features(role: str) -> Response:
-    role, body = _role_id(role), json_body()
-    revision, _ = write(lambda p, s: m.plan_restrict_features(p, s, role, body))
+    role, change = _role_id(role), m.parse_restrict_features(json_body())
+    done = write(lambda tx: m.plan_restrict_features(tx, role, change))
     data = {key: {"success": True, "message": f"The feature {key} has been restricted successfully."}
-            for key in body["featuresToRestrict"]}
-    return written(data, revision)
+            for key in change.keys}
+    return written(data, done)
 
 
 @bp.get("/roles/<role>/restrictedfeatures")
@@ -110,6 +108,6 @@ def list_restricted_features(role: str) -> Response:
 
 @bp.delete("/roles/<role>/restrictedfeatures")
 def allow_features(role: str) -> Response:
-    role, body = _role_id(role), json_body()
-    revision, _ = write(lambda p, s: m.plan_allow_features(p, s, role, body))
-    return written({"success": True, "message": "The feature has been allowed successfully."}, revision)
+    role, change = _role_id(role), m.parse_allow_features(json_body())
+    done = write(lambda tx: m.plan_allow_features(tx, role, change))
+    return written({"success": True, "message": "The feature has been allowed successfully."}, done)

@@ -34,7 +34,7 @@ from typing import Any
 import redis
 
 from sidecar.errors import StoreError
-from sidecar.state import Op, RuntimeState
+from sidecar.state import Op, RuntimeState, check_ops
 from sidecar.stores.base import DataLoss, Plan, ResyncNeeded
 
 log = logging.getLogger("chatauthz.redis")
@@ -197,7 +197,7 @@ class RedisStore:
                 with self.client.pipeline(transaction=True) as pipe:
                     try:
                         pipe.watch(self.key("rev"), self.key("epoch"), self.key("recovery"))  # type: ignore[no-untyped-call]
-                        ops = plan()  # catches up (through changes_since) and checks
+                        ops = check_ops(plan())  # catches up (changes_since), checks; registry shapes only
                         raw, fenced = pipe.mget(self.key("rev"), self.key("recovery"))
                         if fenced:
                             raise StoreError("Redis lost writes that sidecars hold and they are writing them "

@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import quote
 
 from sidecar.errors import StoreError
-from sidecar.state import Op, RuntimeState
+from sidecar.state import Op, RuntimeState, check_ops
 from sidecar.stores.base import DataLoss, Plan
 
 log = logging.getLogger("chatauthz.store")
@@ -260,7 +260,7 @@ class SQLiteStore:
             self._note_failure(exc)
             raise StoreError(f"the embedded store is busy or unavailable: {exc}") from exc
         try:
-            ops = plan()
+            ops = check_ops(plan())  # the registry's shapes only: nothing else is persisted
             if not ops:
                 conn.execute("ROLLBACK")
                 revision = conn.execute("SELECT value FROM meta WHERE key='revision'").fetchone()[0]
