@@ -29,7 +29,17 @@ class DecisionLog:
         self.written = 0
         self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=max_queue)
         self._thread = threading.Thread(target=self._run, name="chatauthz-decision-log", daemon=True)
-        self._thread.start()
+
+    def start(self) -> None:
+        if not self._thread.is_alive():
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Write what is queued (bounded), then end the writer."""
+        if self._thread.is_alive():
+            self.flush()
+            self._queue.put(None)
+            self._thread.join(timeout=5)
 
     def record(self, request: Any, decision: dict[str, Any]) -> None:
         """Queue one entry (cheap; never raises, never waits)."""
@@ -58,6 +68,9 @@ class DecisionLog:
         stream: Any = None
         while True:
             line = self._queue.get()
+            if line is None:
+                self._queue.task_done()
+                return
             try:
                 if stream is None:
                     stream = sys.stdout.buffer if self.target == "-" else open(self.target, "ab")  # noqa: SIM115

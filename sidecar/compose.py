@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,10 +17,10 @@ from sidecar.core import Sidecar
 from sidecar.errors import PolicyError, StoreError
 from sidecar.policy import PolicySet, load_policy_texts
 from sidecar.reload import Files, PolicyWatcher, read_files, read_settled
-from sidecar.stores import SQLiteStore, sqlite
+from sidecar.stores import sqlite
 from sidecar.stores.base import Store
 from sidecar.stores.redisstore import RedisStore
-from sidecar.sync import RedisSync
+from sidecar.stores.sqlite import SQLiteStore
 
 log = logging.getLogger("chatauthz.compose")
 
@@ -57,21 +58,16 @@ def build_sidecar(settings: Settings, *, start_threads: bool = True) -> Sidecar:
     if settings.decision_log:
         decision_log = DecisionLog(settings.decision_log, deny_only=settings.decision_log_deny_only,
                                    sample=settings.decision_log_sample)
+    def watcher(on_change: Callable[[Files], object]) -> PolicyWatcher:  # made even if off: SIGHUP uses it
+        return PolicyWatcher(settings.policies, settings.model_path, on_change, interval_s=settings.policy_watch_s,
+                             settle_s=settings.policy_settle_s, loaded=files)
     core = Sidecar(policy, store, revision_wait_s=settings.revision_wait_s, revision_waiters=settings.threads // 2,
-                   max_staleness_s=settings.max_staleness_s, synced=isinstance(store, RedisStore),
-                   policy_loader=lambda files: load_with_fallback(settings, files), decision_log=decision_log)
-    core.policy_problems = problems
-    if isinstance(store, RedisStore):
-        core.sync = RedisSync(store.client, store.channel, core.catch_up, interval_s=settings.sync_interval_s)
-    core.watcher = PolicyWatcher(settings.policies, settings.model_path, core.reload_policy,  # SIGHUP even if off
-                                 interval_s=settings.policy_watch_s, settle_s=settings.policy_settle_s, loaded=files)
-    core.on_decision = metrics.observe_decision
-    core.on_write = metrics.observe_write
-    core.gauges = metrics.GaugeUpdater(core)
+                   max_staleness_s=settings.max_staleness_s,
+                   policy_loader=lambda files: load_with_fallback(settings, files), policy_problems=problems,
+                   decision_log=decision_log, on_decision=metrics.observe_decision, on_write=metrics.observe_write,
+                   watcher=watcher, gauges=metrics.GaugeUpdater, sync_interval_s=settings.sync_interval_s)
     if start_threads:
-        for thread in (core.sync, core.watcher, core.gauges):
-            if thread is not None:
-                thread.start()
+        core.start()
     return core
 
 

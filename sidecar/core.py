@@ -15,15 +15,25 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 from sidecar.audit import DecisionLog
+from sidecar.background import Background
 from sidecar.engine import AuthzRequest, Decision, Engine
 from sidecar.errors import ChatAuthzError, PolicyError, StoreError
 from sidecar.policy import PolicySet
 from sidecar.reload import Files
 from sidecar.state import Op, RuntimeState, with_before
-from sidecar.stores.base import DataLoss, RecoveryPending, ResyncNeeded, Store
+from sidecar.stores.base import (
+    DataLoss,
+    Follower,
+    Polled,
+    RecoveryPending,
+    ResyncNeeded,
+    SelfChecking,
+    Store,
+    Subscribable,
+)
 from sidecar.validation import Token, format_token
 from sidecar.wire import Check
 
@@ -57,21 +67,86 @@ class Written(Generic[R]):
     shown: Any = None
 
 
+class Watcher(Protocol):
+    """Watches the policy files (a Background) and can reload them now (SIGHUP)."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def reload_now(self) -> None: ...
+
+
+class Gauges(Protocol):
+    """Keeps gauges current from stats() (a Background); update() before a scrape."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def update(self) -> None: ...
+
+
+class Stats(NamedTuple):
+    """What this sidecar's gauges and counters show."""
+    revision: int
+    staleness_s: float
+    policy_hash: str
+    policy_invalid: bool
+    data_loss: DataLoss | None
+    reload_failures: int
+    store_errors: int
+    data_loss_events: int
+    decision_log_dropped: int
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """Can this sidecar answer from current state? serving=False: take it out of rotation
+    (store unreachable or replaced, sync down, past --max-staleness, Redis lost writes not yet
+    written back). status "degraded" with serving=True: it answers correctly but something
+    needs an operator (invalid policy files on disk, failing disk writes, a past data loss)."""
+    serving: bool
+    reasons: list[str]
+    details: dict[str, Any]
+
+    @property
+    def status(self) -> str:
+        return "degraded" if self.reasons else "ready"
+
+    def to_dict(self) -> dict[str, Any]:
+        body = {**self.details, "status": self.status}
+        if self.reasons:
+            body["reasons"] = self.reasons
+        return body
+
+
 class Sidecar:
+    """Decisions, writes and readiness over one policy and one store. Its collaborators come in
+    through the constructor (sidecar.compose builds them from Settings); what runs in the
+    background (a follower of a Subscribable store, the policy watcher, the gauges, the decision
+    log) is started by start() and stopped by stop()."""
+
     def __init__(self, policy: PolicySet, store: Store, *, revision_wait_s: float = 2.0,
-                 max_staleness_s: float | None = None, synced: bool = False,
+                 max_staleness_s: float | None = None, revision_waiters: int = 2,
                  policy_loader: Callable[[Files | None], tuple[PolicySet, list[str]]] | None = None,
-                 decision_log: DecisionLog | None = None, revision_waiters: int = 2) -> None:
+                 policy_problems: list[str] | None = None, decision_log: DecisionLog | None = None,
+                 on_decision: Callable[[dict[str, Any], float], None] | None = None,
+                 on_write: Callable[[str], None] | None = None,
+                 watcher: Callable[[Callable[[Files], object]], Watcher] | None = None,
+                 gauges: Callable[[Callable[[], Stats]], Gauges] | None = None,
+                 sync_interval_s: float = 1.0) -> None:
         self.engine = Engine(policy)  # swapped whole on reload; a decision reads it once
         self.policy_loader = policy_loader
-        self.policy_problems: list[str] = []  # why the files on disk are not being served
+        self.policy_problems: list[str] = list(policy_problems or [])  # why the files on disk are not served
         self.reload_failures = 0
         self.decision_log = decision_log
         self.store = store
+        self._polled = store if isinstance(store, Polled) else None  # read on every request
         self.revision_wait_s = revision_wait_s
         self._waiters = threading.BoundedSemaphore(revision_waiters)  # 0: never wait
         self.max_staleness_s = max_staleness_s
-        self.synced = synced  # True when a sync thread keeps this state current (Redis)
+        self.synced = isinstance(store, Subscribable)  # a follower keeps this state current
         self._lock = threading.RLock()        # guards self.state for decisions and applies
         self._write_lock = threading.Lock()   # one writer at a time in this process
         self._catch_up_lock = threading.Lock()
@@ -79,23 +154,101 @@ class Sidecar:
         try:
             self.state: RuntimeState = store.load()
         except StoreError as exc:
-            if not synced and exc.code != "ERR_STORE_REPLACED":  # gone under a running server: deny
+            if not self.synced and exc.code != "ERR_STORE_REPLACED":  # gone under a running server: deny
                 raise  # the embedded file must open; Redis may come later
             log.error("starting without state: %s; denying until the first load", exc.message)
             self.state, self.loaded = RuntimeState(), False
         self.last_heard = time.monotonic()
         self.store_error: str | None = None
-        self.sync: Any = None  # a RedisSync when synced (set by sidecar.compose)
-        self.watcher: Any = None  # a PolicyWatcher (set by sidecar.compose)
-        self.on_decision: Callable[[dict[str, Any], float], None] | None = None  # metrics hook
-        self.on_write: Callable[[str], None] | None = None  # metrics hook: committed|unchanged|refused|failed
+        self.on_decision = on_decision  # metrics: the decision body, seconds
+        self.on_write = on_write  # metrics: committed | unchanged | refused | failed
         self.store_errors = 0
         self.data_loss: DataLoss | None = None  # the last time the store lost writes we held
         self.data_loss_events = 0
         self.past_epochs: set[str] = set()  # epochs this process left: their tokens never match
-        self.gauges: Any = None  # a metrics.GaugeUpdater (set by sidecar.compose)
         self._ids = itertools.count(1)
         self._id_prefix = f"{secrets.token_hex(4)}{os.getpid():x}"
+        self.sync: Follower | None = store.follow(self.catch_up, sync_interval_s) \
+            if isinstance(store, Subscribable) else None
+        self.watcher = watcher(self.reload_policy) if watcher is not None else None
+        self.gauges = gauges(self.stats) if gauges is not None else None
+
+    def start(self) -> None:
+        """Start what runs in the background (each part once)."""
+        for part in self._background():
+            part.start()
+
+    def stop(self) -> None:
+        """Stop it again, last started first (bounded)."""
+        for part in reversed(self._background()):
+            part.stop()
+
+    def _background(self) -> list[Background]:
+        parts: list[Background | None] = [self.decision_log, self.sync, self.watcher, self.gauges]
+        return [part for part in parts if part is not None]
+
+    def reload_from_disk(self) -> None:
+        """SIGHUP: load the policy files once they have settled, changed or not."""
+        if self.watcher is not None:
+            self.watcher.reload_now()
+
+    # -- what the views and gauges read ------------------------------------------------------
+    def readiness(self) -> Readiness:
+        details: dict[str, Any] = {"policyHash": self.policy.content_hash}
+        problems: list[str] = []  # not serving
+        warnings: list[str] = []  # degraded but serving correctly: stay in the load balancer
+        if not self.loaded:
+            problems.append("the state has not been loaded from the store yet")
+        if self.sync is not None:
+            details["sync"] = {"status": self.sync.status, "message": self.sync.message}
+            if self.sync.status != "OK":
+                problems.append(f"sync with Redis is {self.sync.status}")
+        else:
+            try:
+                self.refresh()
+                warning = self.store.check() if isinstance(self.store, SelfChecking) else None
+                if warning:  # writes fail (say a full disk) but decisions are right: same for all workers
+                    warnings.append(warning)
+            except ChatAuthzError as exc:
+                problems.append(exc.message)
+        if self.policy_problems:
+            # Every replica reads the same files: failing readiness here would take all of them out
+            # while each still serves the last good policy.
+            warnings.append(f"the policy files on disk are invalid ({len(self.policy_problems)} problem(s)); "
+                            f"still serving {self.policy.content_hash}")
+            details["policyProblems"] = self.policy_problems
+        loss = self.data_loss
+        if loss is not None:  # loud until restart: an operator must learn that the store lost writes
+            said = f"the store lost revisions {loss.first}..{loss.last} of epoch {loss.epoch}: {loss.detail}"
+            if loss.status == "pending":
+                problems.append(said)
+            elif loss.restored_to is not None and loss.restored_to < loss.last:
+                warnings.append(f"{said}; revisions {loss.restored_to + 1}..{loss.last} are lost for good")
+            else:
+                warnings.append(f"{said}; all written back")
+            details["dataLoss"] = loss.to_dict()
+        staleness = self.staleness_s()
+        if self.max_staleness_s is not None and staleness > self.max_staleness_s:
+            problems.append(f"state is {staleness:.1f}s stale, past --max-staleness")
+        state = self.state
+        details.update(revision=state.revision, token=format_token(state.epoch, state.revision),
+                       stalenessSeconds=round(staleness, 3))
+        return Readiness(not problems, problems + warnings, details)
+
+    def journal(self, since: int, offset: int, limit: int) -> tuple[int, list[dict[str, Any]]]:
+        """The change log after `since`: (total, entries {revision, at, actor, ops})."""
+        return self.store.journal(since, offset, limit)
+
+    def stats(self) -> Stats:
+        """For the gauges; the embedded store is looked at first (what other workers committed)."""
+        if self._polled is not None:
+            try:
+                self.refresh()
+            except StoreError:
+                pass  # counted in store_errors
+        return Stats(self.state.revision, self.staleness_s(), self.policy.content_hash, bool(self.policy_problems),
+                     self.data_loss, self.reload_failures, self.store_errors, self.data_loss_events,
+                     self.decision_log.dropped if self.decision_log is not None else 0)
 
     @property
     def policy(self) -> PolicySet:
@@ -129,8 +282,10 @@ class Sidecar:
     # -- keeping up with the store ---------------------------------------------------------
     def refresh(self) -> None:
         """Embedded store: apply what other workers committed (cheap when nothing did)."""
+        if self._polled is None:
+            return  # a follower keeps the state current
         try:
-            if self.store.changed(self.state.revision):
+            if self._polled.changed(self.state.revision):
                 self.catch_up()
             if self.store_error is not None:
                 self.store_error = None
@@ -312,7 +467,7 @@ class Sidecar:
         if isinstance(wanted, list):
             return all(self._may_be_committed(one) for one in wanted if not self._never(one))
         revision = wanted.revision if isinstance(wanted, Token) else wanted
-        return self.store.changed(revision - 1)
+        return self._polled is None or self._polled.changed(revision - 1)
 
     def _retry_until(self, revision: Wanted, deadline: float) -> bool:
         while True:

@@ -16,10 +16,9 @@ import glob
 import logging
 import os
 import threading
-import time
 from bisect import bisect_left
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -33,7 +32,10 @@ from prometheus_client import (
 )
 from prometheus_client.metrics_core import Metric
 
-from sidecar.errors import StoreError
+from sidecar.background import Periodic
+
+if TYPE_CHECKING:
+    from sidecar.core import Stats
 
 FAST_BUCKETS = (5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 1e-2, 0.1, 1.0)
 POLICY_INFO_NAME = "chatauthz_policy_info"
@@ -245,37 +247,32 @@ def forget_dead_workers(folder: str) -> None:
             pass  # alive, someone else's
 
 
-class GaugeUpdater:
-    """Refreshes this process's gauges from the sidecar every interval (and before a scrape)."""
+class GaugeUpdater(Periodic):
+    """Refreshes this process's gauges from the sidecar's stats() every interval (and before a
+    scrape)."""
 
-    def __init__(self, core: Any, interval_s: float = 1.0) -> None:
-        self.core = core
-        self.interval_s = interval_s
+    def __init__(self, stats: Callable[[], Stats], interval_s: float = 1.0) -> None:
+        super().__init__("chatauthz-metrics", interval_s)
+        self.stats = stats
         self._hash: str | None = None
         self._loss: tuple[str, ...] | None = None
-        self._seen: dict[Any, int] = {}  # counter -> the core's count already added
-        self._thread = threading.Thread(target=self._run, name="chatauthz-metrics", daemon=True)
+        self._seen: dict[Any, int] = {}  # counter -> the sidecar's count already added
 
-    def start(self) -> None:
-        self._thread.start()
+    def tick(self) -> None:
+        self.update()
 
     def update(self) -> None:
         flush()
-        m, core = current(), self.core
-        if not core.synced:
-            try:
-                core.refresh()  # the embedded store: the revision other workers committed
-            except StoreError:
-                pass  # counted in store_errors
-        digest = core.policy.content_hash
+        m, core = current(), self.stats()
+        digest = core.policy_hash
         if digest != self._hash:
             if self._hash is not None:
                 m.policy_info.labels(self._hash).set(0)  # not removed: see _Served
             m.policy_info.labels(digest).set(1)
             self._hash = digest
-        m.revision.set(core.state.revision)
-        m.staleness.set(core.staleness_s())
-        m.policy_invalid.set(1 if core.policy_problems else 0)
+        m.revision.set(core.revision)
+        m.staleness.set(core.staleness_s)
+        m.policy_invalid.set(1 if core.policy_invalid else 0)
         loss = core.data_loss
         labels = None if loss is None else (loss.epoch, str(loss.first), str(loss.last), loss.status,
                                             "" if loss.restored_to is None else str(loss.restored_to))
@@ -287,16 +284,8 @@ class GaugeUpdater:
             self._loss = labels
         for counter, now in ((m.reload_failures, core.reload_failures), (m.store_errors, core.store_errors),
                              (m.data_loss_events, core.data_loss_events),
-                             (m.decision_log_dropped, core.decision_log.dropped if core.decision_log else 0)):
+                             (m.decision_log_dropped, core.decision_log_dropped)):
             seen = self._seen.get(counter, 0)
             if now > seen:
                 counter.inc(now - seen)
                 self._seen[counter] = now
-
-    def _run(self) -> None:
-        while True:
-            try:
-                self.update()
-            except Exception:  # metrics must never take anything down
-                pass
-            time.sleep(self.interval_s)

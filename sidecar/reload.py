@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from sidecar.background import Periodic
 from sidecar.errors import PolicyError
 from sidecar.policy.loader import POLICY_FILES
 
@@ -67,7 +68,7 @@ def _last_touched(policy_dir: Path, model_path: Path) -> float:
     return newest
 
 
-class PolicyWatcher:
+class PolicyWatcher(Periodic):
     """Polls the files every interval_s; hands a change to on_change once it has settled.
 
     `loaded` is the files the sidecar serves now. One lock covers each read and its hand-over,
@@ -76,25 +77,17 @@ class PolicyWatcher:
 
     def __init__(self, policy_dir: Path, model_path: Path, on_change: Callable[[Files], object], *,
                  interval_s: float = 1.0, settle_s: float = 1.0, loaded: Files | None = None) -> None:
+        super().__init__("chatauthz-policy-watch", interval_s)
         self.policy_dir = policy_dir
         self.model_path = model_path
         self.on_change = on_change
-        self.interval_s = interval_s
         self.settle_s = settle_s
         self._loaded: Files = loaded if loaded is not None else {}
         self._pending: tuple[Files, float] | None = None  # a change, and when it was first seen
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="chatauthz-policy-watch", daemon=True)
 
-    def start(self) -> None:
-        if self.interval_s > 0:
-            self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=5)
+    def tick(self) -> None:
+        self.check_now()
 
     def check_now(self) -> None:
         """One poll: a change is handed over once the same bytes have been read for settle_s."""
@@ -120,10 +113,3 @@ class PolicyWatcher:
     def _hand_over(self, files: Files) -> None:
         self._loaded, self._pending = files, None
         self.on_change(files)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            try:
-                self.check_now()
-            except Exception:  # never let the watcher die silently
-                log.exception("policy watch failed")

@@ -142,7 +142,7 @@ def _stop_signals() -> Any:
 def _reload_on_sighup(core: Any) -> None:
     """SIGHUP to a worker reloads the policy files once they have settled (the watcher also polls)."""
     try:
-        signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=core.watcher.reload_now, daemon=True).start())
+        signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=core.reload_from_disk, daemon=True).start())
     except ValueError:
         pass  # not the main thread of this process: the watcher alone reloads
 

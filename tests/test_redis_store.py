@@ -113,8 +113,8 @@ def dump(client: redis.Redis, key_prefix: str) -> dict[str, Any]:
 
 
 def core(store: RedisStore) -> Sidecar:
-    """A Sidecar as in distributed mode (synced=True), without its sync thread."""
-    return Sidecar(POLICY, store, synced=True)
+    """A Sidecar as in distributed mode (the store is Subscribable), its follower not started."""
+    return Sidecar(POLICY, store)
 
 
 # -- writes ----------------------------------------------------------------------------------
@@ -512,7 +512,7 @@ def test_redis_back_from_an_older_snapshot_the_highest_sidecar_writes_back(own_r
         assert holder.data_loss is not None and holder.data_loss.status == "written"
         assert holder.data_loss_events == 1, "pending then written is one event"
         events = metrics.current().registry.get_sample_value("chatauthz_data_loss_events_total") or 0.0
-        metrics.GaugeUpdater(holder).update()  # what the metrics thread does every second
+        metrics.GaugeUpdater(holder.stats).update()  # what the metrics thread does every second
         assert metrics.current().registry.get_sample_value("chatauthz_data_loss_events_total") == events + 1
         assert metrics.current().registry.get_sample_value("chatauthz_data_loss_info", {
             "epoch": old_epoch, "first": str(snap + 1), "last": str(top), "status": "written",

@@ -15,5 +15,5 @@ def list_changes() -> Response:
     raw = request.args.get("since", "0")
     since = revision(int(raw) if is_ascii_number(raw) else raw, "since") or 0
     per_page, current = paging(request.args)
-    total, entries = sidecar().store.journal(since, (current - 1) * per_page, per_page)
+    total, entries = sidecar().journal(since, (current - 1) * per_page, per_page)
     return paged(entries, total, per_page, current)

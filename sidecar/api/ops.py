@@ -4,9 +4,10 @@ from __future__ import annotations
 import logging
 import time
 
-from flask import Blueprint, Flask, Response, current_app, g, request
+from flask import Blueprint, Flask, Response, g, request
 
 from sidecar import metrics
+from sidecar.api.common import sidecar
 from sidecar.logs import take_request_id
 
 log = logging.getLogger("chatauthz.api")
@@ -16,7 +17,7 @@ bp = Blueprint("ops", __name__)
 
 @bp.get("/metrics")
 def prometheus() -> Response:
-    gauges = current_app.extensions["chatauthz"].gauges
+    gauges = sidecar().gauges
     if gauges is not None:
         gauges.update()  # this worker's gauges are exact at scrape time
     body, content_type = metrics.render()

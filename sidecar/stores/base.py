@@ -1,4 +1,9 @@
-"""The store interface: persist ops atomically with one revision counter, and replay them."""
+"""The store interface: persist ops atomically with one revision counter, and replay them.
+
+Store is what every store does. What only some can do is a capability, checked with
+isinstance, never by class: Polled (cheap "did anyone commit?", read on each request: the
+embedded file), Subscribable (tells its followers of changes: Redis), SelfChecking.
+"""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -54,9 +59,6 @@ class Store(Protocol):
         """After ResyncNeeded: None if the store still holds `state`'s history; else what it
         lost, written back under a new epoch when this sidecar holds the most (see DataLoss)."""
 
-    def changed(self, revision: int) -> bool:
-        """Cheap check: may a commit past `revision` exist (made by another process)?"""
-
     def write(self, plan: Plan, actor: str) -> tuple[int, list[Op]]:
         """Run plan() inside one exclusive transaction and commit its ops with a new revision.
 
@@ -66,6 +68,34 @@ class Store(Protocol):
         """
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class Polled(Protocol):
+    """A store other processes write to that a reader checks cheaply on each request."""
+
+    def changed(self, revision: int) -> bool:
+        """Cheap check: may a commit past `revision` exist (made by another process)?"""
+
+
+class Follower(Protocol):
+    """Keeps one sidecar current with a Subscribable store (a Background)."""
+
+    status: str   # OK | DEGRADED | NOT_READY
+    message: str
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+@runtime_checkable
+class Subscribable(Protocol):
+    """A store shared by sidecars that tells them of changes: a sidecar on it is kept current
+    by its follower and never waits on the store to decide."""
+
+    def follow(self, catch_up: Callable[[], None], interval_s: float) -> Follower:
+        """A follower (not started) that calls catch_up on every change, tick and reconnect."""
 
 
 @runtime_checkable

@@ -26,7 +26,7 @@ import os
 import random
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ import redis
 
 from sidecar.errors import StoreError
 from sidecar.state import Op, RuntimeState, check_ops
-from sidecar.stores.base import DataLoss, Plan, ResyncNeeded
+from sidecar.stores.base import DataLoss, Follower, Plan, ResyncNeeded
 
 log = logging.getLogger("chatauthz.redis")
 JOURNAL_KEEP = 50_000
@@ -187,8 +187,10 @@ class RedisStore:
             found = [{"revision": r, **json.loads(e)} for r, e in zip(revisions, entries, strict=True) if e]
             return max(0, current - oldest + 1), found
 
-    def changed(self, revision: int) -> bool:
-        return False  # the sync thread applies changes; requests never wait on Redis
+    def follow(self, catch_up: Callable[[], None], interval_s: float) -> Follower:
+        """Subscribable: pub/sub hints plus a periodic check (sidecar.sync.RedisSync)."""
+        from sidecar.sync import RedisSync
+        return RedisSync(self.client, self.channel, catch_up, interval_s=interval_s)
 
     # -- writes ----------------------------------------------------------------------------
     def write(self, plan: Plan, actor: str) -> tuple[int, list[Op]]:
