@@ -345,7 +345,10 @@ class Sidecar:
     def decide(self, request: AuthzRequest, at_least_revision: int | Token | None = None) -> dict[str, Any]:
         """One decision as the API's body. With at_least_revision, answer only from state at
         least that new: wait (bounded) for it, else refuse (ChatAuthzError)."""
-        self._prepare(None if at_least_revision is None else [at_least_revision])
+        if self._polled is not None:
+            self._refresh_or_warn()
+        if at_least_revision is not None and not self.reached(at_least_revision) and not self._never(at_least_revision):
+            self.wait_for_revision(at_least_revision)
         return self._decide_prepared(request, at_least_revision)
 
     def decide_many(self, checks: Sequence[Check | ChatAuthzError]) -> list[dict[str, Any] | ChatAuthzError]:
@@ -367,13 +370,16 @@ class Sidecar:
     def _prepare(self, wanted: list[int | Token] | None) -> None:
         """Before deciding: apply what the embedded store committed (an unreadable store is
         decided from the last state), and wait once, bounded, for the revisions asked for."""
-        if not self.synced:
-            try:
-                self.refresh()
-            except StoreError:
-                log.warning("store unreadable; deciding from revision %s", self.state.revision)
+        if self._polled is not None:
+            self._refresh_or_warn()
         if wanted and not self.reached(wanted):
             self.wait_for_revision(wanted)
+
+    def _refresh_or_warn(self) -> None:
+        try:
+            self.refresh()
+        except StoreError:
+            log.warning("store unreadable; deciding from revision %s", self.state.revision)
 
     def _decide_prepared(self, request: AuthzRequest, at_least_revision: int | Token | None) -> dict[str, Any]:
         if at_least_revision is not None and not self.reached(at_least_revision):

@@ -18,6 +18,7 @@ ways agree on generated bodies.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -47,26 +48,24 @@ def is_json(content_type: str | None) -> bool:
     return mimetype == "application/json" or (mimetype.startswith("application/") and mimetype.endswith("+json"))
 
 
-def body_length(header: str | None, limit: int = MAX_BODY_BYTES) -> int:
-    """The Content-Length of a body to read: 0 when absent, a 400 when invalid, a 413 over limit."""
+def read_json(content_type: str | None, content_length: str | int | None, read: Callable[[int], bytes], *,
+              limit: int = MAX_BODY_BYTES, optional: bool = False) -> Any:
+    """A request body's JSON value. The content type and length are checked before read(length)
+    is called, so a body that is not JSON, or too large, is never waited for; optional: no body
+    at all is {} whatever its content type."""
     try:
-        length = int(header or 0)
+        length = int(content_length or 0)
     except ValueError:
         length = -1
+    if optional and length == 0:
+        return {}
+    if not is_json(content_type):
+        raise BadRequestError.field("body", NOT_JSON)
     if length < 0:
         raise BadRequestError.field("body", "The Content-Length header is invalid.")
     if length > limit:
         raise PayloadTooLargeError
-    return length
-
-
-def parse_json(content_type: str | None, raw: bytes, *, optional: bool = False) -> Any:
-    """A request body's JSON value; optional: an empty body is {} whatever its content type."""
-    if optional and not raw:
-        return {}
-    if not is_json(content_type):
-        raise BadRequestError.field("body", NOT_JSON)
-    return loads(raw)
+    return loads(read(length) if length else b"")
 
 
 def parse_check(body: Any) -> Check:

@@ -9,7 +9,6 @@ from flask.wrappers import Response
 
 from sidecar import wire
 from sidecar.core import Sidecar, WriteContext, Written
-from sidecar.errors import BadRequestError
 from sidecar.management import Planned
 from sidecar.validation import paging
 
@@ -20,9 +19,8 @@ def sidecar() -> Sidecar:
 
 def json_body(optional: bool = False) -> Any:
     """The request's JSON body, read by sidecar.wire as on /authorize (a 400 or 413 otherwise)."""
-    if not (optional and not request.content_length) and not wire.is_json(request.content_type):
-        raise BadRequestError.field("body", wire.NOT_JSON)  # before reading: a non-JSON body is not waited for
-    return wire.parse_json(request.content_type, request.get_data(cache=False), optional=optional)
+    return wire.read_json(request.content_type, request.content_length, lambda _: request.get_data(cache=False),
+                          optional=optional)
 
 
 def write(plan: Callable[[WriteContext], Planned], after: Callable[[WriteContext, Any], Any] | None = None

@@ -71,8 +71,5 @@ class AuthorizeFastPath:
         return [data]
 
     def _json(self, environ: dict[str, Any]) -> Any:
-        content_type = environ.get("CONTENT_TYPE")
-        if not wire.is_json(content_type):  # before reading: a body that is not JSON is not waited for
-            raise BadRequestError.field("body", wire.NOT_JSON)
-        length = wire.body_length(environ.get("CONTENT_LENGTH"), self.max_body_bytes)
-        return wire.parse_json(content_type, self.bodies.read(environ, length) if length else b"")
+        return wire.read_json(environ.get("CONTENT_TYPE"), environ.get("CONTENT_LENGTH"),
+                              lambda length: self.bodies.read(environ, length), limit=self.max_body_bytes)
