@@ -75,6 +75,9 @@ class RuntimeState:
     members: dict[str, dict[str, str]] = field(default_factory=dict)
     bans: dict[str, set[str]] = field(default_factory=dict)
     overrides: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    # uid -> the groups it is a member or the owner of: built on first use (a list question),
+    # then kept current by every op; a store that loads tables directly never pays for it.
+    _groups_by_user: dict[str, set[str]] | None = field(default=None, repr=False, compare=False)
 
     def apply_all(self, ops: list[Op], revision: int) -> None:
         """Apply one committed write (all its ops) and move to its revision."""
@@ -97,6 +100,34 @@ class RuntimeState:
     def is_banned(self, guid: str, uid: str) -> bool:
         banned = self.bans.get(guid)
         return banned is not None and uid in banned
+
+    def groups_of(self, uid: str) -> frozenset[str] | set[str]:
+        """The groups uid is a member or the owner of (the index, built on first use)."""
+        index = self._groups_by_user
+        if index is None:
+            index = {}
+            for guid, members in self.members.items():
+                for member in members:
+                    index.setdefault(member, set()).add(guid)
+            for guid, owner in self.owners.items():
+                index.setdefault(owner, set()).add(guid)
+            self._groups_by_user = index
+        return index.get(uid, _NO_GROUPS)
+
+    def _index_add(self, uid: str, guid: str) -> None:
+        if self._groups_by_user is not None:
+            self._groups_by_user.setdefault(uid, set()).add(guid)
+
+    def _index_drop(self, uid: str, guid: str) -> None:
+        """Unless uid is still the member or the owner of guid."""
+        index = self._groups_by_user
+        if index is None or uid in self.members.get(guid, ()) or self.owners.get(guid) == uid:
+            return
+        groups = index.get(uid)
+        if groups is not None:
+            groups.discard(guid)
+            if not groups:
+                del index[uid]
 
     # -- op handlers -----------------------------------------------------------------------
     def _put_role(self, op: Op) -> None:
@@ -129,14 +160,24 @@ class RuntimeState:
         self.users.pop(op["uid"], None)
 
     def _put_group(self, op: Op) -> None:
-        self.owners[op["guid"]] = op["owner"]
+        guid = op["guid"]
+        before = self.owners.get(guid)
+        self.owners[guid] = op["owner"]
+        self._index_add(op["owner"], guid)
+        if before is not None and before != op["owner"]:
+            self._index_drop(before, guid)
 
     def _delete_group(self, op: Op) -> None:
+        guid = op["guid"]
+        had = {*self.members.get(guid, ()), *([self.owners[guid]] if guid in self.owners else [])}
         for table in (self.owners, self.members, self.bans, self.overrides):
-            table.pop(op["guid"], None)
+            table.pop(guid, None)
+        for uid in had:
+            self._index_drop(uid, guid)
 
     def _put_member(self, op: Op) -> None:
         self.members.setdefault(op["guid"], {})[op["uid"]] = op["scope"]
+        self._index_add(op["uid"], op["guid"])
 
     def _delete_member(self, op: Op) -> None:
         group = self.members.get(op["guid"])
@@ -144,6 +185,7 @@ class RuntimeState:
             group.pop(op["uid"], None)
             if not group:
                 del self.members[op["guid"]]
+        self._index_drop(op["uid"], op["guid"])
 
     def _ban(self, op: Op) -> None:
         self._delete_member(op)
@@ -167,6 +209,9 @@ class RuntimeState:
             scopes.pop(op["scope"], None)
         if not scopes:
             self.overrides.pop(op["guid"], None)
+
+
+_NO_GROUPS: frozenset[str] = frozenset()
 
 
 def with_before(state: RuntimeState, op: Op) -> Op:
