@@ -145,3 +145,25 @@ def test_a_matcher_without_domains_is_explained_as_the_engine_decides() -> None:
     # the shipped model refuses the same request, and says so at the same step
     decision, steps = explain(ENGINES["shipped"], request, state)
     assert decision.allowed is False and steps[-1].key == "editGroup" and steps[-1].verdict == REFUSES
+
+
+def test_a_constraint_that_passes_is_never_shown_refusing() -> None:
+    """Regression (found by the docs review): the old explainer matched "has <key> = " in the
+    reason, so the role's allowedMessageTypes [text, image] was shown refusing an image that the
+    group override [text] refused at the scope layer."""
+    state = RuntimeState()
+    for op in [{"op": "put_role", "role": "trainee", "record": {"role": "trainee", "name": "T", "createdAt": 0}},
+               {"op": "set_role_permissions", "role": "trainee",
+                "values": {"sendMessage.allowedMessageTypes": ["text", "image"]}},
+               {"op": "put_user", "uid": "tina", "role": "trainee"}, {"op": "put_group", "guid": "g", "owner": "o"},
+               {"op": "put_member", "guid": "g", "uid": "tina", "scope": "participant"},
+               {"op": "set_scope_permissions", "guid": "g", "scope": "participant",
+                "values": {"sendMessage.allowedMessageTypes": ["text"]}}]:
+        state.apply(op)
+    decision, steps = explain(ENGINES["shipped"], AuthzRequest("tina", "sendMessage", "g", None,
+                                                               {"messageType": "image"}), state)
+    assert decision.allowed is False and decision.layer == "scope", decision
+    role_step = next(s for s in steps if s.layer == "role" and s.key == "sendMessage.allowedMessageTypes")
+    assert role_step.verdict == "passes", format_steps(steps)
+    assert (steps[-1].layer, steps[-1].key, steps[-1].verdict) == ("scope", "sendMessage.allowedMessageTypes",
+                                                                   REFUSES), format_steps(steps)
