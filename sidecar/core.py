@@ -7,20 +7,21 @@ plan inside the store's exclusive transaction on caught-up state, then apply the
 """
 from __future__ import annotations
 
+import bisect
 import itertools
 import logging
 import os
 import secrets
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 from sidecar.audit import DecisionLog
 from sidecar.background import Background
-from sidecar.engine import AuthzRequest, Decision, Engine
-from sidecar.errors import ChatAuthzError, PolicyError, StoreError
+from sidecar.engine import GROUP_RULES, OWNER, AuthzRequest, Decision, Engine
+from sidecar.errors import BadRequestError, ChatAuthzError, NotFoundError, PolicyError, StoreError
 from sidecar.policy import PolicySet
 from sidecar.reload import Files
 from sidecar.state import Op, RuntimeState, with_before
@@ -43,6 +44,7 @@ NOT_LOADED_CODE = "ERR_STATE_NOT_LOADED"
 EPOCH_MISMATCH_CODE = "ERR_REVISION_EPOCH_MISMATCH"
 Wanted = int | Token | list[int | Token]  # what atLeastRevision asks for (a batch: all of them)
 R = TypeVar("R")
+SCAN_LIMIT = 10_000  # candidates a list question looks at per call; nextCursor resumes after them
 
 
 @dataclass(frozen=True)
@@ -166,6 +168,7 @@ class Sidecar:
         self.data_loss: DataLoss | None = None  # the last time the store lost writes we held
         self.data_loss_events = 0
         self.past_epochs: set[str] = set()  # epochs this process left: their tokens never match
+        self._sorted_groups: tuple[RuntimeState, int, list[str]] | None = None
         self._ids = itertools.count(1)
         self._id_prefix = f"{secrets.token_hex(4)}{os.getpid():x}"
         self.sync: Follower | None = store.follow(self.catch_up, sync_interval_s) \
@@ -389,13 +392,9 @@ class Sidecar:
         timed = self.on_decision is not None
         started = time.perf_counter() if timed else 0.0
         with self._lock:
-            if not self.loaded:
-                decision = self._refuse(engine, request, NOT_LOADED_CODE, "this sidecar has not loaded "
-                                        "its state from the store yet; it denies until it has")
-            elif self.max_staleness_s is not None and stale > self.max_staleness_s:
-                decision = self._refuse(engine, request, STALE_CODE, f"this sidecar last heard from its "
-                                        f"store {stale:.1f}s ago, more than the {self.max_staleness_s}s "
-                                        "allowed (--max-staleness); it denies until it catches up")
+            untrusted = self._untrusted(stale)
+            if untrusted is not None:
+                decision = self._refuse(engine, request, *untrusted)
             elif at_least_revision is not None and not self.reached(at_least_revision):
                 raise self._not_reached(at_least_revision)  # a resync swapped the state meanwhile
             else:
@@ -410,6 +409,139 @@ class Sidecar:
         if self.decision_log is not None:
             self.decision_log.record(request, body)
         return body
+
+    def _untrusted(self, stale: float) -> tuple[str, str] | None:
+        """(code, reason) when the state cannot be trusted to decide: fail closed."""
+        if not self.loaded:
+            return NOT_LOADED_CODE, "this sidecar has not loaded its state from the store yet; it denies until it has"
+        if self.max_staleness_s is not None and stale > self.max_staleness_s:
+            return STALE_CODE, (f"this sidecar last heard from its store {stale:.1f}s ago, more than the "
+                                f"{self.max_staleness_s}s allowed (--max-staleness); it denies until it catches up")
+        return None
+
+    # -- beyond one decision: capabilities and list questions ---------------------------------
+    def capabilities(self, uid: str, guid: str | None = None, target: str | None = None,
+                     context: Mapping[str, Any] | None = None,
+                     at_least_revision: int | Token | None = None) -> dict[str, Any]:
+        """Every action of the catalogue decided for uid (in guid, on target), from one state:
+        each is what /authorize answers for it (the decision, or its 400), plus the constraint
+        values that apply and, for an action on a member asked without a target, the scopes uid
+        may act on or give. What a UI renders its buttons from."""
+        self._prepare(None if at_least_revision is None else [at_least_revision])
+        facts: Mapping[str, Any] = context if context is not None else {}
+        stale = self.staleness_s()
+        engine = self.engine
+        actions: dict[str, Any] = {}
+        with self._lock:
+            if at_least_revision is not None and not self.reached(at_least_revision):
+                raise self._not_reached(at_least_revision)
+            state, untrusted = self.state, self._untrusted(stale)
+            scope = _scope_in(state, uid, guid)
+            for name, action in engine.policy.actions.items():
+                request = AuthzRequest(uid, name, guid, target, facts)
+                entry: dict[str, Any]
+                try:
+                    decision = (engine.decide(request, state) if untrusted is None
+                                else self._refuse(engine, request, *untrusted))
+                except ChatAuthzError as exc:
+                    entry = {"error": exc.to_dict()}
+                else:
+                    entry = decision.to_dict()
+                    del entry["revision"], entry["policyHash"]  # the same for all: given once
+                    entry["constraints"] = engine.constraints(request, decision, state) if untrusted is None else []
+                if action.target_required and target is None:
+                    entry["targets"] = engine.target_scopes(request, state, scope if untrusted is None else None)
+                actions[name] = entry
+            body: dict[str, Any] = {"uid": uid, "guid": guid, "target": target, "role": state.users.get(uid, "default"),
+                    "scope": scope, "revision": state.revision, "token": format_token(state.epoch, state.revision),
+                    "policyHash": engine.policy.content_hash, "actions": actions}
+        if self.synced:
+            body["stalenessSeconds"] = round(stale, 3)
+        return body
+
+    def groups_where(self, uid: str, action: str, context: Mapping[str, Any] | None = None, *,
+                     cursor: str | None = None, limit: int = 100,
+                     at_least_revision: int | Token | None = None) -> dict[str, Any]:
+        """The groups where uid may do action, each decided as /authorize decides it; ordered by
+        guid, from after `cursor`. For an action a non-member may do (getGroupDetails, joinGroup)
+        every group is a candidate, else only uid's own; at most SCAN_LIMIT are looked at per
+        call (nextCursor then resumes the scan)."""
+        self._prepare(None if at_least_revision is None else [at_least_revision])
+        engine = self.engine
+        known = engine.validate(AuthzRequest(uid, action, "-", None, context or {}))  # a 400 for what is wrong
+        if GROUP_RULES.get(known.name) == "creator":
+            raise BadRequestError.field("action", f"{action} names a group that does not exist yet: it is not "
+                                        "a question about existing groups")
+        stale = self.staleness_s()
+        with self._lock:
+            if at_least_revision is not None and not self.reached(at_least_revision):
+                raise self._not_reached(at_least_revision)
+            state = self.state
+            if GROUP_RULES.get(known.name) in ("visitor", "joiner"):
+                candidates = self._all_groups(state)
+            else:
+                candidates = sorted(state.groups_of(uid))
+            found, next_cursor = self._scan(candidates, cursor, limit, stale, lambda guid: AuthzRequest(
+                uid, action, guid, None, context or {}))
+            body = {"groups": [{"guid": guid, "scope": _scope_in(state, uid, guid)} for guid in found],
+                    "nextCursor": next_cursor, **self._at(state, stale)}
+        return body
+
+    def members_who(self, guid: str, action: str, target: str | None = None,
+                    context: Mapping[str, Any] | None = None, *, cursor: str | None = None, limit: int = 100,
+                    at_least_revision: int | Token | None = None) -> dict[str, Any]:
+        """The members (and owner) of guid who may do action (on target), each decided as
+        /authorize decides it; ordered by uid, from after `cursor`."""
+        self._prepare(None if at_least_revision is None else [at_least_revision])
+        stale = self.staleness_s()
+        with self._lock:
+            if at_least_revision is not None and not self.reached(at_least_revision):
+                raise self._not_reached(at_least_revision)
+            state = self.state
+            self.engine.validate(AuthzRequest("-", action, guid, target, context or {}))
+            if guid not in state.owners:
+                raise NotFoundError(f"The group {guid} does not exist.", code="ERR_GUID_NOT_FOUND")
+            candidates = sorted({*state.members.get(guid, ()), state.owners[guid]})
+            found, next_cursor = self._scan(candidates, cursor, limit, stale, lambda uid: AuthzRequest(
+                uid, action, guid, target, context or {}))
+            body = {"members": [{"uid": uid, "scope": _scope_in(state, uid, guid)} for uid in found],
+                    "nextCursor": next_cursor, **self._at(state, stale)}
+        return body
+
+    def _scan(self, candidates: list[str], cursor: str | None, limit: int, stale: float,
+              request_for: Callable[[str], AuthzRequest]) -> tuple[list[str], str | None]:
+        """The candidates after cursor that the engine allows, up to limit; and where to resume
+        (None: no more). Fail closed: untrusted state allows none."""
+        if self._untrusted(stale) is not None:
+            return [], None
+        start = bisect.bisect_right(candidates, cursor) if cursor is not None else 0
+        engine, state, found = self.engine, self.state, []
+        end = min(len(candidates), start + SCAN_LIMIT)
+        for index in range(start, end):
+            if engine.decide(request_for(candidates[index]), state).allowed:
+                found.append(candidates[index])
+                if len(found) == limit:
+                    return found, candidates[index] if index + 1 < len(candidates) else None
+        return found, candidates[end - 1] if end < len(candidates) else None
+
+    def _all_groups(self, state: RuntimeState) -> list[str]:
+        """Every guid, sorted; kept per state and revision (a list question over all groups)."""
+        cached = self._sorted_groups
+        if cached is None or cached[0] is not state or cached[1] != state.revision:
+            cached = (state, state.revision, sorted(state.owners))
+            self._sorted_groups = cached
+        return cached[2]
+
+    def _at(self, state: RuntimeState, stale: float) -> dict[str, Any]:
+        """A list answer's revision, token and policy; with untrusted state (none allowed), why."""
+        at: dict[str, Any] = {"revision": state.revision, "token": format_token(state.epoch, state.revision),
+                              "policyHash": self.engine.policy.content_hash}
+        untrusted = self._untrusted(stale)
+        if untrusted is not None:
+            at["refused"] = {"code": untrusted[0], "reason": untrusted[1]}
+        if self.synced:
+            at["stalenessSeconds"] = round(stale, 3)
+        return at
 
     def _refuse(self, engine: Engine, request: AuthzRequest, code: str, reason: str) -> Decision:
         """Fail closed: a valid request denied because the state cannot be trusted."""
@@ -533,3 +665,10 @@ class Sidecar:
                 token = format_token(self.state.epoch, revision)
             self.last_heard = time.monotonic()
             return Written(revision, token, result, shown)
+
+
+def _scope_in(state: RuntimeState, uid: str, guid: str | None) -> str | None:
+    """uid's scope in guid ("owner" for its owner), None when not a member or no group."""
+    if guid is None:
+        return None
+    return OWNER if state.owners.get(guid) == uid else state.scope_of(guid, uid)

@@ -430,6 +430,65 @@ class Engine:
             shown += " (from guid/target)"
         return f"{defn.fact} = {shown}"
 
+    # -- what applies beyond one decision (capabilities) --------------------------------------
+    def constraints(self, request: AuthzRequest, decision: Decision, state: RuntimeState) -> list[dict[str, Any]]:
+        """The constraint values that restrict the request's action for the decision's role and
+        scope (say sendMessage.allowedMessageTypes = [text]), each with its layer and source."""
+        action = self.policy.actions[request.action]
+        answers = [("role", self._layer(state, action, "role", decision.role, "*"))]
+        scope, guid = decision.scope, request.guid or ""
+        if scope is not None and scope != OWNER and guid and (action.scope_key or action.scope_constraints):
+            overridden = scope in state.overrides.get(guid, {})
+            answers.append(("scope", self._layer(state, action, "scope", scope, guid if overridden else "*")))
+        return [{"layer": layer, "key": defn.key, "value": value, "source": source}
+                for layer, answer in answers for defn, value, source in answer.active]
+
+    def target_scopes(self, request: AuthzRequest, state: RuntimeState, scope: str | None) -> dict[str, list[str]]:
+        """For an action on a member, asked without a target: the scopes of the members the user
+        may act on ("actsOn") and, for addMembers and changeScope, the scopes they may give
+        ("grants"), as decide() would judge a target of each scope (the role layer, then the scope
+        gate, constraint and clearance steps; the target's own facts, such as a ban, still decide
+        each request)."""
+        action = self.policy.actions[request.action]
+        scopes = list(self.policy.scopes)
+        grants = action.name in ("addMembers", "changeScope")
+        nothing = {"actsOn": [], "grants": []} if grants else {"actsOn": []}
+        role = state.users.get(request.uid, "default")
+        probe = AuthzRequest(request.uid, action.name, request.guid, " ", request.context)  # no member has this id
+        try:
+            if scope is None or not request.guid or (role not in self.policy.roles and role not in state.roles):
+                return nothing
+            self._role_layer(action, probe, state, role, None)
+        except _Refusal:
+            return nothing
+        if scope == OWNER:
+            return {"actsOn": scopes, "grants": scopes} if grants else {"actsOn": scopes}
+        guid = request.guid
+        overridden = scope in state.overrides.get(guid, {})
+        answer = self._layer(state, action, "scope", scope, guid if overridden else "*")
+        acts: set[str] = set()
+        gives: set[str] = set()
+        if answer.allowed:
+            code = CLEARANCE_CODES.get(action.name, "ERR_GROUP_NO_CLEARANCE")
+            for new in (scopes if grants else [None]):
+                context = {**request.context, "newScope": new} if new else request.context
+                probe = AuthzRequest(request.uid, action.name, guid, " ", context)
+                for target_scope in ([new] if action.name == "addMembers" else scopes):
+                    assert target_scope is not None
+                    try:
+                        self._constraints(answer, probe, state, "scope", scope, guid, code, target_scope, None)
+                        self._clearance(action, probe, state, scope, target_scope)
+                    except _Refusal:
+                        continue
+                    acts.add(target_scope)
+                    if new:
+                        gives.add(new)
+        ordered = [name for name in scopes if name in acts]
+        if not grants:
+            return {"actsOn": ordered}
+        return {"actsOn": [] if action.name == "addMembers" else ordered,
+                "grants": [name for name in scopes if name in gives]}
+
     # -- Casbin ----------------------------------------------------------------------------
     def _layer(self, state: RuntimeState, action: Action, layer: str, sub: str, dom: str) -> LayerAnswer:
         """The gate (Casbin) and the constraint values for sub in dom: cached by exactly those

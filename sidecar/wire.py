@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -79,6 +79,47 @@ def parse_check(body: Any) -> Check:
     target = clean_id(body["target"], "target") if body.get("target") is not None else None
     request = AuthzRequest(clean_id(body.get("uid"), "uid"), action, guid, target, context(body.get("context")))
     return request, consistency(body.get("atLeastRevision"))
+
+
+class Query(NamedTuple):
+    """A capabilities or list question: who (uid, or the group for /authorize/members), what,
+    where, on whom; paging; atLeastRevision."""
+    uid: str | None
+    guid: str | None
+    action: str | None
+    target: str | None
+    context: dict[str, Any]
+    cursor: str | None
+    limit: int
+    at_least: int | Token | None
+
+
+QUERY_FIELDS = {"capabilities": {"uid", "guid", "target", "context", "atLeastRevision"},
+                "groups": {"uid", "action", "context", "cursor", "limit", "atLeastRevision"},
+                "members": {"guid", "action", "target", "context", "cursor", "limit", "atLeastRevision"}}
+MAX_LIST_LIMIT = 1000
+
+
+def parse_query(body: Any, kind: str) -> Query:
+    """POST /authorize/capabilities, /authorize/groups or /authorize/members (kind)."""
+    fields = QUERY_FIELDS[kind]
+    body = require_object(body)
+    reject_unknown(body, fields)
+    action = body.get("action")
+    if "action" in fields and (not isinstance(action, str) or not action or len(action) > 100):
+        raise BadRequestError.field("action", "The action field is required and must be a string.")
+    limit = body.get("limit", 100)
+    if type(limit) is not int or not 1 <= limit <= MAX_LIST_LIMIT:
+        raise BadRequestError.field("limit", f"The limit must be an integer from 1 to {MAX_LIST_LIMIT}.")
+
+    def optional_id(name: str) -> str | None:
+        return clean_id(body[name], name) if body.get(name) is not None else None
+    return Query(clean_id(body.get("uid"), "uid") if "uid" in fields and kind != "members" else None,
+                 clean_id(body.get("guid"), "guid") if kind == "members" else optional_id("guid") if "guid" in fields
+                 else None,
+                 action if "action" in fields else None, optional_id("target") if "target" in fields else None,
+                 context(body.get("context")), optional_id("cursor") if "cursor" in fields else None, limit,
+                 consistency(body.get("atLeastRevision")))
 
 
 def parse_batch(body: Any, limit: int) -> list[Check | ChatAuthzError]:

@@ -281,6 +281,18 @@ def test_real_responses_match_the_document(live: Server) -> None:
     call("put", "/groups/{guid}/scopes/{scope}/permissions", 400, s, json={"permissions": {}})
     call("delete", "/groups/{guid}/scopes/{scope}/permissions/{permission}", 200, {**s, "permission": "kickMembers"})
     call("delete", "/groups/{guid}/scopes/{scope}/permissions/{permission}", 404, {**s, "permission": "kickMembers"})
+    # -- capabilities and list questions, while the group exists
+    caps = call("post", "/authorize/capabilities", 200, json={"uid": mod, "guid": guid}).json()["data"]
+    assert caps["scope"] == "moderator" and caps["actions"]["kickMembers"]["targets"]["actsOn"] == ["participant"]
+    call("post", "/authorize/capabilities", 200, json={"uid": uid}, apikey=AUTHORIZE_KEY)
+    call("post", "/authorize/capabilities", 400, json={"uid": "bad id"})
+    listed = call("post", "/authorize/groups", 200, json={"uid": mod, "action": "sendMessage"}).json()["data"]
+    assert listed["groups"] == [{"guid": guid, "scope": "moderator"}]
+    call("post", "/authorize/groups", 400, json={"uid": mod, "action": "createGroup"})
+    who = call("post", "/authorize/members", 200, json={"guid": guid, "action": "kickMembers", "target": uid,
+                                                         "limit": 10}).json()["data"]
+    assert {m["uid"] for m in who["members"]} >= {owner, mod}
+    call("post", "/authorize/members", 404, json={"guid": unique("nope"), "action": "sendMessage"})
     call("delete", "/groups/{guid}", 403, g, headers={"onBehalfOf": mod})
     call("delete", "/groups/{guid}", 400, g, headers={"onBehalfOf": "bad id"})
     call("delete", "/groups/{guid}", 200, g)

@@ -7,7 +7,8 @@ from sidecar.errors import AuthError, BadRequestError
 from sidecar.keys import AUTH_ONLY, ApiKey, KeyRing
 
 OPEN_ENDPOINTS = {"health.live", "health.ready", "ops.prometheus", "openapi.openapi_json", "openapi.docs"}
-AUTHORIZE_ENDPOINTS = {"authorize.authorize", "authorize.authorize_batch"}
+AUTHORIZE_ENDPOINTS = {"authorize.authorize", "authorize.authorize_batch", "authorize.capabilities",
+                       "authorize.groups_where", "authorize.members_who"}
 # The writes decided as the onBehalfOf user; everywhere else the header would be ignored: a 400.
 ON_BEHALF_ENDPOINTS = {"groups.set_group", "groups.delete_group", "groups.add_members", "groups.set_member",
                        "groups.remove_member", "groups.ban", "groups.unban"}

@@ -1,4 +1,6 @@
-"""A lean WSGI path for POST /authorize and /authorize/batch, in front of the Flask app.
+"""A lean WSGI path for POST /authorize, /authorize/batch and the capability and list
+questions (/authorize/capabilities, /authorize/groups, /authorize/members), in front of the
+Flask app.
 
 Flask's request machinery costs more CPU than a decision. This path does the same work with
 the same functions as every Flask route (authenticate, and sidecar.wire's content-type rule,
@@ -39,10 +41,33 @@ class AuthorizeFastPath:
         self.max_batch = settings.max_batch
         self.max_body_bytes = max_body_bytes
         self.bodies = BodyReader(settings.body_timeout_s)
+        core = self.core
+        self.routes: dict[str, Callable[[Any], dict[str, Any]]] = {
+            "/authorize": lambda body: {"data": core.decide(*wire.parse_check(body))},
+            "/authorize/batch": lambda body: wire.batch_body(core.decide_many(wire.parse_batch(body, self.max_batch))),
+            "/authorize/capabilities": self._capabilities, "/authorize/groups": self._groups,
+            "/authorize/members": self._members}
+
+    def _capabilities(self, body: Any) -> dict[str, Any]:
+        q = wire.parse_query(body, "capabilities")
+        assert q.uid is not None
+        return {"data": self.core.capabilities(q.uid, q.guid, q.target, q.context, q.at_least)}
+
+    def _groups(self, body: Any) -> dict[str, Any]:
+        q = wire.parse_query(body, "groups")
+        assert q.uid is not None and q.action is not None
+        return {"data": self.core.groups_where(q.uid, q.action, q.context, cursor=q.cursor, limit=q.limit,
+                                               at_least_revision=q.at_least)}
+
+    def _members(self, body: Any) -> dict[str, Any]:
+        q = wire.parse_query(body, "members")
+        assert q.guid is not None and q.action is not None
+        return {"data": self.core.members_who(q.guid, q.action, q.target, q.context, cursor=q.cursor,
+                                              limit=q.limit, at_least_revision=q.at_least)}
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO")
-        if environ.get("REQUEST_METHOD") != "POST" or path not in ("/authorize", "/authorize/batch"):
+        if environ.get("REQUEST_METHOD") != "POST" or path not in self.routes:
             return self.flask_wsgi(environ, start_response)
         started = time.perf_counter()
         rid = take_request_id(environ.get("HTTP_X_REQUEST_ID"))
@@ -50,11 +75,7 @@ class AuthorizeFastPath:
             authenticate(self.keys, environ.get("HTTP_APIKEY", ""), True)
             if "HTTP_ONBEHALFOF" in environ:
                 raise BadRequestError.field("onBehalfOf", ON_BEHALF_ONLY_THERE)
-            body = self._json(environ)
-            if path == "/authorize":
-                status, payload = 200, {"data": self.core.decide(*wire.parse_check(body))}
-            else:
-                status, payload = 200, wire.batch_body(self.core.decide_many(wire.parse_batch(body, self.max_batch)))
+            status, payload = 200, self.routes[path](self._json(environ))
         except AlreadyAnsweredError:
             observe_request(path, "POST", 408, time.perf_counter() - started)
             return []  # the 408 went out at the deadline; the server drops this late answer

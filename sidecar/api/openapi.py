@@ -213,6 +213,34 @@ def mapped() -> dict[str, Any]:
                closed=False, additionalProperties=success())
 
 
+AUTHORIZE_FIELDS: dict[str, Any] = {
+    "uid": id_string("The user asking."),
+    "action": string(100, minLength=1, description="An action of the catalogue (e.g. sendMessage, "
+                     "kickMembers); an unknown one is a 400.", examples=["sendMessage", "kickMembers"]),
+    "guid": nullable(id_string("The group, for a group action (required by those); decided with the "
+                               "group's facts, and a 400 for an action that takes no group.")),
+    "target": nullable(id_string("The uid acted on (required by member actions).")),
+    "context": nullable({"type": "object", "maxProperties": 32,
+                         "description": "Facts of the request: messageType, receiverType, mimeType, "
+                                        "messageCategory, isFriend, newScope (required by changeScope), ...",
+                         "properties": {"newScope": {"enum": SCOPES}},
+                         "additionalProperties": {"anyOf": [string(255), {"type": "number"},
+                                                            {"type": "boolean"}]}}),
+    "atLeastRevision": {
+        "anyOf": [integer(0, MAX_REVISION), string(pattern=TOKEN_PATTERN), {"type": "null"}],
+        "description": "A write's token \"<epoch>:<revision>\" (or a bare revision, taken as the store's "
+                       "current epoch): wait (bounded) until this sidecar has that revision of that epoch; "
+                       "else 503 ERR_REVISION_NOT_REACHED. A token of another epoch (the store lost data "
+                       "since) is never satisfied: 409 ERR_REVISION_EPOCH_MISMATCH."}}
+LIST_PAGING: dict[str, Any] = {
+    "cursor": nullable(id_string("Resume after this id (the nextCursor of the page before).")),
+    "limit": integer(1, 1000, description="At most this many items (default 100).")}
+LIST_ANSWER: dict[str, Any] = {
+    "nextCursor": nullable(string(description="Where the next page starts; null when there is no more.")),
+    "revision": integer(), "token": TOKEN, "policyHash": string(), "stalenessSeconds": {"type": "number", "minimum": 0},
+    "refused": obj({"code": string(), "reason": string()}, ("code", "reason"))}
+
+
 SCHEMAS: dict[str, Any] = {
     "Error": obj({"error": ref("ErrorBody")}, ("error",)),
     "ErrorBody": obj({
@@ -256,26 +284,23 @@ SCHEMAS: dict[str, Any] = {
                    "actor": string(description="The name of the key that wrote."),
                    "ops": array({"type": "object", "required": ["op"], "properties": {"op": string()}})},
                   ("revision", "at", "actor", "ops")),
-    "AuthorizeRequest": obj({
-        "uid": id_string("The user asking."),
-        "action": string(100, minLength=1, description="An action of the catalogue (e.g. sendMessage, "
-                         "kickMembers); an unknown one is a 400.", examples=["sendMessage", "kickMembers"]),
-        "guid": nullable(id_string("The group, for a group action (required by those); decided with the "
-                                   "group's facts, and a 400 for an action that takes no group.")),
-        "target": nullable(id_string("The uid acted on (required by member actions).")),
-        "context": nullable({"type": "object", "maxProperties": 32,
-                             "description": "Facts of the request: messageType, receiverType, mimeType, "
-                                            "messageCategory, isFriend, newScope (required by changeScope), ...",
-                             "properties": {"newScope": {"enum": SCOPES}},
-                             "additionalProperties": {"anyOf": [string(255), {"type": "number"},
-                                                                {"type": "boolean"}]}}),
-        "atLeastRevision": {
-            "anyOf": [integer(0, MAX_REVISION), string(pattern=TOKEN_PATTERN), {"type": "null"}],
-            "description": "A write's token \"<epoch>:<revision>\" (or a bare revision, taken as the store's "
-                           "current epoch): wait (bounded) until this sidecar has that revision of that epoch; "
-                           "else 503 ERR_REVISION_NOT_REACHED. A token of another epoch (the store lost data "
-                           "since) is never satisfied: 409 ERR_REVISION_EPOCH_MISMATCH."}},
-        ("uid", "action")),
+    "AuthorizeRequest": obj(AUTHORIZE_FIELDS, ("uid", "action")),
+    "Capabilities": obj({
+        "uid": string(), "guid": nullable(string()), "target": nullable(string()), "role": string(),
+        "scope": nullable(string()), "revision": integer(), "token": TOKEN, "policyHash": string(),
+        "stalenessSeconds": {"type": "number", "minimum": 0},
+        "actions": {"type": "object", "additionalProperties": obj({
+            "allowed": {"type": "boolean"}, "code": {"enum": DECISION_CODES}, "reason": string(),
+            "layer": {"enum": ["role", "membership", "scope", "clearance", "store"]}, "role": string(),
+            "scope": string(), "error": ref("ErrorBody"),
+            "constraints": array(obj({"layer": {"enum": ["role", "scope"]}, "key": string(), "value": {},
+                                      "source": string()}, ("layer", "key", "value", "source"))),
+            "targets": obj({"actsOn": array({"enum": SCOPES}), "grants": array({"enum": SCOPES})}, ("actsOn",))})}},
+        ("uid", "role", "revision", "token", "policyHash", "actions")),
+    "GroupList": obj({"groups": array(obj({"guid": string(), "scope": nullable(string())}, ("guid", "scope"))),
+                      **LIST_ANSWER}, ("groups", "nextCursor", "revision", "token", "policyHash")),
+    "MemberList": obj({"members": array(obj({"uid": string(), "scope": nullable(string())}, ("uid", "scope"))),
+                       **LIST_ANSWER}, ("members", "nextCursor", "revision", "token", "policyHash")),
     "Decision": obj({
         "allowed": {"type": "boolean"},
         "code": {"enum": DECISION_CODES, "description": "Present on a denial."},
@@ -344,6 +369,29 @@ def _paths() -> dict[str, dict[str, Any]]:
                                "is taken: one that is not a valid check is answered by its own error, in its place.",
                 "examples": [{"uid": "alice", "action": "sendMessage", "guid": "support-team"}]},
                 minItems=1, maxItems=MAX_BATCH)}, ("checks",))))},
+        "/authorize/capabilities": {"post": op(
+            "Everything a user may do", "Decisions",
+            {**ok("Every action of the catalogue, each decided as /authorize decides it.", data(ref("Capabilities"))),
+             **decision_errors},
+            description="One state, one answer per action: the decision (or the 400 /authorize gives for it), "
+                        "the constraint values that apply and, for an action on a member asked without a "
+                        "target, the scopes the user may act on or give. What a UI renders buttons from.",
+            request=body(obj({k: v for k, v in AUTHORIZE_FIELDS.items() if k != "action"}, ("uid",))))},
+        "/authorize/groups": {"post": op(
+            "The groups where a user may do an action", "Decisions",
+            {**ok("The groups, by guid, each allowed as /authorize would allow it.",
+                  data(ref("GroupList"))), **decision_errors},
+            description="Candidates are the user's own groups (every group for getGroupDetails and joinGroup); "
+                        "at most 10,000 are looked at per call and nextCursor resumes after them.",
+            request=body(obj({**{k: AUTHORIZE_FIELDS[k] for k in ("uid", "action", "context", "atLeastRevision")},
+                              **LIST_PAGING}, ("uid", "action"))))},
+        "/authorize/members": {"post": op(
+            "The members of a group who may do an action", "Decisions",
+            {**ok("The members (and owner), by uid, each allowed as /authorize would allow it.",
+                  data(ref("MemberList"))), **decision_errors, **errors(s404=["ERR_GUID_NOT_FOUND"])},
+            request=body(obj({**{k: AUTHORIZE_FIELDS[k] for k in ("guid", "action", "target", "context",
+                                                                  "atLeastRevision")},
+                              "guid": id_string("The group."), **LIST_PAGING}, ("guid", "action"))))},
         "/roles": {
             "post": op("Create a role", "Roles",
                        {**ok("The role.", written(ref("Role"))),
