@@ -16,7 +16,7 @@ import pytest
 
 from sidecar.cli import main
 from sidecar.policy import load_policy
-from sidecar.policy.suites import load_suites
+from sidecar.suites.runner import load_suites
 
 REPO = Path(__file__).resolve().parents[1]
 _CASES = load_suites(REPO / "policies" / "tests", load_policy(REPO / "policies"))[0]
