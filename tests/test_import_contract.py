@@ -120,6 +120,7 @@ print(json.dumps(sorted(set(sys.modules) - before)))
 """
 
 
+@pytest.mark.integration  # starts a process
 def test_nothing_forbidden_is_imported_transitively() -> None:
     """Each module in a fresh interpreter (one per module: an earlier import must not hide a later one)."""
     problems = []

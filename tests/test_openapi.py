@@ -376,6 +376,7 @@ def test_open_routes_answer_without_a_key(app: Flask, live: Server) -> None:
 
 
 
+@pytest.mark.integration  # starts a process
 def test_no_static_files_from_the_working_folder(tmp_path: Path) -> None:
     """A real server started in a folder that has static/secret.txt does not serve it."""
     logs = tmp_path / "logs"
