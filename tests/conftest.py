@@ -215,6 +215,8 @@ INTEGRATION_FILES = {
     "test_redis_data_loss.py", "test_redis_sync.py", "test_serve_process.py", "test_slow_clients.py",
     "test_differential_authorize_write.py",  # in-process too, but property runs over generated worlds: seconds
     "test_unit_reload.py",  # in-process, but waits for files to settle: real seconds
+    # in-process through sidecar.cli.main, but each runs a whole command (policy load, suites, store):
+    "test_cli_authorize.py", "test_cli_check.py", "test_cli_export.py",
 }
 REDIS_FILES = {"test_redis_data_loss.py", "test_redis_sync.py"}
 PROCESS_FIXTURES = {"server", "start_server", "shared_server", "live", "srv"}  # start `chatauthz serve`
