@@ -76,7 +76,7 @@ def main() -> None:
         ]
         print("in-process (Sidecar, embedded store), server time in microseconds")
         for name, target, (p50, p99) in rows:
-            verdict = "" if target is None else ("  target <= %g: %s" % (target, "met" if p50 <= target else "MISSED"))
+            verdict = "" if target is None else f"  target <= {target:g}: {'met' if p50 <= target else 'MISSED'}"
             print(f"  {name:42} p50 {p50:9.1f}   p99 {p99:9.1f}{verdict}")
         core.store.close()
     if not args.skip_http:

@@ -54,7 +54,7 @@ from sidecar.core import Sidecar  # noqa: E402
 from sidecar.engine import AuthzRequest, Engine  # noqa: E402
 from sidecar.policy import load_policy  # noqa: E402
 from sidecar.state import RuntimeState  # noqa: E402
-from sidecar.stores import SQLiteStore  # noqa: E402
+from sidecar.stores.sqlite import SQLiteStore  # noqa: E402
 
 PRESETS = {"1k": (1_000, 100, 1_000), "100k": (100_000, 10_000, 100_000), "1m": (1_000_000, 10_000, 100_000)}
 # Roles users are spread over: three from policies/roles.yaml and two made at runtime.

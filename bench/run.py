@@ -235,7 +235,7 @@ def _status_mb(field: str) -> float:
 def child_inprocess(spec: dict[str, Any]) -> dict[str, Any]:
     """Runs in a fresh interpreter: load the store, then verify and time decisions."""
     from sidecar.core import Sidecar
-    from sidecar.stores import SQLiteStore
+    from sidecar.stores.sqlite import SQLiteStore
     size = bd.Size(*spec["size"])
     policy = load_policy(ROOT / "policies", ROOT / "model.conf")
     rng = random.Random(42)

@@ -29,6 +29,7 @@ class Settings:
     revision_wait_s: float = 2.0
     body_timeout_s: float = 3.0  # a request body must arrive within this (else 408)
     max_batch: int = 1000
+    max_body_bytes: int = 1024 * 1024  # a larger request body is a 413
     redis_url: str | None = None
     redis_prefix: str = "chatauthz:"
     redis_timeout_s: float = 1.0
@@ -74,6 +75,10 @@ class Settings:
             raise ValueError(f"policy_settle_s must be 0 or more, got {self.policy_settle_s}")
         if not 0 < self.body_timeout_s <= 300:
             raise ValueError(f"body_timeout_s must be in (0, 300], got {self.body_timeout_s}")
+        if self.max_batch < 1:
+            raise ValueError(f"max_batch must be 1 or more, got {self.max_batch}")
+        if not 1024 <= self.max_body_bytes <= 64 * 1024 * 1024:
+            raise ValueError(f"max_body_bytes must be 1024-67108864, got {self.max_body_bytes}")
         if self.server not in ("granian", "gunicorn"):
             raise ValueError(f"server must be granian or gunicorn, got {self.server!r}")
 

@@ -452,7 +452,7 @@ class Engine:
         action = self.policy.actions[request.action]
         scopes = list(self.policy.scopes)
         grants = action.name in ("addMembers", "changeScope")
-        nothing = {"actsOn": [], "grants": []} if grants else {"actsOn": []}
+        nothing: dict[str, list[str]] = {"actsOn": [], "grants": []} if grants else {"actsOn": []}
         role = state.users.get(request.uid, "default")
         probe = AuthzRequest(request.uid, action.name, request.guid, " ", request.context)  # no member has this id
         try:

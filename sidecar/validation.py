@@ -11,6 +11,8 @@ ID_RE = re.compile(r"[A-Za-z0-9_-]{1,100}")  # ASCII only, checked before lowerc
 MAX_METADATA_BYTES = 4096
 MAX_CONTEXT_KEYS = 32
 MAX_CONTEXT_STRING = 255
+MAX_REVISION = 2**53  # the largest revision a client may name (a JSON number stays exact up to here)
+MAX_PER_PAGE = 1000
 
 
 def canonical_id(value: Any) -> str | None:
@@ -103,7 +105,7 @@ def context(value: Any) -> dict[str, Any]:
 def revision(value: Any, field: str = "atLeastRevision") -> int | None:
     if value is None:
         return None
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 2**53:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_REVISION:
         raise BadRequestError.field(field, f"The {field} must be a non-negative integer.")
     return value
 
@@ -125,9 +127,9 @@ TOKEN_RE = re.compile(r"([0-9a-z]{1,64}):([0-9]{1,16})")  # whole string only (f
 def consistency(value: Any, field: str = "atLeastRevision") -> int | Token | None:
     """A revision of the store's current epoch (an integer), or a token "<epoch>:<revision>"."""
     match = TOKEN_RE.fullmatch(value) if isinstance(value, str) else None
-    if match and int(match[2]) <= 2**53:
+    if match and int(match[2]) <= MAX_REVISION:
         return Token(match[1], int(match[2]))
-    if value is None or (isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 2**53):
+    if value is None or (isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_REVISION):
         return value
     raise BadRequestError.field(field, f"The {field} must be a non-negative integer or a token "
                                 "'<epoch>:<revision>' as a write answered it.")
@@ -148,7 +150,7 @@ def optional_list(body: dict[str, Any], field: str) -> list[Any]:
     return value
 
 
-def paging(args: dict[str, Any], max_per_page: int = 1000) -> tuple[int, int]:
+def paging(args: dict[str, Any], max_per_page: int = MAX_PER_PAGE) -> tuple[int, int]:
     """perPage (default 100, at most max_per_page) and page (default 1)."""
     def number(name: str, default: int, high: int) -> int:
         raw = args.get(name)

@@ -27,7 +27,6 @@ from sidecar.engine import AuthzRequest
 from sidecar.errors import BadRequestError, ChatAuthzError
 from sidecar.validation import Token, clean_id, consistency, context, reject_unknown, require_object
 
-MAX_BODY_BYTES = 1024 * 1024
 NOT_JSON = "The request body must be JSON (Content-Type: application/json)."
 INTERNAL = "Internal error; the request changed nothing it could not finish. See the server log."
 CHECK_FIELDS = {"uid", "action", "guid", "target", "context", "atLeastRevision"}
@@ -49,7 +48,7 @@ def is_json(content_type: str | None) -> bool:
 
 
 def read_json(content_type: str | None, content_length: str | int | None, read: Callable[[int], bytes], *,
-              limit: int = MAX_BODY_BYTES, optional: bool = False) -> Any:
+              limit: int, optional: bool = False) -> Any:
     """A request body's JSON value. The content type and length are checked before read(length)
     is called, so a body that is not JSON, or too large, is never waited for; optional: no body
     at all is {} whatever its content type."""

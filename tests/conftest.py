@@ -201,6 +201,58 @@ class Server(ApiClient):
         return int(response.json()["data"]["revision"])
 
 
+# -- markers: unit, integration, redis (registered in pyproject.toml) --------------------------
+# Every test is `unit` (in-process and fast: `pytest -m unit` runs these alone, in seconds) or
+# `integration` (starts the sidecar, redis-server or another process, or takes seconds); a test
+# that needs redis-server is also `redis`. A test's own marker wins; else its file decides, or a
+# fixture it uses that starts a process. A unit test that starts a process anyway fails (below),
+# so a slow test cannot hide in `-m unit`. Plain `pytest` runs everything.
+INTEGRATION_FILES = {
+    "test_api_concurrency.py", "test_api_conformance.py", "test_api_scenarios.py", "test_data_folder.py",
+    "test_decision_log.py", "test_fuzz_schemathesis.py", "test_guard_rails.py", "test_hostile_input.py",
+    "test_http_api.py", "test_http_durability.py", "test_http_scope_table.py", "test_http_workers.py",
+    "test_logging.py", "test_metrics.py", "test_policy_reload.py", "test_policy_settle.py",
+    "test_redis_data_loss.py", "test_redis_sync.py", "test_serve_process.py", "test_slow_clients.py",
+    "test_differential_authorize_write.py",  # in-process too, but property runs over generated worlds: seconds
+    "test_unit_reload.py",  # in-process, but waits for files to settle: real seconds
+    # in-process through sidecar.cli.main, but each runs a whole command (policy load, suites, store):
+    "test_cli_authorize.py", "test_cli_check.py", "test_cli_export.py",
+}
+REDIS_FILES = {"test_redis_data_loss.py", "test_redis_sync.py"}
+PROCESS_FIXTURES = {"server", "start_server", "shared_server", "live", "srv"}  # start `chatauthz serve`
+REDIS_FIXTURES = {"redis_server", "shared_redis", "own_redis"}  # start redis-server
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))
+        if item.path.name in REDIS_FILES or used & REDIS_FIXTURES:
+            item.add_marker(pytest.mark.redis)
+        if item.get_closest_marker("unit") or item.get_closest_marker("integration"):
+            continue
+        slow = (item.path.name in INTEGRATION_FILES or item.get_closest_marker("redis") is not None
+                or bool(used & PROCESS_FIXTURES))
+        item.add_marker(pytest.mark.integration if slow else pytest.mark.unit)
+
+
+class UnitTestStartedAProcess(AssertionError):
+    pass
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_start_no_process(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test marked unit may not start a process: mark it integration (or give it to a fixture in
+    PROCESS_FIXTURES) instead."""
+    if request.node.get_closest_marker("unit") is None:
+        return
+
+    def refuse(self: Any, *args: Any, **kwargs: Any) -> None:
+        raise UnitTestStartedAProcess(f"{request.node.nodeid} is marked unit but starts a process "
+                                      f"({args[0] if args else kwargs.get('args')!r}); mark it "
+                                      "@pytest.mark.integration (see tests/conftest.py)")
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
+
+
 @pytest.fixture(autouse=True)
 def _no_chatauthz_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """No test sees a CHATAUTHZ_* variable from the outside world."""

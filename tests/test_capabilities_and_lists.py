@@ -122,8 +122,8 @@ def test_list_questions_equal_filtering_with_authorize(tmp_path: Path, seed: int
             continue
         expected = [g for g in existing if answer(core, AuthzRequest(uid, action, g, None, context)).get("allowed")]
         assert [item["guid"] for item in listed["groups"]] == expected, (uid, action)
-        assert paged(lambda cursor: core.groups_where(uid, action, context, cursor=cursor, limit=1),
-                     "groups", "guid") == expected
+        assert paged(lambda cursor, uid=uid, action=action, context=context: core.groups_where(
+            uid, action, context, cursor=cursor, limit=1), "groups", "guid") == expected
         nonempty += bool(expected)
     for guid in existing:
         for action in ("sendMessage", "kickMembers", "editGroup", "leaveGroup"):
@@ -133,8 +133,8 @@ def test_list_questions_equal_filtering_with_authorize(tmp_path: Path, seed: int
             expected = [u for u in candidates
                         if answer(core, AuthzRequest(u, action, guid, target)).get("allowed")]
             assert [item["uid"] for item in listed["members"]] == expected, (guid, action, target)
-            assert paged(lambda cursor: core.members_who(guid, action, target, cursor=cursor, limit=2),
-                         "members", "uid") == expected
+            assert paged(lambda cursor, guid=guid, action=action, target=target: core.members_who(
+                guid, action, target, cursor=cursor, limit=2), "members", "uid") == expected
             nonempty += bool(expected)
     assert nonempty >= 3, nonempty  # not vacuous: some lists have members
 

@@ -14,8 +14,8 @@ from redis_support import RedisServer
 
 from sidecar.cli import main
 from sidecar.state import Op
-from sidecar.stores import SQLiteStore
 from sidecar.stores.redisstore import RedisStore
+from sidecar.stores.sqlite import SQLiteStore
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -16,7 +16,7 @@ import pytest
 
 from sidecar.cli import main
 from sidecar.policy import load_policy
-from sidecar.policy.suites import load_suites
+from sidecar.suites.runner import load_suites
 
 REPO = Path(__file__).resolve().parents[1]
 _CASES = load_suites(REPO / "policies" / "tests", load_policy(REPO / "policies"))[0]
@@ -437,6 +437,7 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str], tmp_path: Path)
     assert info.value.code == 2
 
 
+@pytest.mark.integration  # starts a process
 def test_the_installed_command_exits_with_the_codes(tmp_path: Path) -> None:
     policies = make_policies(tmp_path, ("roles.yaml", "restrictedFeatures: [u.joinGroup]",
                                         "restrictedFeatures: [u.teleport]"))

@@ -17,8 +17,8 @@ from sidecar.cli import main
 from sidecar.engine import AuthzRequest, Engine
 from sidecar.policy import load_policy
 from sidecar.state import Op, RuntimeState
-from sidecar.stores import SQLiteStore
 from sidecar.stores.redisstore import RedisStore
+from sidecar.stores.sqlite import SQLiteStore
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -18,7 +18,7 @@ from flask.testing import FlaskClient
 from sidecar.api import create_app
 from sidecar.compose import build_sidecar
 from sidecar.config import Settings
-from sidecar.stores import SQLiteStore
+from sidecar.stores.sqlite import SQLiteStore
 
 KEY = "test-token-key-0123456789"
 

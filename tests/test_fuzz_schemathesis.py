@@ -319,7 +319,7 @@ def test_known_server_bugs(bugs_server: Server, method: str, path: str, body: by
 def test_batch_waits_for_a_revision_once(bugs_server: Server) -> None:
     """BUG-6: POST /authorize/batch waits revision_wait_s for EACH check naming a future atLeastRevision
     (today sidecar/core.py Sidecar.decide_many waits once for the whole batch):
-    with the default 2 s and --max-batch 1000, one request holds a worker for ~2000 s. The wait
+    with the default 2 s and max_batch 1000, one request holds a worker for ~2000 s. The wait
     should be bounded once per request. Here: 40 checks at 50 ms must not take 40 x 50 ms."""
     check = {"uid": "u", "action": "sendMessage", "atLeastRevision": 10**12}
     started = time.monotonic()

@@ -5,7 +5,8 @@
     errors), match the document: status documented, content type, schema;
 (c) every route that needs a key refuses a missing key, a wrong key and (off /authorize) an
     authorize-only key, so that a new route cannot be left open; no route is both open and
-    undocumented (Flask's /static/<path> once was: files of the working folder, no key).
+    undocumented (Flask's /static/<path> once was: files of the working folder, no key);
+(d) the limits in the document are the app's settings, and every flag and variable it names exists.
 """
 from __future__ import annotations
 
@@ -22,9 +23,10 @@ import requests
 from conftest import TEST_API_KEY, Server, unique
 from flask import Flask
 
+from sidecar import cli
 from sidecar.api import create_app
 from sidecar.api.auth import AUTHORIZE_ENDPOINTS, OPEN_ENDPOINTS
-from sidecar.api.openapi import DOCUMENT, METHODS
+from sidecar.api.openapi import METHODS, build_document
 from sidecar.compose import build_sidecar
 from sidecar.config import Settings
 
@@ -32,6 +34,8 @@ AUTHORIZE_KEY = "test-authorize-only-key-0123456789"
 AUTOMATIC_METHODS = {"HEAD", "OPTIONS"}  # Flask adds these to every rule
 SERVER_ENV = {"CHATAUTHZ_AUTHORIZE_KEY": AUTHORIZE_KEY, "CHATAUTHZ_REVISION_WAIT_S": "0.2"}
 ENVELOPE_EXEMPT = {("get", "/health/ready", 503)}  # readiness says why in {"data": ...}, by design
+# The document the live server below serves: built from its settings, as create_app does.
+DOCUMENT = build_document(Settings.from_env(SERVER_ENV))
 
 
 # -- the document, as a validator -------------------------------------------------------------------
@@ -384,6 +388,7 @@ def test_open_routes_answer_without_a_key(app: Flask, live: Server) -> None:
 
 
 
+@pytest.mark.integration  # starts a process
 def test_no_static_files_from_the_working_folder(tmp_path: Path) -> None:
     """A real server started in a folder that has static/secret.txt does not serve it."""
     logs = tmp_path / "logs"
@@ -399,3 +404,62 @@ def test_no_static_files_from_the_working_folder(tmp_path: Path) -> None:
         assert srv.request("GET", "/static/secret.txt").json()["error"]["code"] == "ERR_API_NOT_FOUND"
     finally:
         srv.stop()
+
+
+# -- (d) the limits are the settings' --------------------------------------------------------------
+def served_document(tmp_path: Path, **settings: Any) -> dict[str, Any]:
+    """GET /openapi.json of an in-process app built with `settings`."""
+    config = Settings(data_dir=tmp_path / "data", api_key=TEST_API_KEY, policy_watch_s=0, **settings)
+    core = build_sidecar(config, start_threads=False)
+    try:
+        response = create_app(config, sidecar=core).test_client().get("/openapi.json")
+        assert response.status_code == 200, response.text
+        return response.get_json()  # type: ignore[no-any-return]
+    finally:
+        core.store.close()
+
+
+def test_the_document_states_the_apps_limits(tmp_path: Path) -> None:
+    document = served_document(tmp_path, max_batch=7, max_roles=3, max_body_bytes=4096, revision_wait_s=0.5)
+    assert document == json.loads(json.dumps(build_document(Settings(max_batch=7, max_roles=3, max_body_bytes=4096,
+                                                                      revision_wait_s=0.5))))
+    batch = document["paths"]["/authorize/batch"]["post"]
+    assert batch["requestBody"]["content"]["application/json"]["schema"]["properties"]["checks"]["maxItems"] == 7
+    assert "At most 7 checks (CHATAUTHZ_MAX_BATCH)" in batch["description"]
+    assert "At most 3 roles (CHATAUTHZ_MAX_ROLES)" in document["paths"]["/roles"]["post"]["description"]
+    assert "at most 4096 bytes (CHATAUTHZ_MAX_BODY_BYTES)" in document["info"]["description"]
+    wait = document["components"]["schemas"]["AuthorizeRequest"]["properties"]["atLeastRevision"]["description"]
+    assert "at most 0.5 s" in wait
+    default = served_document(tmp_path / "default")
+    assert "At most 1000 checks" in default["paths"]["/authorize/batch"]["post"]["description"]
+
+
+def test_the_app_enforces_the_batch_and_body_limits_it_documents(tmp_path: Path) -> None:
+    config = Settings(data_dir=tmp_path / "data", api_key=TEST_API_KEY, policy_watch_s=0, max_batch=2,
+                      max_body_bytes=2048)
+    core = build_sidecar(config, start_threads=False)
+    try:
+        client = create_app(config, sidecar=core).test_client()
+        headers = {"apikey": TEST_API_KEY}
+        check = {"uid": "alice", "action": "createGroup"}
+        assert client.post("/authorize/batch", json={"checks": [check] * 2}, headers=headers).status_code == 200
+        refused = client.post("/authorize/batch", json={"checks": [check] * 3}, headers=headers)
+        assert refused.status_code == 400, refused.text
+        too_big = client.post("/roles", data=b"{" + b" " * 2048 + b"}", headers={**headers,
+                              "Content-Type": "application/json"})
+        assert (too_big.status_code, too_big.get_json()["error"]["code"]) == (413, "ERR_PAYLOAD_TOO_LARGE")
+    finally:
+        core.store.close()
+
+
+def test_every_flag_and_variable_the_document_names_exists(capsys: pytest.CaptureFixture[str]) -> None:
+    text = json.dumps(DOCUMENT)
+    with pytest.raises(SystemExit):
+        cli.main(["serve", "--help"])
+    flags = set(re.findall(r"--[a-z][a-z-]*", capsys.readouterr().out))
+    named = set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", text))
+    assert named - flags == set(), f"the document names flags `chatauthz serve` does not have: {named - flags}"
+    variables = {"CHATAUTHZ_" + field.upper() for field in Settings.__dataclass_fields__}
+    named_variables = set(re.findall(r"CHATAUTHZ_[A-Z_]+", text))
+    assert named_variables, "the document names no setting"
+    assert named_variables - variables == set(), f"unknown settings in the document: {named_variables - variables}"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from sidecar.policy import load_policy
-from sidecar.policy.suites import Case, build_state, describe_case_failure, load_suite_text, load_suites, run_case
+from sidecar.suites.runner import Case, build_state, describe_case_failure, load_suite_text, load_suites, run_case
 
 REPO = Path(__file__).resolve().parents[1]
 POLICY = load_policy(REPO / "policies")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Server, unique
+from conftest import PROJECT_DIR, Server, unique
 
 DB = "chatauthz.sqlite3"
 WRITES_AFTER = 40  # each on a new connection, so both workers take some
@@ -157,8 +157,7 @@ def test_a_worker_that_notices_first_still_applies_what_others_committed_before(
     from sidecar.core import Sidecar
     from sidecar.policy import load_policy
     from sidecar.stores.sqlite import SQLiteStore
-    from tests.test_unit_store import REPO
-    policy = load_policy(REPO / "policies")
+    policy = load_policy(PROJECT_DIR / "policies")
     db = tmp_path / DB
     one, two = Sidecar(policy, SQLiteStore(db)), Sidecar(policy, SQLiteStore(db))
     revision = two.write(lambda tx: ([{"op": "put_user", "uid": "u1", "role": "restricted"}], None), "worker-2").revision

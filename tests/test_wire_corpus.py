@@ -14,6 +14,7 @@ import pytest
 from conftest import Server
 
 from sidecar import wire
+from sidecar.config import Settings
 
 ROUTES = [("POST", "/authorize"), ("POST", "/authorize/batch"), ("POST", "/roles"), ("PUT", "/groups/corpus"),
           ("PUT", "/users/corpus")]
@@ -36,7 +37,7 @@ FAULTS: dict[str, tuple[str | None, bytes]] = {
     "a string": (JSON, b'"uid"'),
     "a number": (JSON, b"7"),
     "null": (JSON, b"null"),
-    "too large": (JSON, b'{"uid": "' + b"a" * (wire.MAX_BODY_BYTES + 1) + b'"}'),
+    "too large": (JSON, b'{"uid": "' + b"a" * (Settings().max_body_bytes + 1) + b'"}'),
 }
 ACCEPTED = ["application/json", "application/json; charset=utf-8", "APPLICATION/JSON",
             "application/vnd.x+json; charset=utf-8", "application/merge-patch+json"]

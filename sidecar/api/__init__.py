@@ -32,16 +32,17 @@ def create_app(settings: Settings | None = None, *, sidecar: Sidecar | None = No
                keys: KeyRing | None = None) -> Flask:
     settings = settings or Settings.from_env()
     app = Flask("chatauthz", static_folder=None)  # no /static/<path>: it served the working folder, no key
-    app.config.update(MAX_CONTENT_LENGTH=wire.MAX_BODY_BYTES)
+    app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes)
     app.json = StrictJSONProvider(app)
     app.extensions["chatauthz"] = sidecar or build_sidecar(settings)
     app.extensions["chatauthz.settings"] = settings
     app.extensions["chatauthz.keys"] = keys or load_keys(settings.data_dir, settings.api_key,
                                                          settings.authorize_key)
+    openapi.install(app, settings)  # the document states this app's limits
     errors.install(app)
     install_auth(app)
     install_request_timing(app)
     for blueprint in (authorize.bp, roles.bp, groups.bp, changes.bp, health.bp, ops.bp, openapi.bp):
         app.register_blueprint(blueprint)
-    app.wsgi_app = AuthorizeFastPath(app, wire.MAX_BODY_BYTES)  # type: ignore[method-assign]
+    app.wsgi_app = AuthorizeFastPath(app, settings.max_body_bytes)  # type: ignore[method-assign]
     return app

@@ -19,8 +19,9 @@ def sidecar() -> Sidecar:
 
 def json_body(optional: bool = False) -> Any:
     """The request's JSON body, read by sidecar.wire as on /authorize (a 400 or 413 otherwise)."""
+    limit = current_app.extensions["chatauthz.settings"].max_body_bytes
     return wire.read_json(request.content_type, request.content_length, lambda _: request.get_data(cache=False),
-                          optional=optional)
+                          limit=limit, optional=optional)
 
 
 def write(plan: Callable[[WriteContext], Planned], after: Callable[[WriteContext, Any], Any] | None = None

@@ -32,7 +32,7 @@ STATUS_LINES = {200: "200 OK", 400: "400 BAD REQUEST", 401: "401 UNAUTHORIZED", 
 
 
 class AuthorizeFastPath:
-    def __init__(self, app: Flask, max_body_bytes: int = wire.MAX_BODY_BYTES) -> None:
+    def __init__(self, app: Flask, max_body_bytes: int) -> None:
         self.app = app
         self.flask_wsgi = app.wsgi_app
         self.core = app.extensions["chatauthz"]

@@ -1,9 +1,12 @@
 """The OpenAPI 3.1 document of every route (GET /openapi.json) and a readable page of it (GET /docs).
 
-The document is a plain dict built once from the small helpers below (envelopes, pagination,
-error responses with each route's codes). tests/test_openapi.py checks that every rule of the
-app's URL map is in it and that real responses match it; tests/test_fuzz_schemathesis.py fuzzes
-a live server against it. Change a route, change its entry here.
+The document is a plain dict built from the small helpers below (envelopes, pagination, error
+responses with each route's codes) by build_document(settings), once per app (create_app calls
+install): the limits a deployment sets (max_batch, max_roles, max_body_bytes, revision_wait_s)
+come from its Settings, the fixed ones (ids, scopes, members per call, paging) from the modules
+that enforce them. tests/test_openapi.py checks that every rule of the app's URL map is in it and
+that real responses match it; tests/test_fuzz_schemathesis.py fuzzes a live server against it.
+Change a route, change its entry here.
 
 /docs is rendered on the server from the same dict: plain HTML and inline CSS, nothing loaded
 from anywhere else.
@@ -12,24 +15,37 @@ from __future__ import annotations
 
 import html
 import json
-from functools import lru_cache
 from typing import Any
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Flask, Response, current_app, jsonify
+
+from sidecar.config import Settings
+from sidecar.core import SCAN_LIMIT
+from sidecar.groups import MAX_MEMBERS_PER_CALL
+from sidecar.policy.loader import ID_PATTERN as STORED_ID_RE
+from sidecar.policy.loader import SCOPE_NAMES
+from sidecar.validation import (
+    ID_RE,
+    MAX_CONTEXT_KEYS,
+    MAX_CONTEXT_STRING,
+    MAX_METADATA_BYTES,
+    MAX_PER_PAGE,
+    MAX_REVISION,
+    TOKEN_RE,
+)
+from sidecar.wire import MAX_LIST_LIMIT
 
 bp = Blueprint("openapi", __name__)
+DOCUMENT_KEY = "chatauthz.openapi"  # app.extensions: the document of this app's settings
+PAGE_KEY = "chatauthz.openapi.page"  # app.extensions: /docs, rendered on first request
 
 JSON = "application/json"
-ID_PATTERN = "^[A-Za-z0-9_-]{1,100}$"     # what a request may send (the server lowercases)
-STORED_ID_PATTERN = "^[a-z0-9_-]{1,100}$"  # what a response shows
+ID_PATTERN = f"^{ID_RE.pattern}$"     # what a request may send (the server lowercases)
+STORED_ID_PATTERN = f"^{STORED_ID_RE.pattern}$"  # what a response shows
 PERMISSION_PATTERN = "^[A-Za-z0-9_.-]{1,100}$"
-SCOPES = ["admin", "moderator", "participant"]
-_SCOPE = "(admin|moderator|participant)"
+SCOPES = list(SCOPE_NAMES)
+_SCOPE = f"({'|'.join(SCOPE_NAMES)})"
 SCOPES_PATTERN = f"^([\\s,]*{_SCOPE}(\\s*,[\\s,]*{_SCOPE})*[\\s,]*)?$"  # blanks and empty items are ignored
-MAX_MEMBERS_PER_CALL = 25
-MAX_PER_PAGE = 1000
-MAX_BATCH = 1000  # the default of --max-batch / CHATAUTHZ_MAX_BATCH
-MAX_REVISION = 2**53
 DECISION_CODES = ["ERR_PERMISSION_DENIED", "ERR_GUID_NOT_FOUND", "ERR_GUID_ALREADY_EXISTS",
                   "ERR_BANNED_GROUPMEMBER", "ERR_GROUP_NOT_JOINED", "ERR_ALREADY_JOINED",
                   "ERR_GROUP_NO_ADMIN_SCOPE", "ERR_GROUP_NO_MODERATOR_SCOPE", "ERR_GROUP_NO_CLEARANCE",
@@ -87,7 +103,7 @@ def data(schema: dict[str, Any]) -> dict[str, Any]:
     return obj({"data": schema}, ("data",))
 
 
-TOKEN_PATTERN = "^[0-9a-z]{1,64}:[0-9]{1,16}$"
+TOKEN_PATTERN = f"^{TOKEN_RE.pattern}$"
 TOKEN = string(pattern=TOKEN_PATTERN, description="The consistency token \"<epoch>:<revision>\": the store's "
                "epoch (it changes when the store lost data) and the revision. Pass it as atLeastRevision.")
 
@@ -213,120 +229,129 @@ def mapped() -> dict[str, Any]:
                closed=False, additionalProperties=success())
 
 
-AUTHORIZE_FIELDS: dict[str, Any] = {
-    "uid": id_string("The user asking."),
-    "action": string(100, minLength=1, description="An action of the catalogue (e.g. sendMessage, "
-                     "kickMembers); an unknown one is a 400.", examples=["sendMessage", "kickMembers"]),
-    "guid": nullable(id_string("The group, for a group action (required by those); decided with the "
-                               "group's facts, and a 400 for an action that takes no group.")),
-    "target": nullable(id_string("The uid acted on (required by member actions).")),
-    "context": nullable({"type": "object", "maxProperties": 32,
-                         "description": "Facts of the request: messageType, receiverType, mimeType, "
-                                        "messageCategory, isFriend, newScope (required by changeScope), ...",
-                         "properties": {"newScope": {"enum": SCOPES}},
-                         "additionalProperties": {"anyOf": [string(255), {"type": "number"},
-                                                            {"type": "boolean"}]}}),
-    "atLeastRevision": {
-        "anyOf": [integer(0, MAX_REVISION), string(pattern=TOKEN_PATTERN), {"type": "null"}],
-        "description": "A write's token \"<epoch>:<revision>\" (or a bare revision, taken as the store's "
-                       "current epoch): wait (bounded) until this sidecar has that revision of that epoch; "
-                       "else 503 ERR_REVISION_NOT_REACHED. A token of another epoch (the store lost data "
-                       "since) is never satisfied: 409 ERR_REVISION_EPOCH_MISMATCH."}}
+def authorize_fields(settings: Settings) -> dict[str, Any]:
+    """The fields of an /authorize check (also of the capability and list questions)."""
+    return {
+        "uid": id_string("The user asking."),
+        "action": string(100, minLength=1, description="An action of the catalogue (e.g. sendMessage, "
+                         "kickMembers); an unknown one is a 400.", examples=["sendMessage", "kickMembers"]),
+        "guid": nullable(id_string("The group, for a group action (required by those); decided with the "
+                                   "group's facts, and a 400 for an action that takes no group.")),
+        "target": nullable(id_string("The uid acted on (required by member actions).")),
+        "context": nullable({"type": "object", "maxProperties": MAX_CONTEXT_KEYS,
+                             "description": "Facts of the request: messageType, receiverType, mimeType, "
+                                            "messageCategory, isFriend, newScope (required by changeScope), ...",
+                             "properties": {"newScope": {"enum": SCOPES}},
+                             "additionalProperties": {"anyOf": [string(MAX_CONTEXT_STRING), {"type": "number"},
+                                                                {"type": "boolean"}]}}),
+        "atLeastRevision": {
+            "anyOf": [integer(0, MAX_REVISION), string(pattern=TOKEN_PATTERN), {"type": "null"}],
+            "description": "A write's token \"<epoch>:<revision>\" (or a bare revision, taken as the store's "
+                           f"current epoch): wait (at most {settings.revision_wait_s:g} s, CHATAUTHZ_REVISION_WAIT_S) "
+                           "until this sidecar has that revision of that epoch; "
+                           "else 503 ERR_REVISION_NOT_REACHED. A token of another epoch (the store lost data "
+                           "since) is never satisfied: 409 ERR_REVISION_EPOCH_MISMATCH."}}
+
+
 LIST_PAGING: dict[str, Any] = {
     "cursor": nullable(id_string("Resume after this id (the nextCursor of the page before).")),
-    "limit": integer(1, 1000, description="At most this many items (default 100).")}
+    "limit": integer(1, MAX_LIST_LIMIT, description="At most this many items (default 100).")}
 LIST_ANSWER: dict[str, Any] = {
     "nextCursor": nullable(string(description="Where the next page starts; null when there is no more.")),
     "revision": integer(), "token": TOKEN, "policyHash": string(), "stalenessSeconds": {"type": "number", "minimum": 0},
     "refused": obj({"code": string(), "reason": string()}, ("code", "reason"))}
 
 
-SCHEMAS: dict[str, Any] = {
-    "Error": obj({"error": ref("ErrorBody")}, ("error",)),
-    "ErrorBody": obj({
-        "code": string(description="A stable code, e.g. ERR_BAD_REQUEST, ERR_ROLE_NOT_FOUND."),
-        "message": string(minLength=1, description="What went wrong, for a person."),
-        "details": {"type": "object", "description": "For ERR_BAD_REQUEST: field -> its problems.",
-                    "additionalProperties": array(string())}}, ("code", "message")),
-    "Pagination": obj({"total": integer(), "count": integer(), "per_page": integer(1, MAX_PER_PAGE),
-                       "current_page": integer(1), "total_pages": integer(1)},
-                      ("total", "count", "per_page", "current_page", "total_pages")),
-    "RoleSettings": obj({"listUsers": {"enum": ["all", "friendsOnly"]},
-                         "sendMessagesTo": {"enum": ["all", "friendsOnly"]}},
-                        description="Legacy settings (CometChat)."),
-    "Metadata": {"type": "object", "description": "Free-form JSON object, at most 4096 bytes as compact JSON."},
-    "Role": obj({"role": string(pattern=STORED_ID_PATTERN), "name": string(100), "description": string(255),
-                 "metadata": ref("Metadata"), "settings": ref("RoleSettings"),
-                 "createdAt": integer(description="Unix seconds; 0 for a role of the policy files."),
-                 "updatedAt": integer(description="Unix seconds of the last runtime edit."),
-                 "source": string(description="Where the role comes from: a policy file, runtime, or both.")},
-                ("role", "name", "createdAt", "source")),
-    "PermissionRow": obj({"id": string(description="The permission key."), "type": {"enum": ["role", "scope"]},
-                          "title": string(), "dataType": string(),
-                          "availableValues": nullable(array(string())), "defaultValue": {}, "value": {},
-                          "source": string(description="Where the value comes from.")},
-                         ("id", "type", "title", "dataType", "availableValues", "defaultValue", "value", "source")),
-    "PermissionMap": {"type": "object", "description": "The explicit runtime values: permission key -> value."},
-    "RestrictedFeature": obj({"key": string(pattern="^u\\."), "title": string(), "actions": array(string()),
-                              "source": string()}, ("key", "title", "actions", "source")),
-    "User": obj({"uid": string(pattern=STORED_ID_PATTERN), "role": string(pattern=STORED_ID_PATTERN),
-                 "assigned": {"type": "boolean", "description": "false: the user holds the default role."}},
-                ("uid", "role", "assigned")),
-    "Group": obj({"guid": string(pattern=STORED_ID_PATTERN), "owner": string(pattern=STORED_ID_PATTERN),
-                  "membersCount": integer(), "bannedCount": integer(), "hasOverrides": {"type": "boolean"}},
-                 ("guid", "owner", "membersCount", "bannedCount", "hasOverrides")),
-    "Member": obj({"uid": string(pattern=STORED_ID_PATTERN), "scope": {"enum": SCOPES},
-                   "role": string(pattern=STORED_ID_PATTERN)}, ("uid", "scope", "role")),
-    "MemberResult": {"oneOf": [obj({"success": {"const": True}}, ("success",)),
-                               obj({"success": {"const": False}, "error": ref("ErrorBody")},
-                                   ("success", "error"))]},
-    "Change": obj({"revision": integer(1), "at": {"type": "number", "description": "Unix seconds."},
-                   "actor": string(description="The name of the key that wrote."),
-                   "ops": array({"type": "object", "required": ["op"], "properties": {"op": string()}})},
-                  ("revision", "at", "actor", "ops")),
-    "AuthorizeRequest": obj(AUTHORIZE_FIELDS, ("uid", "action")),
-    "Capabilities": obj({
-        "uid": string(), "guid": nullable(string()), "target": nullable(string()), "role": string(),
-        "scope": nullable(string()), "revision": integer(), "token": TOKEN, "policyHash": string(),
-        "stalenessSeconds": {"type": "number", "minimum": 0},
-        "actions": {"type": "object", "additionalProperties": obj({
-            "allowed": {"type": "boolean"}, "code": {"enum": DECISION_CODES}, "reason": string(),
-            "layer": {"enum": ["role", "membership", "scope", "clearance", "store"]}, "role": string(),
-            "scope": string(), "error": ref("ErrorBody"),
-            "constraints": array(obj({"layer": {"enum": ["role", "scope"]}, "key": string(), "value": {},
-                                      "source": string()}, ("layer", "key", "value", "source"))),
-            "targets": obj({"actsOn": array({"enum": SCOPES}), "grants": array({"enum": SCOPES})}, ("actsOn",))})}},
-        ("uid", "role", "revision", "token", "policyHash", "actions")),
-    "GroupList": obj({"groups": array(obj({"guid": string(), "scope": nullable(string())}, ("guid", "scope"))),
-                      **LIST_ANSWER}, ("groups", "nextCursor", "revision", "token", "policyHash")),
-    "MemberList": obj({"members": array(obj({"uid": string(), "scope": nullable(string())}, ("uid", "scope"))),
-                       **LIST_ANSWER}, ("members", "nextCursor", "revision", "token", "policyHash")),
-    "Decision": obj({
-        "allowed": {"type": "boolean"},
-        "code": {"enum": DECISION_CODES, "description": "Present on a denial."},
-        "reason": string(description="Which layer, key, value and source decided."),
-        "layer": {"enum": ["role", "membership", "scope", "clearance", "store"]},
-        "role": string(), "scope": string(description="The user's scope in the group, or owner."),
-        "revision": integer(), "token": TOKEN, "policyHash": string(), "decisionId": string(),
-        "stalenessSeconds": {"type": "number", "minimum": 0, "description": "With a shared store only."}},
-        ("allowed", "reason", "layer", "role", "revision", "token", "policyHash", "decisionId")),
-    "Ready": obj({
-        "status": {"enum": ["ready", "degraded"]}, "policyHash": string(), "revision": integer(),
-        "token": string(description="\"<epoch>:<revision>\" of the state this sidecar answers from."),
-        "stalenessSeconds": {"type": "number", "minimum": 0},
-        "dataLoss": obj({
-            "epoch": string(description="The epoch whose writes the store lost."),
-            "first": integer(), "last": integer(description="Revisions first..last were missing from the store."),
-            "status": {"enum": ["pending", "written", "followed"],
-                       "description": "pending: not written back yet (503, writes refused); written: this "
-                                      "sidecar wrote its state back; followed: another sidecar did."},
-            "newEpoch": nullable(string()), "restoredTo": nullable(integer(
-                description="Revisions up to this are back under newEpoch; the rest are lost for good.")),
-            "detail": string()}, ("epoch", "first", "last", "status", "newEpoch", "restoredTo", "detail")),
-        "sync": obj({"status": string(), "message": string()}, ("status", "message")),
-        "policyProblems": array(string()), "reasons": array(string())},
-        ("status", "policyHash", "revision", "stalenessSeconds")),
-}
+def schemas(settings: Settings) -> dict[str, Any]:
+    """The components' schemas; the request limits a deployment sets come from `settings`."""
+    return {
+        "Error": obj({"error": ref("ErrorBody")}, ("error",)),
+        "ErrorBody": obj({
+            "code": string(description="A stable code, e.g. ERR_BAD_REQUEST, ERR_ROLE_NOT_FOUND."),
+            "message": string(minLength=1, description="What went wrong, for a person."),
+            "details": {"type": "object", "description": "For ERR_BAD_REQUEST: field -> its problems.",
+                        "additionalProperties": array(string())}}, ("code", "message")),
+        "Pagination": obj({"total": integer(), "count": integer(), "per_page": integer(1, MAX_PER_PAGE),
+                           "current_page": integer(1), "total_pages": integer(1)},
+                          ("total", "count", "per_page", "current_page", "total_pages")),
+        "RoleSettings": obj({"listUsers": {"enum": ["all", "friendsOnly"]},
+                             "sendMessagesTo": {"enum": ["all", "friendsOnly"]}},
+                            description="Legacy settings (CometChat)."),
+        "Metadata": {"type": "object",
+                     "description": f"Free-form JSON object, at most {MAX_METADATA_BYTES} bytes as compact JSON."},
+        "Role": obj({"role": string(pattern=STORED_ID_PATTERN), "name": string(100), "description": string(255),
+                     "metadata": ref("Metadata"), "settings": ref("RoleSettings"),
+                     "createdAt": integer(description="Unix seconds; 0 for a role of the policy files."),
+                     "updatedAt": integer(description="Unix seconds of the last runtime edit."),
+                     "source": string(description="Where the role comes from: a policy file, runtime, or both.")},
+                    ("role", "name", "createdAt", "source")),
+        "PermissionRow": obj({"id": string(description="The permission key."), "type": {"enum": ["role", "scope"]},
+                              "title": string(), "dataType": string(),
+                              "availableValues": nullable(array(string())), "defaultValue": {}, "value": {},
+                              "source": string(description="Where the value comes from.")},
+                             ("id", "type", "title", "dataType", "availableValues", "defaultValue", "value", "source")),
+        "PermissionMap": {"type": "object", "description": "The explicit runtime values: permission key -> value."},
+        "RestrictedFeature": obj({"key": string(pattern="^u\\."), "title": string(), "actions": array(string()),
+                                  "source": string()}, ("key", "title", "actions", "source")),
+        "User": obj({"uid": string(pattern=STORED_ID_PATTERN), "role": string(pattern=STORED_ID_PATTERN),
+                     "assigned": {"type": "boolean", "description": "false: the user holds the default role."}},
+                    ("uid", "role", "assigned")),
+        "Group": obj({"guid": string(pattern=STORED_ID_PATTERN), "owner": string(pattern=STORED_ID_PATTERN),
+                      "membersCount": integer(), "bannedCount": integer(), "hasOverrides": {"type": "boolean"}},
+                     ("guid", "owner", "membersCount", "bannedCount", "hasOverrides")),
+        "Member": obj({"uid": string(pattern=STORED_ID_PATTERN), "scope": {"enum": SCOPES},
+                       "role": string(pattern=STORED_ID_PATTERN)}, ("uid", "scope", "role")),
+        "MemberResult": {"oneOf": [obj({"success": {"const": True}}, ("success",)),
+                                   obj({"success": {"const": False}, "error": ref("ErrorBody")},
+                                       ("success", "error"))]},
+        "Change": obj({"revision": integer(1), "at": {"type": "number", "description": "Unix seconds."},
+                       "actor": string(description="The name of the key that wrote."),
+                       "ops": array({"type": "object", "required": ["op"], "properties": {"op": string()}})},
+                      ("revision", "at", "actor", "ops")),
+        "AuthorizeRequest": obj(authorize_fields(settings), ("uid", "action")),
+        "Capabilities": obj({
+            "uid": string(), "guid": nullable(string()), "target": nullable(string()), "role": string(),
+            "scope": nullable(string()), "revision": integer(), "token": TOKEN, "policyHash": string(),
+            "stalenessSeconds": {"type": "number", "minimum": 0},
+            "actions": {"type": "object", "additionalProperties": obj({
+                "allowed": {"type": "boolean"}, "code": {"enum": DECISION_CODES}, "reason": string(),
+                "layer": {"enum": ["role", "membership", "scope", "clearance", "store"]}, "role": string(),
+                "scope": string(), "error": ref("ErrorBody"),
+                "constraints": array(obj({"layer": {"enum": ["role", "scope"]}, "key": string(), "value": {},
+                                          "source": string()}, ("layer", "key", "value", "source"))),
+                "targets": obj({"actsOn": array({"enum": SCOPES}), "grants": array({"enum": SCOPES})},
+                               ("actsOn",))})}},
+            ("uid", "role", "revision", "token", "policyHash", "actions")),
+        "GroupList": obj({"groups": array(obj({"guid": string(), "scope": nullable(string())}, ("guid", "scope"))),
+                          **LIST_ANSWER}, ("groups", "nextCursor", "revision", "token", "policyHash")),
+        "MemberList": obj({"members": array(obj({"uid": string(), "scope": nullable(string())}, ("uid", "scope"))),
+                           **LIST_ANSWER}, ("members", "nextCursor", "revision", "token", "policyHash")),
+        "Decision": obj({
+            "allowed": {"type": "boolean"},
+            "code": {"enum": DECISION_CODES, "description": "Present on a denial."},
+            "reason": string(description="Which layer, key, value and source decided."),
+            "layer": {"enum": ["role", "membership", "scope", "clearance", "store"]},
+            "role": string(), "scope": string(description="The user's scope in the group, or owner."),
+            "revision": integer(), "token": TOKEN, "policyHash": string(), "decisionId": string(),
+            "stalenessSeconds": {"type": "number", "minimum": 0, "description": "With a shared store only."}},
+            ("allowed", "reason", "layer", "role", "revision", "token", "policyHash", "decisionId")),
+        "Ready": obj({
+            "status": {"enum": ["ready", "degraded"]}, "policyHash": string(), "revision": integer(),
+            "token": string(description="\"<epoch>:<revision>\" of the state this sidecar answers from."),
+            "stalenessSeconds": {"type": "number", "minimum": 0},
+            "dataLoss": obj({
+                "epoch": string(description="The epoch whose writes the store lost."),
+                "first": integer(), "last": integer(description="Revisions first..last were missing from the store."),
+                "status": {"enum": ["pending", "written", "followed"],
+                           "description": "pending: not written back yet (503, writes refused); written: this "
+                                          "sidecar wrote its state back; followed: another sidecar did."},
+                "newEpoch": nullable(string()), "restoredTo": nullable(integer(
+                    description="Revisions up to this are back under newEpoch; the rest are lost for good.")),
+                "detail": string()}, ("epoch", "first", "last", "status", "newEpoch", "restoredTo", "detail")),
+            "sync": obj({"status": string(), "message": string()}, ("status", "message")),
+            "policyProblems": array(string()), "reasons": array(string())},
+            ("status", "policyHash", "revision", "stalenessSeconds")),
+    }
 
 ROLE_FIELDS = {"name": string(100, pattern="\\S", description="Display name, at most 100 characters."),
                "description": nullable(string(255)), "metadata": nullable(ref("Metadata")),
@@ -346,7 +371,8 @@ GROUP_404 = ["ERR_GUID_NOT_FOUND", NO_ROUTE]
 REFUSALS = DECISION_CODES  # an onBehalfOf write refused: the decision's code, as a 403
 
 
-def _paths() -> dict[str, dict[str, Any]]:
+def _paths(settings: Settings) -> dict[str, dict[str, Any]]:
+    check = authorize_fields(settings)
     decision_errors = errors(full_access=False, body=True, store=False, s503=["ERR_REVISION_NOT_REACHED"],
                              s409=["ERR_REVISION_EPOCH_MISMATCH"])
     return {
@@ -363,12 +389,13 @@ def _paths() -> dict[str, dict[str, Any]]:
                                                         obj({"error": ref("ErrorBody")}, ("error",))]})},
                            ("results",)))),
              **errors(full_access=False, body=True, store=False)},
-            description=f"At most {MAX_BATCH} checks (--max-batch). A bad check fails alone, in its result.",
+            description=f"At most {settings.max_batch} checks (CHATAUTHZ_MAX_BATCH). A bad check fails alone, "
+                        "in its result.",
             request=body(obj({"checks": array({
                 "description": "A check: the body of POST /authorize (the AuthorizeRequest schema). Any JSON value "
                                "is taken: one that is not a valid check is answered by its own error, in its place.",
                 "examples": [{"uid": "alice", "action": "sendMessage", "guid": "support-team"}]},
-                minItems=1, maxItems=MAX_BATCH)}, ("checks",))))},
+                minItems=1, maxItems=settings.max_batch)}, ("checks",))))},
         "/authorize/capabilities": {"post": op(
             "Everything a user may do", "Decisions",
             {**ok("Every action of the catalogue, each decided as /authorize decides it.", data(ref("Capabilities"))),
@@ -376,27 +403,27 @@ def _paths() -> dict[str, dict[str, Any]]:
             description="One state, one answer per action: the decision (or the 400 /authorize gives for it), "
                         "the constraint values that apply and, for an action on a member asked without a "
                         "target, the scopes the user may act on or give. What a UI renders buttons from.",
-            request=body(obj({k: v for k, v in AUTHORIZE_FIELDS.items() if k != "action"}, ("uid",))))},
+            request=body(obj({k: v for k, v in check.items() if k != "action"}, ("uid",))))},
         "/authorize/groups": {"post": op(
             "The groups where a user may do an action", "Decisions",
-            {**ok("The groups, by guid, each allowed as /authorize would allow it.",
-                  data(ref("GroupList"))), **decision_errors},
-            description="Candidates are the user's own groups (every group for getGroupDetails and joinGroup); "
-                        "at most 10,000 are looked at per call and nextCursor resumes after them.",
-            request=body(obj({**{k: AUTHORIZE_FIELDS[k] for k in ("uid", "action", "context", "atLeastRevision")},
+            {**ok("The groups, by guid, each allowed as /authorize would allow it.", data(ref("GroupList"))),
+             **decision_errors},
+            description=f"Candidates are the user's own groups (every group for getGroupDetails and joinGroup); "
+                        f"at most {SCAN_LIMIT:,} are looked at per call and nextCursor resumes after them.",
+            request=body(obj({**{k: check[k] for k in ("uid", "action", "context", "atLeastRevision")},
                               **LIST_PAGING}, ("uid", "action"))))},
         "/authorize/members": {"post": op(
             "The members of a group who may do an action", "Decisions",
             {**ok("The members (and owner), by uid, each allowed as /authorize would allow it.",
                   data(ref("MemberList"))), **decision_errors, **errors(s404=["ERR_GUID_NOT_FOUND"])},
-            request=body(obj({**{k: AUTHORIZE_FIELDS[k] for k in ("guid", "action", "target", "context",
-                                                                  "atLeastRevision")},
+            request=body(obj({**{k: check[k] for k in ("action", "target", "context", "atLeastRevision")},
                               "guid": id_string("The group."), **LIST_PAGING}, ("guid", "action"))))},
         "/roles": {
             "post": op("Create a role", "Roles",
                        {**ok("The role.", written(ref("Role"))),
                         **errors(body=True, s403=["ERR_PLAN_QUOTA_RESTRICTION"], s409=["ERR_ROLE_ALREADY_EXISTS"])},
-                       description="At most 25 roles (--max-roles), counting the policy files' roles.",
+                       description=f"At most {settings.max_roles} roles (CHATAUTHZ_MAX_ROLES), counting the "
+                                   "policy files' roles.",
                        request=body(obj({"role": id_string("The new role's id."), **ROLE_FIELDS},
                                         ("role", "name")))),
             "get": op("List roles", "Roles", {**ok("The roles, by id.", paged(ref("Role"))),
@@ -584,20 +611,27 @@ Policy-as-code authorization sidecar for chat services, in CometChat's paths and
 """
 
 
-def build_document() -> dict[str, Any]:
+def build_document(settings: Settings) -> dict[str, Any]:
+    """The document of an app served with `settings` (its limits are the ones it enforces)."""
+    description = DESCRIPTION + (f"* Bodies: JSON, at most {settings.max_body_bytes} bytes (CHATAUTHZ_MAX_BODY_BYTES); "
+                                 "a larger one is 413 ERR_PAYLOAD_TOO_LARGE.\n")
     return {
         "openapi": "3.1.0",
-        "info": {"title": "chatauthz", "version": "0.1.0", "description": DESCRIPTION},
+        "info": {"title": "chatauthz", "version": "0.1.0", "description": description},
         "servers": [{"url": "/"}],
         "security": [{"apikey": []}],
         "tags": [{"name": name} for name in ("Decisions", "Roles", "Users", "Groups", "Members", "Operations")],
-        "paths": _paths(),
-        "components": {"schemas": SCHEMAS,
+        "paths": _paths(settings),
+        "components": {"schemas": schemas(settings),
                        "securitySchemes": {"apikey": {"type": "apiKey", "in": "header", "name": "apikey"}}},
     }
 
 
-DOCUMENT: dict[str, Any] = build_document()
+
+
+def install(app: Flask, settings: Settings) -> None:
+    """Build this app's document from its settings; /openapi.json and /docs serve it."""
+    app.extensions[DOCUMENT_KEY] = build_document(settings)
 METHODS = ("get", "put", "post", "delete", "patch")
 
 
@@ -710,10 +744,8 @@ border-radius:3px;color:#fff;font-size:13px}.get{background:#2a7}.post{backgroun
 .delete{background:#c33}.key{color:#666}nav li{margin:.1em 0}.schema ul{margin:.1em 0;padding-left:1.4em}"""
 
 
-@lru_cache(maxsize=1)
-def render_docs() -> str:
+def render_docs(document: dict[str, Any]) -> str:
     esc = html.escape
-    document = DOCUMENT
     toc, body_parts = [], []
     for path, item in document["paths"].items():
         shared = item.get("parameters", [])
@@ -723,22 +755,25 @@ def render_docs() -> str:
                 toc.append(f'<li><a href="#{esc(anchor)}"><span class="m {method}">{method.upper()}</span> '
                            f"<code>{esc(path)}</code></a> {esc(item[method]['summary'])}</li>")
                 body_parts.append(_operation_html(path, method, item[method], shared))
-    schemas = "".join(f'<h3 id="schema-{esc(name)}">{esc(name)}</h3><div class=schema>{_outline_html(schema)}</div>'
-                      for name, schema in SCHEMAS.items())
+    schema_html = "".join(f'<h3 id="schema-{esc(name)}">{esc(name)}</h3><div class=schema>{_outline_html(schema)}</div>'
+                      for name, schema in document["components"]["schemas"].items())
     info = document["info"]
     return (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{esc(info['title'])} API</title>"
             f"<style>{STYLE}</style></head><body><h1>{esc(info['title'])} API {esc(info['version'])}</h1>"
             f"<pre>{esc(info['description'])}</pre><p>The machine-readable document: "
             f'<a href="/openapi.json">/openapi.json</a> (OpenAPI {esc(document["openapi"])}).</p>'
             f"<h2>Routes</h2><nav><ul>{''.join(toc)}</ul></nav>{''.join(body_parts)}"
-            f"<h2>Schemas</h2>{schemas}</body></html>")
+            f"<h2>Schemas</h2>{schema_html}</body></html>")
 
 
 @bp.get("/openapi.json")
 def openapi_json() -> Response:
-    return jsonify(DOCUMENT)
+    return jsonify(current_app.extensions[DOCUMENT_KEY])
 
 
 @bp.get("/docs")
 def docs() -> Response:
-    return Response(render_docs(), content_type="text/html; charset=utf-8")
+    page = current_app.extensions.get(PAGE_KEY)
+    if page is None:  # rendered once per app; two first requests at once both render the same page
+        page = current_app.extensions[PAGE_KEY] = render_docs(current_app.extensions[DOCUMENT_KEY])
+    return Response(page, content_type="text/html; charset=utf-8")

@@ -27,10 +27,10 @@ from sidecar.engine import AuthzRequest, Decision, Engine
 from sidecar.errors import ChatAuthzError
 from sidecar.explain import Step, explain, format_steps
 from sidecar.policy import PolicySet
-from sidecar.policy.suites import build_state
-from sidecar.policy.world import WorldBuilder
 from sidecar.policy.yamlio import LineDict, parse_yaml_all
 from sidecar.state import RuntimeState
+from sidecar.suites.runner import build_state
+from sidecar.suites.world import WorldBuilder
 from sidecar.validation import clean_id
 from sidecar.validation import context as checked_context
 

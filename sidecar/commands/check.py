@@ -14,7 +14,7 @@ from sidecar.commands.common import EXIT_INVALID_POLICY, CommandError, report_er
 from sidecar.commands.report import CheckReport, json_report, text_report, write_junit
 from sidecar.errors import PolicyError
 from sidecar.policy import load_policy
-from sidecar.policy.suites import load_suites, run_cases
+from sidecar.suites.runner import load_suites, run_cases
 
 EXIT_TESTS_FAILED = 4
 SUITES_DIR = "tests"

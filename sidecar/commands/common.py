@@ -67,7 +67,7 @@ def state_of(settings: Settings) -> tuple[RuntimeState, str]:
         if not path.is_file():
             raise CommandError(EXIT_USAGE, f"chatauthz: no embedded store at {path}; pass the sidecar's "
                                "--data-dir, or --redis-url")
-        from sidecar.stores import SQLiteStore
+        from sidecar.stores.sqlite import SQLiteStore
         store, origin = SQLiteStore(path), str(path)
     try:
         return store.load(), origin

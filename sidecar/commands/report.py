@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sidecar.policy.suites import (
+from sidecar.suites.runner import (
     CaseResult,
     describe_case_failure,
     describe_decision,

@@ -16,9 +16,9 @@ from typing import Any
 from sidecar.engine import AuthzRequest, Decision, Engine
 from sidecar.errors import ChatAuthzError
 from sidecar.policy.types import PolicySet
-from sidecar.policy.world import WorldBuilder, checked_fields
 from sidecar.policy.yamlio import LineDict, parse_yaml_all
 from sidecar.state import Op, RuntimeState
+from sidecar.suites.world import WorldBuilder, checked_fields
 from sidecar.validation import canonical_id
 
 LAYERS = ("role", "membership", "scope", "clearance")

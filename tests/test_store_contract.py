@@ -1,15 +1,23 @@
-"""The Redis store's contract, straight against a real redis-server (no HTTP).
+"""One store contract, run against both stores: the embedded SQLite file and Redis (a real
+redis-server on a free port, one per module; tests that kill, pause or flush it get their own).
 
-The same behaviours as the embedded store: a write commits all its ops or none and bumps the one
-revision counter by one, a no-op write changes nothing, load() equals replaying the journal, keys
-stay under their prefix, concurrent writers never lose an update (WATCH/MULTI), a write while
-Redis is down or hung fails with StoreError (503) and changes nothing, and a sidecar that holds
-state writes it back after Redis lost its data (reseed). Each test uses its own key prefix on one
-module-wide Redis; tests that kill or pause Redis get their own server.
+The contract, for every store: a write commits all its ops or none and bumps the one revision
+counter by one, with who and when in the journal; a plan that raises, or an op that fails, leaves
+nothing written; a write with no ops changes nothing; load() equals replaying the journal and
+equals the ops applied in memory, for every op kind; two handles on one store (two workers, two
+sidecars) see each other's commits; a Sidecar plans a write on caught-up state and a refused write
+changes nothing; concurrent writers on two sidecars never lose an update.
+
+Then what only one store does. SQLite: the shared counter behind changed() and the data_version
+backstop. Redis: key prefixes isolate apps on one Redis, a write publishes {epoch, revision},
+WATCH/MULTI retries, a write while Redis is down or hung fails with StoreError (503) and changes
+nothing, a gap or a new epoch asks for a resync, and a sidecar that holds state writes it back
+after Redis lost its data (reseed, recovery from an older snapshot).
 """
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,17 +34,99 @@ from sidecar.engine import AuthzRequest
 from sidecar.errors import ChatAuthzError, StoreError
 from sidecar.policy import load_policy
 from sidecar.state import Op, RuntimeState
-from sidecar.stores.base import DataLoss, RecoveryPending, ResyncNeeded
+from sidecar.stores.base import DataLoss, RecoveryPending, ResyncNeeded, Store
 from sidecar.stores.redisstore import RedisStore
+from sidecar.stores.sqlite import SQLiteStore
 from sidecar.validation import Token
 from tests.op_script import EVERY_OP, FIELDS, fields, in_memory
 
 REPO = Path(__file__).resolve().parents[1]
 POLICY = load_policy(REPO / "policies")
+TABLES = ("meta", "journal", "roles", "role_permissions", "restricted", "users", "groups", "members", "bans",
+          "overrides")
 
-# Ops of every kind, in an order that leaves something of each in the final state (and that
-# exercises the ops the Redis store expands from the caller's state: delete_role, delete_group,
-# set/unset role and scope permissions).
+
+# -- the two stores ----------------------------------------------------------------------------
+class StoreKit:
+    """One store under test: opens handles onto the same data, reads that data raw, and builds a
+    Sidecar on a handle as the server does. Every handle opened is closed at teardown."""
+
+    name = ""
+
+    def __init__(self) -> None:
+        self.opened: list[Any] = []
+
+    def open(self) -> Any:
+        store = self._open()
+        self.opened.append(store)
+        return store
+
+    def _open(self) -> Any:
+        raise NotImplementedError
+
+    def dump(self) -> Any:
+        """Everything the store holds, raw (to compare before and after)."""
+        raise NotImplementedError
+
+    def revision(self, store: Any) -> int:
+        raise NotImplementedError
+
+    def sidecar(self, store: Any) -> Sidecar:
+        raise NotImplementedError
+
+    def catch_up(self, sidecar: Sidecar) -> None:
+        """What brings a sidecar up to date with the others' commits in this mode."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        for store in self.opened:
+            store.close()
+
+
+class SQLiteKit(StoreKit):
+    name = "sqlite"
+
+    def __init__(self, db: Path) -> None:
+        super().__init__()
+        self.db = db
+
+    def _open(self) -> SQLiteStore:
+        return SQLiteStore(self.db)
+
+    def dump(self) -> dict[str, list[tuple[Any, ...]]]:
+        return dump_tables(self.db)
+
+    def revision(self, store: SQLiteStore) -> int:
+        return store.load().revision
+
+    def sidecar(self, store: SQLiteStore) -> Sidecar:
+        return Sidecar(POLICY, store)  # embedded mode: requests refresh from the shared counter
+
+    def catch_up(self, sidecar: Sidecar) -> None:
+        sidecar.refresh()
+
+
+class RedisKit(StoreKit):
+    name = "redis"
+
+    def __init__(self, server: RedisServer, key_prefix: str) -> None:
+        super().__init__()
+        self.server, self.prefix = server, key_prefix
+
+    def _open(self) -> RedisStore:
+        return RedisStore(self.server.url, self.prefix, timeout_s=0.5)
+
+    def dump(self) -> dict[str, Any]:
+        return dump(self.server.client(), self.prefix)
+
+    def revision(self, store: RedisStore) -> int:
+        return store.revision()
+
+    def sidecar(self, store: RedisStore) -> Sidecar:
+        return core(store)
+
+    def catch_up(self, sidecar: Sidecar) -> None:
+        sidecar.catch_up()  # what the sync thread does on a message or every sync interval
 
 
 # -- fixtures --------------------------------------------------------------------------------
@@ -66,6 +156,22 @@ def prefix() -> str:
     return unique("t") + ":"
 
 
+@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+def kit(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreKit]:
+    """Each contract test runs once per store; Redis starts only when a Redis case runs."""
+    made: StoreKit = (SQLiteKit(tmp_path / "state.db") if request.param == "sqlite"
+                      else RedisKit(request.getfixturevalue("shared_redis"), unique("t") + ":"))
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def sqlite_kit(tmp_path: Path) -> Iterator[SQLiteKit]:
+    made = SQLiteKit(tmp_path / "state.db")
+    yield made
+    made.close()
+
+
 @pytest.fixture
 def open_store() -> Iterator[Callable[..., RedisStore]]:
     """Factory: open_store(server, prefix) -> RedisStore (0.5 s timeouts); all closed at teardown."""
@@ -81,21 +187,27 @@ def open_store() -> Iterator[Callable[..., RedisStore]]:
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-def replay(store: RedisStore) -> RuntimeState:
+def replay(store: Store) -> RuntimeState:
     state = RuntimeState()
     for revision, ops in store.changes_since(0):
         state.apply_all(ops, revision)
     return state
 
 
-def write(store: RedisStore, state: RuntimeState, ops: list[Op], actor: str = "tester") -> int:
+def write(store: Store, state: RuntimeState, ops: list[Op], actor: str = "tester") -> int:
     """One committed write of `ops`, keeping `state` (the caller's mirror) caught up like a Sidecar."""
     revision, written = store.write(lambda: [dict(op) for op in ops], actor)
     if written:
         state.apply_all(written, revision)
     return revision
+
+
+def dump_tables(db: Path) -> dict[str, list[tuple[Any, ...]]]:
+    conn = sqlite3.connect(db)
+    try:
+        return {table: sorted(conn.execute(f"SELECT * FROM {table}").fetchall()) for table in TABLES}  # noqa: S608
+    finally:
+        conn.close()
 
 
 def dump(client: redis.Redis, key_prefix: str) -> dict[str, Any]:
@@ -117,17 +229,23 @@ def core(store: RedisStore) -> Sidecar:
     return Sidecar(POLICY, store)
 
 
+def test_every_op_kind_is_covered() -> None:
+    handlers = {name[1:] for name in vars(RuntimeState) if name.startswith("_") and not name.startswith("__")
+                and callable(getattr(RuntimeState, name))}
+    assert {op["op"] for op in EVERY_OP} == handlers
+
+
+# == the contract: every store ==================================================================
 # -- writes ----------------------------------------------------------------------------------
-def test_write_commits_ops_and_bumps_revision_by_one(shared_redis: RedisServer, open_store: Any,
-                                                       prefix: str) -> None:
-    store = open_store(shared_redis, prefix)
+def test_write_commits_ops_and_bumps_revision_by_one(kit: StoreKit) -> None:
+    store = kit.open()
     state = store.load()
     assert state.revision == 0 and fields(state) == fields(RuntimeState())
     ops: list[Op] = [{"op": "put_user", "uid": "u1", "role": "support"},
                      {"op": "put_group", "guid": "g1", "owner": "u1"}]
     revision, written = store.write(lambda: [dict(op) for op in ops], "tester")
     assert (revision, written) == (1, ops)
-    assert store.revision() == 1
+    assert kit.revision(store) == 1
     loaded = store.load()
     assert loaded.revision == 1
     assert loaded.users == {"u1": "support"} and loaded.owners == {"g1": "u1"}
@@ -144,11 +262,11 @@ def test_write_commits_ops_and_bumps_revision_by_one(shared_redis: RedisServer, 
     assert all(e["actor"] == "tester" and abs(e["at"] - time.time()) < 60 for e in entries)
 
 
-def test_a_plan_that_raises_writes_nothing(shared_redis: RedisServer, open_store: Any, prefix: str) -> None:
-    store, admin = open_store(shared_redis, prefix), shared_redis.client()
+def test_a_plan_that_raises_writes_nothing(kit: StoreKit) -> None:
+    store = kit.open()
     state = store.load()
     write(store, state, EVERY_OP[:12])
-    before, before_state = dump(admin, prefix), fields(store.load())
+    before, before_state = kit.dump(), fields(store.load())
 
     class Refused(Exception):
         pass
@@ -157,52 +275,67 @@ def test_a_plan_that_raises_writes_nothing(shared_redis: RedisServer, open_store
         raise Refused("no")
     with pytest.raises(Refused):
         store.write(plan, "tester")
-    assert dump(admin, prefix) == before
+    assert kit.dump() == before
     assert fields(store.load()) == before_state
-    assert store.revision() == 1
+    assert kit.revision(store) == 1
     # the store is still usable afterwards
     assert write(store, state, [{"op": "put_user", "uid": "after", "role": "support"}]) == 2
 
 
-def test_a_failing_op_rolls_back_the_ops_before_it(shared_redis: RedisServer, open_store: Any,
-                                                    prefix: str) -> None:
-    store, admin = open_store(shared_redis, prefix), shared_redis.client()
+def test_a_failing_op_rolls_back_the_ops_before_it(kit: StoreKit) -> None:
+    store = kit.open()
     state = store.load()
-    write(store, state, [{"op": "put_user", "uid": "u0", "role": "support"}])
-    before = dump(admin, prefix)
+    bad: list[Op] = [{"op": "put_user", "uid": "u1", "role": "support"}, {"op": "no_such_op"}]
+    before = kit.dump()
+    with pytest.raises(ValueError, match="unknown op 'no_such_op'"):  # the op registry refuses it, first write
+        store.write(lambda: [dict(op) for op in bad], "tester")
+    assert kit.dump() == before
+    unwritable: list[Op] = [{"op": "put_user", "uid": "u1", "role": "support"},
+                            {"op": "put_role", "role": "r", "record": {"role": "r", "name": object()}}]
+    with pytest.raises(TypeError):  # well shaped, but it fails while being written
+        store.write(lambda: [dict(op) for op in unwritable], "tester")
+    assert kit.dump() == before
+    assert kit.revision(store) == 0
+    # the store is still usable afterwards, and a failure after a commit rolls back the same way
+    assert write(store, state, [{"op": "put_user", "uid": "u0", "role": "support"}]) == 1
+    before = kit.dump()
     with pytest.raises(ValueError):
-        store.write(lambda: [{"op": "put_user", "uid": "u1", "role": "support"}, {"op": "no_such_op"}],
-                    "tester")
-    assert dump(admin, prefix) == before
-    assert store.revision() == 1
+        store.write(lambda: [dict(op) for op in bad], "tester")
+    assert kit.dump() == before
+    assert kit.revision(store) == 1
     assert write(store, state, [{"op": "put_user", "uid": "u1", "role": "support"}]) == 2
 
 
-def test_a_write_with_no_ops_changes_nothing_and_publishes_nothing(shared_redis: RedisServer, open_store: Any,
-                                                                   prefix: str) -> None:
-    store, admin = open_store(shared_redis, prefix), shared_redis.client()
+def test_a_write_with_no_ops_changes_nothing(kit: StoreKit) -> None:
+    store = kit.open()
     state = store.load()
     write(store, state, EVERY_OP[:3])
-    before = dump(admin, prefix)
-    pubsub = admin.pubsub(ignore_subscribe_messages=True)
-    try:
-        pubsub.subscribe(store.channel)
-        assert pubsub.get_message(timeout=1.0) is None  # the subscribe confirmation, ignored
-        assert store.write(lambda: [], "tester") == (1, [])
-        assert dump(admin, prefix) == before
-        assert store.revision() == 1
-        assert pubsub.get_message(timeout=0.3) is None
-        # a real write publishes {epoch, revision}
-        write(store, state, [{"op": "put_user", "uid": "u1", "role": "support"}])
-        message = pubsub.get_message(timeout=2.0)
-        assert message is not None and json.loads(message["data"]) == {"epoch": store.epoch, "revision": 2}
-    finally:
-        pubsub.close()
+    before = kit.dump()
+    assert store.write(lambda: [], "tester") == (1, [])
+    assert kit.dump() == before
+    assert kit.revision(store) == 1
+    assert store.load().revision == 1
 
 
-def test_load_equals_replaying_the_journal_and_the_ops_in_memory(shared_redis: RedisServer, open_store: Any,
-                                                                  prefix: str) -> None:
-    store = open_store(shared_redis, prefix)
+# -- load equals replay ----------------------------------------------------------------------
+def test_load_after_reopen_equals_replaying_the_journal(kit: StoreKit) -> None:
+    store = kit.open()
+    state = store.load()
+    for start in range(0, len(EVERY_OP), 4):
+        write(store, state, EVERY_OP[start:start + 4])
+    store.close()
+    reopened = kit.open()
+    loaded, replayed = reopened.load(), replay(reopened)
+    assert loaded.revision == replayed.revision == -(-len(EVERY_OP) // 4)
+    assert fields(loaded) == fields(replayed)
+    assert fields(loaded) == fields(in_memory(EVERY_OP, loaded.revision)) == fields(state)
+
+
+def test_every_op_kind_round_trips(kit: StoreKit) -> None:
+    """One op per write: after each, load() equals the ops applied in memory (this exercises the
+    ops the Redis store expands from the caller's state: delete_role, delete_group, set/unset role
+    and scope permissions)."""
+    store = kit.open()
     state = store.load()
     for index, op in enumerate(EVERY_OP, start=1):
         assert write(store, state, [op]) == index
@@ -214,76 +347,88 @@ def test_load_equals_replaying_the_journal_and_the_ops_in_memory(shared_redis: R
     assert "temp" not in final["roles"] and "u2" not in final["users"] and "u8" not in final["users"]
     assert "support" not in final["role_permissions"]
     assert "g3" not in final["owners"] and "g3" not in final["bans"] and "g3" not in final["overrides"]
-    # a new store object (another sidecar) loads and replays to the same thing
-    other = open_store(shared_redis, prefix)
+    # a new store object (another worker or sidecar) loads and replays to the same thing
+    other = kit.open()
     assert fields(other.load()) == fields(replay(other)) == final == fields(state)
 
 
-def test_multi_op_writes_load_equals_replay(shared_redis: RedisServer, open_store: Any, prefix: str) -> None:
-    store = open_store(shared_redis, prefix)
-    state = store.load()
-    for start in range(0, len(EVERY_OP), 5):
-        write(store, state, EVERY_OP[start:start + 5])
-    revisions = -(-len(EVERY_OP) // 5)
-    loaded = store.load()
-    assert loaded.revision == revisions
-    assert fields(loaded) == fields(replay(store)) == fields(in_memory(EVERY_OP, revisions))
+# -- two handles on one store ------------------------------------------------------------------
+def test_two_handles_see_each_others_commits(kit: StoreKit) -> None:
+    first, second = kit.open(), kit.open()
+    first.load()
+    second.load()
+    first.write(lambda: [{"op": "put_user", "uid": "u1", "role": "support"}], "worker-1")
+    assert second.changes_since(0) == [(1, [{"op": "put_user", "uid": "u1", "role": "support"}])]
+    assert second.load().users == {"u1": "support"}
+    # and the other way round
+    second.write(lambda: [{"op": "put_user", "uid": "u2", "role": "restricted"}], "worker-2")
+    assert first.changes_since(1) == [(2, [{"op": "put_user", "uid": "u2", "role": "restricted"}])]
+    assert first.load().revision == 2
+    assert kit.revision(first) == kit.revision(second) == 2
 
 
-def test_key_prefixes_isolate_two_apps_on_one_redis(shared_redis: RedisServer, open_store: Any) -> None:
-    first_prefix, second_prefix = unique("app1") + ":", unique("app2") + ":"
-    first, second = open_store(shared_redis, first_prefix), open_store(shared_redis, second_prefix)
-    first_state, second_state = first.load(), second.load()
-    admin = shared_redis.client()
-    keys_before = set(admin.scan_iter(count=1000))
-    for op in EVERY_OP[:20]:
-        write(first, first_state, [op])
-    write(second, second_state, [{"op": "put_user", "uid": "u1", "role": "restricted"}])
-    write(second, second_state, [{"op": "put_group", "guid": "g1", "owner": "u1"}])
-    assert first.revision() == 20 and second.revision() == 2
-    assert fields(first.load()) == fields(in_memory(EVERY_OP[:20], 20))
-    assert fields(second.load()) == fields(in_memory([{"op": "put_user", "uid": "u1", "role": "restricted"},
-                                                      {"op": "put_group", "guid": "g1", "owner": "u1"}], 2))
-    new_keys = set(admin.scan_iter(count=1000)) - keys_before
-    assert new_keys, "the writes created no keys"
-    assert all(k.startswith((first_prefix, second_prefix)) for k in new_keys), new_keys
-    assert {k for k in new_keys if k.startswith(first_prefix)} and {k for k in new_keys if k.startswith(second_prefix)}
-    assert first.channel != second.channel
-    # flushing one app's keys leaves the other whole
-    admin.delete(*[k for k in new_keys if k.startswith(first_prefix)])
-    assert fields(second.load()) == fields(second_state)
+def test_sidecars_on_two_stores_see_each_others_writes(kit: StoreKit) -> None:
+    one, two = kit.sidecar(kit.open()), kit.sidecar(kit.open())
+    request = AuthzRequest("u1", "createGroup")
+    assert one.decide(request)["allowed"] is True
+    assert two.decide(request)["allowed"] is True
+
+    revision = one.write(lambda tx: ([{"op": "put_user", "uid": "u1", "role": "support"}], None), "worker-1").revision
+    assert revision == 1
+    assert one.state.users == {"u1": "support"}
+    kit.catch_up(two)
+    assert two.state.revision == 1
+    assert two.state.users == {"u1": "support"}
+    decision = two.decide(request)
+    assert decision["allowed"] is False and decision["revision"] == 1
+
+    # policy ops travel too, and invalidate the other sidecar's Casbin gates
+    two.write(lambda tx: ([{"op": "set_role_permissions", "role": "support",
+                            "values": {"createGroup": "allow"}}], None), "worker-2")
+    kit.catch_up(one)
+    assert one.state.revision == 2
+    decision = one.decide(request)
+    assert decision["allowed"] is True and decision["revision"] == 2
+    assert "runtime" in decision["reason"]
+
+    # both converge on the store's state
+    for sidecar in (one, two):
+        assert fields(sidecar.state) == fields(sidecar.store.load())
+
+
+def test_sidecar_write_plans_on_caught_up_state(kit: StoreKit) -> None:
+    one, two = kit.sidecar(kit.open()), kit.sidecar(kit.open())
+    one.write(lambda tx: ([{"op": "put_group", "guid": "g1", "owner": "o"}], None), "worker-1")
+    seen: list[dict[str, str]] = []
+
+    def plan(tx: WriteContext) -> tuple[list[Op], None]:
+        seen.append(dict(tx.state.owners))
+        return [{"op": "put_member", "guid": "g1", "uid": "o", "scope": "admin"}], None
+    assert two.write(plan, "worker-2").revision == 2
+    assert seen == [{"g1": "o"}]
+    kit.catch_up(one)
+    assert one.state.members == {"g1": {"o": "admin"}}
+
+
+def test_sidecar_write_that_refuses_changes_nothing(kit: StoreKit) -> None:
+    sidecar = kit.sidecar(kit.open())
+    sidecar.write(lambda tx: ([{"op": "put_user", "uid": "u1", "role": "support"}], None), "w")
+    before = kit.dump()
+
+    def plan(tx: WriteContext) -> tuple[list[Op], None]:
+        raise ValueError("refused")
+    with pytest.raises(ValueError):
+        sidecar.write(plan, "w")
+    assert kit.dump() == before
+    assert sidecar.state.revision == 1
+    assert sidecar.write(lambda tx: ([], None), "w").revision == 1
 
 
 # -- concurrency -----------------------------------------------------------------------------
-def test_a_write_that_loses_the_watch_race_retries_on_fresh_state(shared_redis: RedisServer, open_store: Any,
-                                                                  prefix: str) -> None:
-    """Another writer commits between our WATCH and our EXEC: ours retries, nothing is lost."""
-    ours, theirs = core(open_store(shared_redis, prefix)), core(open_store(shared_redis, prefix))
-    ours.write(lambda tx: ([{"op": "set_role_permissions", "role": "support", "values": {"blockUser": "allow"}}],
-                           None), "ours")
-    seen: list[dict[str, Any]] = []
-
-    def plan(tx: WriteContext) -> tuple[list[Op], None]:
-        seen.append(dict(tx.state.role_permissions.get("support", {})))
-        if len(seen) == 1:  # the first attempt: someone else writes the same role meanwhile
-            theirs.write(lambda tx: ([{"op": "set_role_permissions", "role": "support",
-                                       "values": {"createGroup": "allow"}}], None), "theirs")
-        return [{"op": "set_role_permissions", "role": "support", "values": {"editProfile": "deny"}}], None
-    assert ours.write(plan, "ours").revision == 3
-    assert len(seen) == 2, seen  # planned twice: the first EXEC was refused
-    assert seen[1] == {"blockUser": "allow", "createGroup": "allow"}
-    expected = {"blockUser": "allow", "createGroup": "allow", "editProfile": "deny"}
-    loaded = ours.store.load()
-    assert loaded.role_permissions["support"] == expected
-    assert ours.state.role_permissions["support"] == expected
-    assert [rev for rev, _ in ours.store.changes_since(0)] == [1, 2, 3]
-
-
-def test_concurrent_writers_on_two_sidecars_never_lose_an_update(shared_redis: RedisServer, open_store: Any,
-                                                                prefix: str) -> None:
-    """4 threads on 2 sidecars (each sidecar writes one at a time, so 2 writers race in Redis),
-    1000 put_member writes: every one acknowledged, revisions 1..1000 with no gap, all in Redis."""
-    sidecars = [core(open_store(shared_redis, prefix)), core(open_store(shared_redis, prefix))]
+def test_concurrent_writers_on_two_sidecars_never_lose_an_update(kit: StoreKit) -> None:
+    """4 threads on 2 sidecars (each sidecar writes one at a time, so 2 writers race in the store),
+    1000 put_member writes: every one acknowledged, revisions 1..1000 with no gap, all stored."""
+    sidecars = [kit.sidecar(kit.open()), kit.sidecar(kit.open())]
     threads_n, per_thread = 4, 250
     attempts = [0]
     results: list[list[int]] = [[] for _ in range(threads_n)]
@@ -311,7 +456,7 @@ def test_concurrent_writers_on_two_sidecars_never_lose_an_update(shared_redis: R
         thread.join(timeout=60)
     assert not any(thread.is_alive() for thread in threads), "writers still running after 60 s"
     assert not errors, (f"{len(errors)} of {threads_n * per_thread} writes failed with two writers on a healthy "
-                        f"Redis: {errors[:3]}")
+                        f"{kit.name} store: {errors[:3]}")
     total = threads_n * per_thread
     every_revision = sorted(r for rs in results for r in rs)
     assert every_revision == list(range(1, total + 1)), "revisions must be 1..N with no gap and no repeat"
@@ -328,10 +473,117 @@ def test_concurrent_writers_on_two_sidecars_never_lose_an_update(shared_redis: R
     for sidecar in sidecars:
         sidecar.catch_up()
         assert fields(sidecar.state) == fields(loaded)
-    print(f"{total} writes took {attempts[0]} plan attempts ({attempts[0] - total} WATCH retries)")
+    print(f"{kit.name}: {total} writes took {attempts[0]} plan attempts ({attempts[0] - total} retries)")
 
 
-# -- failures --------------------------------------------------------------------------------
+# == SQLite only ================================================================================
+def test_two_stores_on_one_file_see_each_others_commits_through_the_counter(sqlite_kit: SQLiteKit) -> None:
+    """changed(): the shared counter says whether a reader has something to catch up."""
+    first, second = sqlite_kit.open(), sqlite_kit.open()
+    assert second.changed(0) is False  # nothing committed past revision 0
+    first.write(lambda: [{"op": "put_user", "uid": "u1", "role": "support"}], "worker-1")
+    assert second.changed(0) is True   # the shared counter says revision 1 exists
+    assert second.changed(1) is False  # a reader at revision 1 has nothing to catch up
+    assert second.changes_since(0) == [(1, [{"op": "put_user", "uid": "u1", "role": "support"}])]
+    assert second.load().users == {"u1": "support"}
+    # and the other way round
+    second.write(lambda: [{"op": "put_user", "uid": "u2", "role": "restricted"}], "worker-2")
+    assert first.changed(1) is True
+    assert first.load().revision == 2
+
+
+def test_a_commit_the_counter_missed_is_found_by_the_backstop(sqlite_kit: SQLiteKit) -> None:
+    """A writer killed between COMMIT and... (or any writer bypassing the counter): readers still
+    find the commit through SQLite's data_version within the backstop interval."""
+    reader = sqlite_kit.open()
+    assert reader.changed(0) is False
+    conn = sqlite3.connect(sqlite_kit.db)
+    conn.execute("UPDATE meta SET value = 1 WHERE key = 'revision'")
+    conn.commit()
+    conn.close()
+    deadline = time.monotonic() + 2
+    while not reader.changed(0):
+        assert time.monotonic() < deadline, "the backstop never noticed the commit"
+        time.sleep(0.05)
+
+
+# == Redis only =================================================================================
+@pytest.mark.redis
+def test_a_write_with_no_ops_publishes_nothing_and_a_write_publishes_its_revision(
+        shared_redis: RedisServer, open_store: Any, prefix: str) -> None:
+    store, admin = open_store(shared_redis, prefix), shared_redis.client()
+    state = store.load()
+    write(store, state, EVERY_OP[:3])
+    before = dump(admin, prefix)
+    pubsub = admin.pubsub(ignore_subscribe_messages=True)
+    try:
+        pubsub.subscribe(store.channel)
+        assert pubsub.get_message(timeout=1.0) is None  # the subscribe confirmation, ignored
+        assert store.write(lambda: [], "tester") == (1, [])
+        assert dump(admin, prefix) == before
+        assert store.revision() == 1
+        assert pubsub.get_message(timeout=0.3) is None
+        # a real write publishes {epoch, revision}
+        write(store, state, [{"op": "put_user", "uid": "u1", "role": "support"}])
+        message = pubsub.get_message(timeout=2.0)
+        assert message is not None and json.loads(message["data"]) == {"epoch": store.epoch, "revision": 2}
+    finally:
+        pubsub.close()
+
+
+@pytest.mark.redis
+def test_key_prefixes_isolate_two_apps_on_one_redis(shared_redis: RedisServer, open_store: Any) -> None:
+    first_prefix, second_prefix = unique("app1") + ":", unique("app2") + ":"
+    first, second = open_store(shared_redis, first_prefix), open_store(shared_redis, second_prefix)
+    first_state, second_state = first.load(), second.load()
+    admin = shared_redis.client()
+    keys_before = set(admin.scan_iter(count=1000))
+    for op in EVERY_OP[:20]:
+        write(first, first_state, [op])
+    write(second, second_state, [{"op": "put_user", "uid": "u1", "role": "restricted"}])
+    write(second, second_state, [{"op": "put_group", "guid": "g1", "owner": "u1"}])
+    assert first.revision() == 20 and second.revision() == 2
+    assert fields(first.load()) == fields(in_memory(EVERY_OP[:20], 20))
+    assert fields(second.load()) == fields(in_memory([{"op": "put_user", "uid": "u1", "role": "restricted"},
+                                                      {"op": "put_group", "guid": "g1", "owner": "u1"}], 2))
+    new_keys = set(admin.scan_iter(count=1000)) - keys_before
+    assert new_keys, "the writes created no keys"
+    assert all(k.startswith((first_prefix, second_prefix)) for k in new_keys), new_keys
+    assert {k for k in new_keys if k.startswith(first_prefix)} and {k for k in new_keys if k.startswith(second_prefix)}
+    assert first.channel != second.channel
+    # flushing one app's keys leaves the other whole
+    admin.delete(*[k for k in new_keys if k.startswith(first_prefix)])
+    assert fields(second.load()) == fields(second_state)
+
+
+# -- Redis: concurrency -------------------------------------------------------------------------
+@pytest.mark.redis
+def test_a_write_that_loses_the_watch_race_retries_on_fresh_state(shared_redis: RedisServer, open_store: Any,
+                                                                  prefix: str) -> None:
+    """Another writer commits between our WATCH and our EXEC: ours retries, nothing is lost."""
+    ours, theirs = core(open_store(shared_redis, prefix)), core(open_store(shared_redis, prefix))
+    ours.write(lambda tx: ([{"op": "set_role_permissions", "role": "support", "values": {"blockUser": "allow"}}],
+                           None), "ours")
+    seen: list[dict[str, Any]] = []
+
+    def plan(tx: WriteContext) -> tuple[list[Op], None]:
+        seen.append(dict(tx.state.role_permissions.get("support", {})))
+        if len(seen) == 1:  # the first attempt: someone else writes the same role meanwhile
+            theirs.write(lambda tx: ([{"op": "set_role_permissions", "role": "support",
+                                        "values": {"createGroup": "allow"}}], None), "theirs")
+        return [{"op": "set_role_permissions", "role": "support", "values": {"editProfile": "deny"}}], None
+    assert ours.write(plan, "ours").revision == 3
+    assert len(seen) == 2, seen  # planned twice: the first EXEC was refused
+    assert seen[1] == {"blockUser": "allow", "createGroup": "allow"}
+    expected = {"blockUser": "allow", "createGroup": "allow", "editProfile": "deny"}
+    loaded = ours.store.load()
+    assert loaded.role_permissions["support"] == expected
+    assert ours.state.role_permissions["support"] == expected
+    assert [rev for rev, _ in ours.store.changes_since(0)] == [1, 2, 3]
+
+
+# -- Redis: failures ----------------------------------------------------------------------------
+@pytest.mark.redis
 def test_a_write_while_redis_is_down_raises_store_error_and_changes_nothing(own_redis: RedisServer,
                                                                            open_store: Any, prefix: str) -> None:
     sidecar = core(open_store(own_redis, prefix))
@@ -349,6 +601,7 @@ def test_a_write_while_redis_is_down_raises_store_error_and_changes_nothing(own_
     assert sidecar.decide(AuthzRequest("u1", "createGroup"))["allowed"] is False
 
 
+@pytest.mark.redis
 def test_a_write_while_redis_hangs_raises_store_error_and_is_not_applied_later(own_redis: RedisServer,
                                                                                open_store: Any,
                                                                                prefix: str) -> None:
@@ -375,6 +628,7 @@ def test_a_write_while_redis_hangs_raises_store_error_and_is_not_applied_later(o
     assert sidecar.store.load().users == {"u1": "support", "u3": "support"}
 
 
+@pytest.mark.redis
 def test_changes_since_asks_for_a_resync_on_a_gap_or_a_new_epoch(shared_redis: RedisServer, open_store: Any,
                                                                  prefix: str) -> None:
     store, admin = open_store(shared_redis, prefix), shared_redis.client()
@@ -392,7 +646,8 @@ def test_changes_since_asks_for_a_resync_on_a_gap_or_a_new_epoch(shared_redis: R
     assert reloaded.revision == 3 and store.changes_since(3) == []
 
 
-# -- reseed ----------------------------------------------------------------------------------
+# -- Redis: reseed ------------------------------------------------------------------------------
+@pytest.mark.redis
 def test_after_flushall_a_sidecar_writes_its_state_back_and_others_load_it(own_redis: RedisServer,
                                                                           open_store: Any,
                                                                           prefix: str) -> None:
@@ -421,6 +676,7 @@ def test_after_flushall_a_sidecar_writes_its_state_back_and_others_load_it(own_r
     assert holder.state.users["late"] == "restricted" and fields(holder.state) == fields(fresh.load())
 
 
+@pytest.mark.redis
 def test_reseed_only_when_redis_lost_its_data_and_only_once(own_redis: RedisServer, open_store: Any,
                                                             prefix: str) -> None:
     first, second = open_store(own_redis, prefix), open_store(own_redis, prefix)
@@ -433,6 +689,7 @@ def test_reseed_only_when_redis_lost_its_data_and_only_once(own_redis: RedisServ
     assert fields(second.load()) == fields(state)
 
 
+@pytest.mark.redis
 def test_a_write_that_needs_a_full_resync_plans_and_expands_on_the_fresh_state(own_redis: RedisServer,
                                                                                open_store: Any,
                                                                                prefix: str) -> None:
@@ -461,7 +718,7 @@ def test_a_write_that_needs_a_full_resync_plans_and_expands_on_the_fresh_state(o
     assert fields(lagging.state) == fields(loaded)
 
 
-# -- data loss: Redis back from an older snapshot ----------------------------------------------
+# -- Redis: data loss, back from an older snapshot ----------------------------------------------
 def settled(sidecar: Sidecar, attempts: int = 20) -> Exception | None:
     """catch_up(); None when it succeeded, else its StoreError (after a reconnect to a restarted Redis)."""
     last: Exception | None = None
@@ -477,6 +734,7 @@ def settled(sidecar: Sidecar, attempts: int = 20) -> Exception | None:
     raise AssertionError(f"catch_up kept failing: {last!r}")
 
 
+@pytest.mark.redis
 def test_redis_back_from_an_older_snapshot_the_highest_sidecar_writes_back(own_redis: RedisServer,
                                                                           prefix: str) -> None:
     grace = 0.5
@@ -543,6 +801,7 @@ def test_redis_back_from_an_older_snapshot_the_highest_sidecar_writes_back(own_r
             store.close()
 
 
+@pytest.mark.redis
 def test_a_claim_on_a_stale_look_at_redis_does_not_fence_it_again(own_redis: RedisServer, prefix: str) -> None:
     """Two sidecars look at the rolled-back Redis; one writes back before the other claims. The
     late claim must not set the fence again: it would refuse every write until its TTL ran out."""
