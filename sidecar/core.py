@@ -14,6 +14,7 @@ import os
 import secrets
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, NamedTuple, Protocol, TypeVar
@@ -45,6 +46,7 @@ EPOCH_MISMATCH_CODE = "ERR_REVISION_EPOCH_MISMATCH"
 Wanted = int | Token | list[int | Token]  # what atLeastRevision asks for (a batch: all of them)
 R = TypeVar("R")
 SCAN_LIMIT = 10_000  # candidates a list question looks at per call; nextCursor resumes after them
+CAPABILITIES_MEMO = 4096  # capabilities answers kept (per process), each valid for one revision
 
 
 @dataclass(frozen=True)
@@ -169,6 +171,8 @@ class Sidecar:
         self.data_loss_events = 0
         self.past_epochs: set[str] = set()  # epochs this process left: their tokens never match
         self._sorted_groups: tuple[RuntimeState, int, list[str]] | None = None
+        # capabilities answers by (inputs, state and its revision, engine): a UI asks again and again
+        self._capabilities_memo: OrderedDict[tuple[Any, ...], dict[str, Any]] = OrderedDict()
         self._ids = itertools.count(1)
         self._id_prefix = f"{secrets.token_hex(4)}{os.getpid():x}"
         self.sync: Follower | None = store.follow(self.catch_up, sync_interval_s) \
@@ -436,25 +440,39 @@ class Sidecar:
             if at_least_revision is not None and not self.reached(at_least_revision):
                 raise self._not_reached(at_least_revision)
             state, untrusted = self.state, self._untrusted(stale)
+            key = _memo_key(uid, guid, target, facts, state, engine, untrusted)
+            known = self._capabilities_memo.get(key) if key is not None else None
+            if known is not None:
+                return self._with_staleness(dict(known), stale)
             scope = _scope_in(state, uid, guid)
+            group_actions = engine.group_actions
             for name, action in engine.policy.actions.items():
-                request = AuthzRequest(uid, name, guid, target, facts)
+                # an app-wide action is decided app-wide (with the guid, /authorize would refuse it: a 400)
+                request = AuthzRequest(uid, name, guid if name in group_actions else None, target, facts)
                 entry: dict[str, Any]
                 try:
                     decision = (engine.decide(request, state) if untrusted is None
                                 else self._refuse(engine, request, *untrusted))
                 except ChatAuthzError as exc:
                     entry = {"error": exc.to_dict()}
-                else:
-                    entry = decision.to_dict()
-                    del entry["revision"], entry["policyHash"]  # the same for all: given once
+                else:  # its revision and policy hash are the same for all: given once
+                    entry = decision.to_dict(with_state=False)
                     entry["constraints"] = engine.constraints(request, decision, state) if untrusted is None else []
                 if action.target_required and target is None:
                     entry["targets"] = engine.target_scopes(request, state, scope if untrusted is None else None)
                 actions[name] = entry
-            body: dict[str, Any] = {"uid": uid, "guid": guid, "target": target, "role": state.users.get(uid, "default"),
-                    "scope": scope, "revision": state.revision, "token": format_token(state.epoch, state.revision),
-                    "policyHash": engine.policy.content_hash, "actions": actions}
+            body: dict[str, Any] = {
+                "uid": uid, "guid": guid, "target": target, "role": state.users.get(uid, "default"), "scope": scope,
+                "revision": state.revision, "token": format_token(state.epoch, state.revision),
+                "policyHash": engine.policy.content_hash, "actions": actions}
+            if key is not None:
+                memo = self._capabilities_memo
+                memo[key] = body
+                if len(memo) > CAPABILITIES_MEMO:
+                    memo.popitem(last=False)
+        return self._with_staleness(dict(body), stale)
+
+    def _with_staleness(self, body: dict[str, Any], stale: float) -> dict[str, Any]:
         if self.synced:
             body["stalenessSeconds"] = round(stale, 3)
         return body
@@ -672,3 +690,15 @@ def _scope_in(state: RuntimeState, uid: str, guid: str | None) -> str | None:
     if guid is None:
         return None
     return OWNER if state.owners.get(guid) == uid else state.scope_of(guid, uid)
+
+
+def _memo_key(uid: str, guid: str | None, target: str | None, facts: Mapping[str, Any], state: RuntimeState,
+              engine: Engine, untrusted: tuple[str, str] | None) -> tuple[Any, ...] | None:
+    """What a capabilities answer depends on: its inputs, the state (object, epoch, revision) and
+    the engine; None when a fact cannot be a key (then nothing is remembered)."""
+    try:
+        items = tuple(sorted(facts.items()))
+        hash(items)
+    except TypeError:
+        return None
+    return (uid, guid, target, items, id(state), state.epoch, state.revision, id(engine), untrusted)

@@ -95,7 +95,8 @@ class Decision(NamedTuple):
     revision: int = 0
     policy_hash: str = ""
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, with_state: bool = True) -> dict[str, Any]:
+        """The API's decision body (with_state: and the revision and policy hash it was made at)."""
         if self.code:
             body = {"allowed": self.allowed, "code": self.code, "reason": self.reason, "layer": self.layer,
                     "role": self.role}
@@ -103,8 +104,9 @@ class Decision(NamedTuple):
             body = {"allowed": self.allowed, "reason": self.reason, "layer": self.layer, "role": self.role}
         if self.scope:
             body["scope"] = self.scope
-        body["revision"] = self.revision
-        body["policyHash"] = self.policy_hash
+        if with_state:
+            body["revision"] = self.revision
+            body["policyHash"] = self.policy_hash
         return body
 
 
@@ -140,6 +142,7 @@ class Engine:
         self._needs_guid = frozenset(a.name for a in actions if (a.scope_key and not a.role_key)
                                      or GROUP_RULES.get(a.name) in ("owner", "admin", "moderator"))
         self._takes_group = frozenset(a.name for a in actions if takes_group(a))
+        self._targets: dict[tuple[Any, ...], dict[str, list[str]]] = {}  # target_scopes answers, per compile
         self._lock = threading.Lock()
         self._compiled_for: tuple[RuntimeState, int] | None = None  # holds the state: ids get reused
         self._enforcer: casbin.Enforcer | None = None
@@ -435,15 +438,41 @@ class Engine:
         """The constraint values that restrict the request's action for the decision's role and
         scope (say sendMessage.allowedMessageTypes = [text]), each with its layer and source."""
         action = self.policy.actions[request.action]
-        answers = [("role", self._layer(state, action, "role", decision.role, "*"))]
+        if not action.role_constraints and not action.scope_constraints:
+            return []
+        answers = [("role", self._layer(state, action, "role", decision.role, "*"))] if action.role_constraints else []
         scope, guid = decision.scope, request.guid or ""
-        if scope is not None and scope != OWNER and guid and (action.scope_key or action.scope_constraints):
+        if scope is not None and scope != OWNER and guid and action.scope_constraints:
             overridden = scope in state.overrides.get(guid, {})
             answers.append(("scope", self._layer(state, action, "scope", scope, guid if overridden else "*")))
         return [{"layer": layer, "key": defn.key, "value": value, "source": source}
                 for layer, answer in answers for defn, value, source in answer.active]
 
+    @property
+    def group_actions(self) -> frozenset[str]:
+        """The actions that take a group (any other refuses a guid)."""
+        return self._takes_group
+
     def target_scopes(self, request: AuthzRequest, state: RuntimeState, scope: str | None) -> dict[str, list[str]]:
+        """See _target_scopes; the same inputs answer from a cache, rebuilt with the Casbin lines."""
+        guid = request.guid or ""
+        role = state.users.get(request.uid, "default")
+        try:
+            key = (request.action, role, scope, guid if scope in state.overrides.get(guid, {}) else bool(guid),
+                   tuple(sorted(request.context.items())))
+            hash(key)
+        except TypeError:
+            return self._target_scopes(request, state, scope)
+        if self._compiled_for_state(state):
+            known = self._targets.get(key)
+            if known is not None:
+                return known
+        answer = self._target_scopes(request, state, scope)
+        if self._compiled_for_state(state):
+            self._targets[key] = answer
+        return answer
+
+    def _target_scopes(self, request: AuthzRequest, state: RuntimeState, scope: str | None) -> dict[str, list[str]]:
         """For an action on a member, asked without a target: the scopes of the members the user
         may act on ("actsOn") and, for addMembers and changeScope, the scopes they may give
         ("grants"), as decide() would judge a target of each scope (the role layer, then the scope
@@ -532,7 +561,7 @@ class Engine:
         rules = build_rules(self.policy, state)
         if rules:
             enforcer.add_policies(rules)
-        self._enforcer, self._answers = enforcer, {}
+        self._enforcer, self._answers, self._targets = enforcer, {}, {}
         self._compiled_for = (state, state.policy_generation)
 
 

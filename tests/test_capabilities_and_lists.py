@@ -4,7 +4,7 @@ Differential, over seeded random worlds (tests/test_differential_authorize_write
 a Sidecar with the embedded store:
 - capabilities(uid, guid?, target?, context?) has, for every action of the catalogue, the
   decision (allowed, code, reason, layer, role, scope) Sidecar.decide gives for that action, or
-  the same 400;
+  the same 400 (an action that takes no group is asked app-wide, without the guid);
 - its target scopes agree with deciding each real target: an allowed action on a member means
   that member's scope is in actsOn (and, for changeScope and addMembers, the new scope in
   grants); addMembers of a non-member outsider is allowed exactly when its scope is granted;
@@ -24,7 +24,7 @@ from conftest import Server
 from test_differential_authorize_write import world_ops
 
 from sidecar.core import Sidecar
-from sidecar.engine import AuthzRequest
+from sidecar.engine import AuthzRequest, takes_group
 from sidecar.errors import ChatAuthzError
 from sidecar.policy import load_policy
 from sidecar.stores.sqlite import SQLiteStore
@@ -66,7 +66,8 @@ def test_capabilities_are_one_decision_per_action(tmp_path: Path, seed: int) -> 
         assert caps["revision"] == state.revision and caps["role"] == state.users.get(uid, "default")
         for action in ACTIONS:
             entry = caps["actions"][action]
-            expected = answer(core, AuthzRequest(uid, action, guid, target, context))
+            where = guid if action in core.engine.group_actions else None  # app-wide actions: app-wide
+            expected = answer(core, AuthzRequest(uid, action, where, target, context))
             shown = {k: entry[k] for k in (*FIELDS, "error") if k in entry}
             assert shown == expected, (uid, action, guid, target, context)
             checked += 1
@@ -172,7 +173,9 @@ def test_capabilities_over_http_equal_authorize(shared_server: Server) -> None:
                               ("capso", "capsg", "capsm")]:
         body = {"uid": uid, **({"guid": guid} if guid else {}), **({"target": target} if target else {})}
         caps = srv.ok("POST", "/authorize/capabilities", body)["data"]
-        checks = [{**body, "action": action} for action in ACTIONS]
+        group_actions = {a for a in ACTIONS if takes_group(POLICY.actions[a])}
+        checks = [{**body, "action": action} if action in group_actions else
+                  {k: v for k, v in {**body, "action": action}.items() if k != "guid"} for action in ACTIONS]
         results = srv.ok("POST", "/authorize/batch", {"checks": checks})["data"]["results"]
         for action, result in zip(ACTIONS, results, strict=True):
             entry = caps["actions"][action]
@@ -195,4 +198,22 @@ def test_target_scopes_are_empty_when_the_role_refuses(tmp_path: Path) -> None:
     assert core.capabilities("m", "g")["actions"]["kickMembers"]["targets"] == {"actsOn": ["participant"]}
     core.write(lambda tx: ([{"op": "put_user", "uid": "m", "role": "nokick"}], None), "test")
     assert core.decide(AuthzRequest("m", "kickMembers", "g", "p"))["layer"] == "role"
+    assert core.capabilities("m", "g")["actions"]["kickMembers"]["targets"] == {"actsOn": []}
+
+
+def test_a_remembered_answer_never_outlives_its_revision(tmp_path: Path) -> None:
+    """capabilities answers are kept per revision: a write (here by another worker of the same
+    file) is seen at once, and the answer for the old revision is not served."""
+    path = tmp_path / "m.db"
+    core, other = Sidecar(POLICY, SQLiteStore(path)), Sidecar(POLICY, SQLiteStore(path))
+    core.write(lambda tx: ([{"op": "put_group", "guid": "g", "owner": "o"},
+                            {"op": "put_member", "guid": "g", "uid": "m", "scope": "moderator"}], None), "t")
+    first = core.capabilities("m")
+    assert first["actions"]["createGroup"]["allowed"] is True
+    assert core.capabilities("m") == first  # remembered
+    other.write(lambda tx: ([{"op": "put_user", "uid": "m", "role": "support"}], None), "t")
+    after = core.capabilities("m")
+    assert after["revision"] == first["revision"] + 1 and after["role"] == "support"
+    assert after["actions"]["createGroup"]["allowed"] is False
+    other.write(lambda tx: ([{"op": "delete_member", "guid": "g", "uid": "m"}], None), "t")
     assert core.capabilities("m", "g")["actions"]["kickMembers"]["targets"] == {"actsOn": []}
