@@ -217,6 +217,8 @@ INTEGRATION_FILES = {
     "test_unit_reload.py",  # in-process, but waits for files to settle: real seconds
     # in-process through sidecar.cli.main, but each runs a whole command (policy load, suites, store):
     "test_cli_authorize.py", "test_cli_check.py", "test_cli_export.py",
+    "test_docs_walkthrough.py",  # one live server and the docs' shell commands
+    "test_explain_trace.py", "test_capabilities_and_lists.py",  # properties over generated worlds: seconds
 }
 REDIS_FILES = {"test_redis_data_loss.py", "test_redis_sync.py"}
 PROCESS_FIXTURES = {"server", "start_server", "shared_server", "live", "srv"}  # start `chatauthz serve`

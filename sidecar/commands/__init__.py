@@ -1,4 +1,4 @@
-"""The policy-as-code subcommands of `chatauthz`: check, authorize, export (one module each)."""
+"""The subcommands of `chatauthz` beside serve: check, authorize, export, import (one module each)."""
 from __future__ import annotations
 
 from typing import Any
@@ -6,6 +6,6 @@ from typing import Any
 
 def add_commands(commands: Any) -> None:
     """Register each subcommand on the CLI's subparsers; each sets `run(args) -> exit code`."""
-    from sidecar.commands import authorize, check, export
-    for module in (check, authorize, export):
+    from sidecar.commands import authorize, check, export, importer
+    for module in (check, authorize, export, importer):
         module.add_parser(commands)
