@@ -60,14 +60,16 @@ def import_file(args: argparse.Namespace) -> int:
     from sidecar.compose import open_store
     from sidecar.core import WriteContext
     from sidecar.engine import Engine
+    from sidecar.stores.redisstore import RedisStore
     settings = settings_from(data_dir=args.data_dir, redis_url=args.redis_url, redis_prefix=args.redis_prefix,
                              policies=args.policies, model=args.model)
     policy = policy_of(settings)
     name = "stdin" if args.file == "-" else args.file
     started = time.perf_counter()
     records, problems = read_records(args.file, name)
-    try:
-        store = open_store(settings)
+    try:  # Redis: no seen-revision records of its own (those are a sidecar's, for its recovery)
+        store = RedisStore(settings.redis_url, settings.redis_prefix, settings.redis_timeout_s) \
+            if settings.redis_url else open_store(settings)
     except ChatAuthzError as exc:
         raise CommandError(EXIT_USAGE, f"chatauthz import: cannot open the store: {exc.message}") from exc
     try:
