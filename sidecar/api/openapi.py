@@ -415,7 +415,9 @@ def _paths(settings: Settings) -> dict[str, dict[str, Any]]:
         "/authorize/members": {"post": op(
             "The members of a group who may do an action", "Decisions",
             {**ok("The members (and owner), by uid, each allowed as /authorize would allow it.",
-                  data(ref("MemberList"))), **decision_errors, **errors(s404=["ERR_GUID_NOT_FOUND"])},
+                  data(ref("MemberList"))),
+             **errors(full_access=False, body=True, store=False, s503=["ERR_REVISION_NOT_REACHED"],
+                      s409=["ERR_REVISION_EPOCH_MISMATCH"], s404=["ERR_GUID_NOT_FOUND"])},
             request=body(obj({**{k: check[k] for k in ("action", "target", "context", "atLeastRevision")},
                               "guid": id_string("The group."), **LIST_PAGING}, ("guid", "action"))))},
         "/roles": {
