@@ -256,6 +256,10 @@ class Engine:
             raise _Refusal("clearance", "ERR_GROUP_NO_SELF_ACTION", f"{uid!r} may not {action.name} themselves",
                            f"target {uid}", "the actor", where)
         if rule == "owner":
+            if request.target is not None and state.is_banned(guid, request.target):
+                raise _Refusal("clearance", "ERR_BANNED_GROUPMEMBER", f"{request.target!r} is banned from group "
+                               f"{guid!r}; unban them before making them the owner", f"target {request.target}",
+                               "banned", f"bans of {guid}")
             return OWNER, f"{uid!r} owns group {guid!r}"
         if owner:
             if rule == "joiner":

@@ -76,14 +76,18 @@ def plan_set_group(tx: WriteContext, guid: str, owner: str, as_user: str | None)
     current = state.owners.get(guid)
     if current is None:
         check_as(tx, as_user, "createGroup", guid)
+        if as_user is not None and owner != as_user:  # its creator owns a group: nobody is made an owner unasked
+            raise RefusedError(f"A group created on behalf of {as_user} is owned by {as_user}, not {owner}; "
+                               "create it, then transfer ownership.", code="ERR_GROUP_NO_CLEARANCE")
     elif current != owner:  # a transfer: the owner's alone (the engine's transferOwnership rule)
         check_as(tx, as_user, "transferOwnership", guid, owner)
+        if state.is_banned(guid, owner):  # never unbanned as a side effect
+            raise ConflictError(f"{owner} is banned from group {guid}; unban them before making them the owner.",
+                                code="ERR_BANNED_GROUPMEMBER")
     else:
         check_as(tx, as_user, "editGroup", guid)
         return [], None
     ops: list[Op] = [{"op": "put_group", "guid": guid, "owner": owner}]
-    if state.is_banned(guid, owner):
-        ops.insert(0, {"op": "unban", "guid": guid, "uid": owner})
     if state.scope_of(guid, owner) != "admin":
         ops.append({"op": "put_member", "guid": guid, "uid": owner, "scope": "admin"})
     return ops, None
@@ -143,6 +147,8 @@ def plan_add_members(tx: WriteContext, guid: str, wanted: dict[str, str], as_use
     state = tx.state
     if as_user is None:  # on behalf of a user, each uid's op asks the engine first, as /authorize does
         require_group(state, guid)
+    elif len(wanted) > 1:  # a bulk operation: the owner's or an admin's (CometChat's massMemberOperate)
+        check_as(tx, as_user, "massMemberOperate", guid)
     ops: list[Op] = []
     results: dict[str, dict[str, Any]] = {list_name: {} for list_name in (*SCOPE_LISTS, "usersToBan")}
     for raw_uid, list_name in wanted.items():
