@@ -514,9 +514,11 @@ def _paths(settings: Settings) -> dict[str, dict[str, Any]]:
                        {**ok("Per member: success, or its own error; only the lists sent appear.", written(obj(
                            {name: {"type": "object", "additionalProperties": ref("MemberResult")}
                             for name in ("admins", "moderators", "participants", "usersToBan")}))),
-                        **errors(body=True, s404=GROUP_404)},
+                        **errors(body=True, s403=REFUSALS, s404=GROUP_404)},
                        description=f"At most {MAX_MEMBERS_PER_CALL} uids in all lists together, at least one. "
-                                   "A uid in several lists gets the highest scope; one bad uid fails alone.",
+                                   "A uid in several lists gets the highest scope; one bad uid fails alone. On "
+                                   "behalf of a user, more than one uid is massMemberOperate (owner or admin), "
+                                   "refused as a whole with the decision's code.",
                        params=[ON_BEHALF_OF],
                        request=body(obj({"admins": SCOPE_LIST, "moderators": SCOPE_LIST,
                                          "participants": SCOPE_LIST, "usersToBan": SCOPE_LIST}))),
