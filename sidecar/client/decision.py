@@ -28,8 +28,7 @@ class Decision:
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> Decision:
         """From the `data` of POST /authorize (or one result of /authorize/batch)."""
-        return cls(body["allowed"], body.get("code"), body["reason"], body["layer"], body["role"],
-                   body.get("scope"), body["revision"], body.get("token", ""), body.get("decisionId", ""))
+        return _from_body(body)
 
     @classmethod
     def unavailable(cls, why: str) -> Decision:
@@ -50,3 +49,26 @@ class WriteToken(str):
         self.revision = revision
         self.data = data
         return self
+
+
+_SET = [Decision.__dict__[name].__set__ for name in Decision.__slots__]  # the slots' own setters
+_NEW = object.__new__
+
+
+def _from_body(body: Mapping[str, Any]) -> Decision:
+    """Decision.from_body in half the time of the frozen __init__ (one object.__setattr__ per
+    field): the slot descriptors set the fields once, before anyone holds the object. Embedded
+    makes one per check, and its budget is a few microseconds."""
+    a, c, r, l, ro, s, rev, t, d = _SET  # noqa: E741
+    decision: Decision = _NEW(Decision)
+    get = body.get
+    a(decision, body["allowed"])
+    c(decision, get("code"))
+    r(decision, body["reason"])
+    l(decision, body["layer"])
+    ro(decision, body["role"])
+    s(decision, get("scope"))
+    rev(decision, body["revision"])
+    t(decision, get("token", ""))
+    d(decision, get("decisionId", ""))
+    return decision
