@@ -12,8 +12,10 @@ from sidecar.client import BadRequest, Client, Decision, Forbidden, NotFound, Pe
 from sidecar.client.embedded import Embedded
 from sidecar.client.pytest_plugin import seed_ops
 from sidecar.policy import load_policy
-from sidecar.policy.suites import Case, load_suites
+from sidecar.suites import Case, load_suites
 from tests.conftest import TEST_API_KEY, Server, unique
+
+pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[1]
 POLICY = load_policy(REPO / "policies")
@@ -114,3 +116,18 @@ def test_embedded_errors_are_the_clients(pair: tuple[Client, Embedded]) -> None:
     with pytest.raises(Exception) as ahead:
         emb.check("alice", "createGroup", at_least_revision=f"{epoch}:99999999")
     assert getattr(ahead.value, "code", None) == "ERR_REVISION_NOT_REACHED"
+
+
+def test_capabilities_from_the_client_and_embedded_agree(pair: tuple[Client, Embedded]) -> None:
+    client, emb = pair
+    guid, owner, mod, part = unique("g"), unique("own"), unique("mod"), unique("part")
+    client.create_group(guid, owner)
+    client.add_members(guid, moderators=[mod], participants=[part])
+    served, local = client.capabilities(mod, guid), emb.capabilities(mod, guid)
+    assert served["actions"].keys() == local["actions"].keys() and "kickMembers" in served["actions"]
+    for name, entry in served["actions"].items():
+        assert {k: v for k, v in entry.items() if k != "decisionId"} == \
+            {k: v for k, v in local["actions"][name].items() if k != "decisionId"}, name
+    with pytest.raises(BadRequest):
+        emb.capabilities("not an id!")
+

@@ -20,6 +20,8 @@ from sidecar.client.flask import FlaskAuthz
 from tests.client_support import silent_server
 from tests.conftest import TEST_API_KEY, Server, unique
 
+pytestmark = pytest.mark.integration
+
 with warnings.catch_warnings():  # starlette 1.x would have httpx2 for its TestClient; httpx still works
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient

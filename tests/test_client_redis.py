@@ -13,6 +13,8 @@ from sidecar.client import AsyncClient, Client
 from sidecar.client.embedded import Embedded
 from tests.redis_support import TEST_API_KEY, RedisServer, SidecarProcess, unique
 
+pytestmark = [pytest.mark.integration, pytest.mark.redis]
+
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RedisServer, SidecarProcess, SidecarProcess]]:

@@ -15,6 +15,8 @@ from sidecar.client import Client
 from tests.client_support import UdsServer
 from tests.conftest import TEST_API_KEY, server_env
 
+pytestmark = pytest.mark.integration
+
 
 def serve(sock: Path, data_dir: Path, server: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "sidecar", "serve", "--uds", str(sock), "--data-dir", str(data_dir),

@@ -34,6 +34,14 @@ def check_body(uid: str, action: str, guid: str | None = None, target: str | Non
     return body
 
 
+def query_body(uid: str, guid: str | None, target: str | None, context: Mapping[str, Any] | None,
+               at_least_revision: str | int | None) -> dict[str, Any]:
+    """The body of POST /authorize/capabilities."""
+    body = check_body(uid, "", guid, target, context, at_least_revision)
+    del body["action"]
+    return body
+
+
 def item_body(item: CheckItem) -> dict[str, Any]:
     """One check of check_many, as a body (a mapping of check()'s arguments, or a tuple of them)."""
     if isinstance(item, Mapping):

@@ -30,7 +30,7 @@ from sidecar.core import WriteContext
 from sidecar.errors import ChatAuthzError
 from sidecar.management import Planned
 from sidecar.validation import clean_id
-from sidecar.wire import Check, parse_check
+from sidecar.wire import Check, parse_check, parse_query
 
 Plan = Callable[[WriteContext], Planned]
 After = Callable[[WriteContext, Any], Any]
@@ -111,6 +111,17 @@ class Embedded(WriteHelpers[WriteToken]):
             else:
                 results.append(Decision.from_body(result))
         return results
+
+    def capabilities(self, uid: str, guid: str | None = None, target: str | None = None,
+                     context: Mapping[str, Any] | None = None, *, at_least_revision: str | int | None = None
+                     ) -> dict[str, Any]:
+        """Sidecar.capabilities on a query parsed as the server parses it (wire.parse_query)."""
+        try:
+            q = parse_query(calls.query_body(uid, guid, target, context, at_least_revision), "capabilities")
+            assert q.uid is not None
+            return self.core.capabilities(q.uid, q.guid, q.target, q.context, q.at_least)
+        except ChatAuthzError as exc:
+            raise _translated(exc) from None
 
     def require(self, uid: str, action: str, guid: str | None = None, target: str | None = None,
                 context: Mapping[str, Any] | None = None, *, at_least_revision: str | int | None = None) -> Decision:

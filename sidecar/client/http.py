@@ -119,6 +119,15 @@ class Client(_Base, WriteHelpers[WriteToken]):
             return [self._no_answer(exc) for _ in bodies]
         return calls.batch_results(payload)
 
+    def capabilities(self, uid: str, guid: str | None = None, target: str | None = None,
+                     context: Mapping[str, Any] | None = None, *, at_least_revision: str | int | None = None
+                     ) -> dict[str, Any]:
+        """POST /authorize/capabilities: every action's decision for uid (in guid, on target) with the
+        constraint values that apply: the answer's data (what a UI renders its buttons from)."""
+        body = calls.query_body(uid, guid, target, context, self._wanted(at_least_revision))
+        payload = self._call("POST", "/authorize/capabilities", body, self.headers)
+        return payload["data"]  # type: ignore[no-any-return]
+
     def require(self, uid: str, action: str, guid: str | None = None, target: str | None = None,
                 context: Mapping[str, Any] | None = None, *, at_least_revision: str | int | None = None) -> Decision:
         """check(), raising PermissionDenied on a denial."""
@@ -186,6 +195,12 @@ class AsyncClient(_Base, WriteHelpers[Awaitable[WriteToken]]):
             calls.stale_token(exc, wanted, self.consistency)
             return [self._no_answer(exc) for _ in bodies]
         return calls.batch_results(payload)
+
+    async def capabilities(self, uid: str, guid: str | None = None, target: str | None = None,
+                           context: Mapping[str, Any] | None = None, *, at_least_revision: str | int | None = None
+                           ) -> dict[str, Any]:
+        body = calls.query_body(uid, guid, target, context, self._wanted(at_least_revision))
+        return (await self._call("POST", "/authorize/capabilities", body))["data"]  # type: ignore[no-any-return]
 
     async def require(self, uid: str, action: str, guid: str | None = None, target: str | None = None,
                       context: Mapping[str, Any] | None = None, *, at_least_revision: str | int | None = None

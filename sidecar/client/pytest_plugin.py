@@ -47,8 +47,8 @@ def seed(data_dir: Path, world: Path, policies: Path | None = None) -> None:
     """Write a world file's ops into a fresh data folder, as the management API would (one write)."""
     from sidecar.config import DEFAULT_POLICIES
     from sidecar.policy import load_policy
-    from sidecar.policy.world import WorldBuilder
     from sidecar.policy.yamlio import LineDict, parse_yaml_all
+    from sidecar.suites.world import WorldBuilder
 
     policy = load_policy(policies or DEFAULT_POLICIES)
     data, problems = parse_yaml_all(world.read_text(encoding="utf-8"), world.name)

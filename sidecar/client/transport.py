@@ -8,7 +8,7 @@ http.client request with a bytes body is one write. AsyncClient is on httpx.
 A connection is reused only while it is idle and not readable (a server that closed it, say on
 restart, makes it readable at EOF): such a one is dropped before use, so a restarted sidecar
 costs no error; nor is one that answered an error (the sidecar's fast path answers a 401 without
-reading the body, and the server then drops the connection unannounced). A failed connect is retried once; nothing else is retried (a check or write
+reading the body, and the server then drops the connection unannounced). A failed connect (or a request the server closed the connection on before reading it) is retried once; nothing else is retried (a check or write
 may have reached the sidecar).
 """
 from __future__ import annotations
@@ -118,7 +118,13 @@ class Pool:
             conn.timeout = wait
             conn.sock.settimeout(wait)
         try:
-            conn.request(method, self.prefix + path, body, headers)
+            try:
+                conn.request(method, self.prefix + path, body, headers)
+            except (BrokenPipeError, ConnectionResetError):
+                # closed before it read the request (so it did nothing with it): part of connecting
+                conn.close()
+                conn = self._take()
+                conn.request(method, self.prefix + path, body, headers)
             response = conn.getresponse()
             data = response.read()
         except (OSError, http.client.HTTPException) as exc:
