@@ -18,6 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     serve = commands.add_parser("serve", help="serve the HTTP API (granian or gunicorn)")
     serve.add_argument("--host", help="address to bind (CHATAUTHZ_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (CHATAUTHZ_PORT, default 8787)")
+    serve.add_argument("--uds", help="listen on this Unix socket (mode 0660) instead of host:port (CHATAUTHZ_UDS)")
     serve.add_argument("--data-dir", help="data folder (CHATAUTHZ_DATA_DIR, default ./data)")
     serve.add_argument("--policies", help="policy folder (CHATAUTHZ_POLICIES, default the shipped one)")
     serve.add_argument("--model", help="Casbin model (CHATAUTHZ_MODEL, default <policies>/../model.conf)")
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command != "serve":
         return int(args.run(args))
     try:
-        settings = Settings.from_env(host=args.host, port=args.port, data_dir=args.data_dir,
+        settings = Settings.from_env(host=args.host, port=args.port, uds=args.uds, data_dir=args.data_dir,
                                      policies=args.policies, model=args.model, workers=args.workers,
                                      threads=args.threads, server=args.server,
                                      body_timeout_s=args.body_timeout_s, redis_url=args.redis_url,
@@ -83,11 +84,11 @@ def serve_forever(settings: Settings) -> int:
     from sidecar import serving
     from sidecar.compose import load_with_fallback, preflight
     from sidecar.keys import load_keys
+    address = f"unix:{settings.uds}" if settings.uds else f"{settings.host}:{settings.port}"
     try:  # first, before touching the data folder; the server then serves this very socket
-        sock = serving.listen(settings.host, settings.port)
+        sock = serving.listen_unix(settings.uds) if settings.uds else serving.listen(settings.host, settings.port)
     except OSError as exc:
-        print(f"chatauthz: cannot listen on {settings.host}:{settings.port}: {serving.listen_error(exc)}",
-              file=sys.stderr)
+        print(f"chatauthz: cannot listen on {address}: {serving.listen_error(exc, settings.uds is not None)}", file=sys.stderr)
         return EXIT_USAGE
     try:
         settings = preflight(settings)  # pins the database for the workers
@@ -107,7 +108,7 @@ def serve_forever(settings: Settings) -> int:
     keys = load_keys(settings.data_dir, settings.api_key, settings.authorize_key)
     from sidecar.logs import redact
     where = f"Redis {redact(settings.redis_url)}" if settings.redis_url else f"{settings.data_dir.resolve()}"
-    print(f"chatauthz: listening on http://{settings.host}:{settings.port} "
+    print(f"chatauthz: listening on {f'unix://{settings.uds}' if settings.uds else f'http://{address}'} "
           f"({settings.workers} worker(s), state in {where})", flush=True)
     print(f"chatauthz: management API key from {keys.source}", flush=True)
     serving.run(settings, sock)

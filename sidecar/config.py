@@ -17,6 +17,7 @@ DEFAULT_POLICIES = PROJECT_DIR / "policies" if (PROJECT_DIR / "policies").is_dir
 class Settings:
     host: str = "127.0.0.1"
     port: int = 8787
+    uds: Path | None = None  # listen on this Unix socket instead of host:port
     data_dir: Path = Path("data")
     policies: Path = DEFAULT_POLICIES
     model: Path | None = None  # default: <policies>/../model.conf

@@ -17,6 +17,7 @@ import tempfile
 import threading
 import time
 from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
 from sidecar.config import Settings
@@ -45,7 +46,39 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def listen_error(exc: OSError) -> str:
+def listen_unix(path: Path) -> socket.socket:
+    """A Unix socket listening at `path` (mode 0660), or OSError: EADDRINUSE while a live server
+    answers there, EEXIST for a file that is not a socket. A socket file that nothing answers on
+    (left by a server that died) is replaced."""
+    if path.is_socket():
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(path))
+            raise OSError(errno.EADDRINUSE, os.strerror(errno.EADDRINUSE), str(path))
+        except (ConnectionRefusedError, FileNotFoundError):
+            path.unlink(missing_ok=True)  # stale: its server is gone
+        finally:
+            probe.close()
+    elif path.exists() or path.is_symlink():
+        raise OSError(errno.EEXIST, "a file that is not a socket is in the way", str(path))
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    umask = os.umask(0o117)  # created 0660 at once: no moment at which others may connect
+    try:
+        sock.bind(str(path))
+        os.chmod(path, 0o660)
+        sock.listen(BACKLOG)
+    except OSError:
+        sock.close()
+        raise
+    finally:
+        os.umask(umask)
+    sock.set_inheritable(True)
+    return sock
+
+
+def listen_error(exc: OSError, uds: bool = False) -> str:
+    if exc.errno == errno.EADDRINUSE and uds:
+        return "a running server answers on this socket"
     if exc.errno == errno.EADDRINUSE:
         return "the address is already in use (is another server running on this port?)"
     return exc.strerror or str(exc)
@@ -172,11 +205,12 @@ def _granian(settings: Settings, sock: socket.socket) -> Any:
             self._ssp = None
             self._sfd = sock.fileno()  # type: ignore[assignment]
             self._sso = sock
-            self._shd = SocketHolder(sock.fileno(), False, BACKLOG)  # type: ignore[call-arg,assignment]
+            self._shd = SocketHolder(sock.fileno(), settings.uds is not None, BACKLOG)  # type: ignore[call-arg,assignment]
 
     # blocking_threads is NOT raised to outlast stalled bodies (see api/bodies.py): a pool larger
     # than the load's concurrency cost 11% / 37% of /authorize req/s at 16 / 64 connections here
     return Server("sidecar.serving:worker_app", address=settings.host, port=settings.port,
+                  uds=settings.uds,  # only named here (logs, and unlinked at exit): `sock` is what is served
                   interface=Interfaces.WSGI, workers=settings.workers, factory=True, backlog=BACKLOG,
                   blocking_threads=settings.threads, respawn_failed_workers=True,
                   workers_kill_timeout=GRACEFUL_TIMEOUT_S, log_level=LogLevels.warning,
