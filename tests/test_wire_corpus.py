@@ -77,3 +77,28 @@ def test_the_two_error_builders_are_one() -> None:
     status, body = wire.error_body(RuntimeError("boom"))
     assert status == 500 and body == {"error": {"code": "ERR_INTERNAL", "message": wire.INTERNAL}}
     assert "boom" not in str(body)
+
+
+def test_an_answer_sent_before_the_body_was_read_closes_the_connection(shared_server: Server) -> None:
+    """A refused key (or a non-JSON body) is answered without reading the body; its bytes may
+    still be on the way, so the answer says Connection: close (a keep-alive client's next request
+    on it was a broken pipe). An answer after reading the body keeps the connection."""
+    import http.client
+    body = b'{"uid": "a", "action": "sendMessage"}'
+    conn = http.client.HTTPConnection("127.0.0.1", shared_server.port, timeout=5)
+    try:
+        for _ in range(2):  # kept alive: two answers on one connection
+            conn.request("POST", "/authorize", body, {"Content-Type": "application/json",
+                                                      "apikey": shared_server.api_key or ""})
+            response = conn.getresponse()
+            response.read()
+            assert response.status == 200 and response.getheader("Connection") != "close"
+        for headers in ({"Content-Type": "application/json", "apikey": "wrong"},
+                        {"Content-Type": "text/plain", "apikey": shared_server.api_key or ""}):
+            conn.request("POST", "/authorize", body, headers)
+            response = conn.getresponse()
+            response.read()
+            assert response.status in (400, 401) and response.getheader("Connection") == "close", headers
+            conn.close()
+    finally:
+        conn.close()

@@ -85,12 +85,20 @@ class AuthorizeFastPath:
                 log.exception("unhandled error in %s", path)
         data = orjson.dumps(payload)
         headers = [*JSON_HEADERS, ("Content-Length", str(len(data))), ("X-Request-Id", rid)]
-        if status == 408:
-            headers.append(("Connection", "close"))  # the rest of the body may still be on its way
+        if status == 408 or (status >= 400 and "chatauthz.body_read" not in environ
+                             and environ.get("CONTENT_LENGTH") not in (None, "", "0")):
+            # answered without reading the body (a 408, a refused key, a non-JSON body): its bytes
+            # may still be on the way, so this connection cannot carry another request
+            headers.append(("Connection", "close"))
         start_response(STATUS_LINES.get(status, f"{status} ERROR"), headers)
         observe_request(path, "POST", status, time.perf_counter() - started)
         return [data]
 
     def _json(self, environ: dict[str, Any]) -> Any:
         return wire.read_json(environ.get("CONTENT_TYPE"), environ.get("CONTENT_LENGTH"),
-                              lambda length: self.bodies.read(environ, length), limit=self.max_body_bytes)
+                              lambda length: self._read(environ, length), limit=self.max_body_bytes)
+
+    def _read(self, environ: dict[str, Any], length: int) -> bytes:
+        raw = self.bodies.read(environ, length)
+        environ["chatauthz.body_read"] = True
+        return raw
