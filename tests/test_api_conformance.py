@@ -643,7 +643,10 @@ def test_groups_put_get_delete(srv: Server) -> None:
     moved = write_ok(srv, "PUT", f"/groups/{low}", {"owner": new_owner})["data"]
     assert moved["owner"] == new_owner and moved["membersCount"] == 4
     assert members_of(srv, low)[new_owner] == "admin" and members_of(srv, low)[owner] == "admin"
-    # a banned user made owner is unbanned
+    # a banned user is never made owner (it unbanned them as a side effect): unban first
+    refused(srv, "PUT", f"/groups/{low}", {"owner": "gb-1"}, status=400, code="ERR_BANNED_GROUPMEMBER")
+    assert banned_in(srv, low) == ["gb-1"]
+    write_ok(srv, "DELETE", f"/groups/{low}/bannedusers/gb-1")
     write_ok(srv, "PUT", f"/groups/{low}", {"owner": "gb-1"})
     assert banned_in(srv, low) == [] and members_of(srv, low)["gb-1"] == "admin"
     # delete removes members, bans and overrides: a group of the same id starts clean

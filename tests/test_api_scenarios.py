@@ -297,11 +297,15 @@ def test_on_behalf_of_ban_and_unban(shared_server: Server, team: dict[str, str])
     assert decision(srv, team["part2"], "sendMessage", guid, messageType="text") == (False, "ERR_GROUP_NOT_JOINED")
     srv.ok("POST", f"/groups/{guid}/members", {"participants": [team["part2"]]})
     assert decision(srv, team["part2"], "sendMessage", guid, messageType="text") == (True, None)
-    # usersToBan on behalf of someone is decided per user
-    mixed = srv.ok("POST", f"/groups/{guid}/members", {"usersToBan": [team["part3"], team["admin"]]},
-                   headers=as_user(team["mod"]))
+    # more than one uid on behalf of someone is a bulk operation: an owner's or admin's
+    bulk = {"usersToBan": [team["part3"], team["admin"]]}
+    response = srv.post(f"/groups/{guid}/members", bulk, headers=as_user(team["mod"]))
+    refused_as(srv, response, team["mod"], "massMemberOperate", guid, code="ERR_GROUP_NO_ADMIN_SCOPE")
+    # ... and then decided per user: an admin may ban a participant, not the owner
+    mixed = srv.ok("POST", f"/groups/{guid}/members", {"usersToBan": [team["part3"], team["owner"]]},
+                   headers=as_user(team["admin"]))
     assert mixed["data"]["usersToBan"][team["part3"]] == {"success": True}
-    assert mixed["data"]["usersToBan"][team["admin"]]["error"]["code"] == "ERR_GROUP_NO_CLEARANCE"
+    assert mixed["data"]["usersToBan"][team["owner"]]["error"]["code"] == "ERR_GROUP_NO_CLEARANCE"
     assert decision(srv, team["part3"], "sendMessage", guid, messageType="text") == (False, "ERR_BANNED_GROUPMEMBER")
     assert decision(srv, team["admin"], "sendMessage", guid, messageType="text") == (True, None)
 
