@@ -187,7 +187,8 @@ def _granian(settings: Settings, sock: socket.socket) -> Any:
     reserve = threadbank.RESERVE if threadbank.supported() else 0
     return Server("sidecar.serving:worker_app", address=settings.host, port=settings.port,
                   interface=Interfaces.WSGI, workers=settings.workers, factory=True, backlog=BACKLOG,
-                  blocking_threads=settings.threads + reserve, respawn_failed_workers=True,
+                  blocking_threads=settings.threads + reserve,
+                  blocking_threads_idle_timeout=threadbank.IDLE_TIMEOUT_S, respawn_failed_workers=True,
                   workers_kill_timeout=GRACEFUL_TIMEOUT_S, log_level=LogLevels.warning,
                   log_dictconfig=server_log_config("_granian", "granian.access"))
 

@@ -26,6 +26,7 @@ from typing import Any
 
 RESERVE = 64  # extra granian threads per worker, parked until requests stall
 STALL_S = 0.05  # a request under way for longer is taken as stalled (also how often the bank looks)
+IDLE_TIMEOUT_S = 30  # granian's blocking_threads_idle_timeout (serving.py passes it)
 _read = threading.local()  # .done: this thread's request has had its whole body read
 
 
@@ -35,12 +36,15 @@ def body_read() -> None:
 
 
 class ThreadBank:
-    def __init__(self, threads: int, stall_s: float = STALL_S) -> None:
+    def __init__(self, threads: int, stall_s: float = STALL_S, idle_timeout_s: float = IDLE_TIMEOUT_S) -> None:
         self.threads = threads
         self.stall_s = stall_s
+        self.gone_s = idle_timeout_s - 5  # a thread unseen for longer may have left granian's pool
         self._started: dict[int, float] = {}  # thread id -> when its request began (threads at work)
+        self._seen: dict[int, float] = {}  # thread id -> when it last began a request
+        self._parked_ids: set[int] = set()
+        self._out = 0  # threads in granian's pool, not parked: counted at each look, then kept
         self._stalled = 0  # requests under way for longer than stall_s, at the last look
-        self._parked = 0
         self._wake = 0  # wake-ups given to parked threads and not yet taken
         self._stopping = False
         self._cond = threading.Condition(threading.Lock())
@@ -48,19 +52,19 @@ class ThreadBank:
 
     def wrap(self, runner: Callable[[Any, dict[str, Any]], Any]) -> Callable[[Any, dict[str, Any]], Any]:
         """granian's WSGI runner(proto, scope), banking the thread after its answer."""
-        started = self._started
+        started, seen = self._started, self._seen
 
         def run(proto: Any, scope: dict[str, Any]) -> Any:
             me = threading.get_ident()
-            started[me] = time.monotonic()
+            started[me] = seen[me] = time.monotonic()
             _read.done = False
             try:
                 return runner(proto, scope)
             finally:
                 del started[me]
-                if (len(started) >= self.threads and not self._stalled and not self._stopping
+                if (self._out > self.threads and not self._stalled and not self._stopping
                         and (_read.done or not scope.get("CONTENT_LENGTH", "").strip("0"))):
-                    self._park()
+                    self._park(me)
         if self._monitor is None:
             self._monitor = threading.Thread(target=self._watch, name="chatauthz-thread-bank", daemon=True)
             self._monitor.start()
@@ -72,38 +76,44 @@ class ThreadBank:
             self._stopping = True
             self._cond.notify_all()
 
-    def _park(self) -> None:
+    def _park(self, me: int) -> None:
         """Only after the request's body is read (or absent): a thread parked with a body unread
-        would keep its connection from its next request."""
+        would keep its connection from its next request. And only while more than `threads`
+        others are out in granian's pool (the count may fall short of the truth, never exceed
+        it: parking never leaves fewer) and none has stalled."""
         with self._cond:
-            self._parked += 1
+            if self._out <= self.threads or self._stalled or self._stopping:
+                return
+            self._out -= 1
+            self._parked_ids.add(me)
             while not self._wake and not self._stopping:
                 self._cond.wait()
             if self._wake:
                 self._wake -= 1
-            self._parked -= 1
+            self._parked_ids.discard(me)
 
     def _watch(self) -> None:
         while not self._stopping:
             time.sleep(self.stall_s)
             now = time.monotonic()
-            begun = list(self._started.values())
-            stalled = sum(1 for t in begun if now - t > self.stall_s)
-            self._stalled = stalled
-            if not stalled:
-                continue
-            short = self.threads - (len(begun) - stalled)  # woken ones that find no work idle in granian
-            if short <= 0:
-                continue
+            stalled = sum(1 for t in list(self._started.values()) if now - t > self.stall_s)
             with self._cond:
-                n = min(short, self._parked - self._wake)
-                if n > 0:
+                parked = self._parked_ids
+                self._out = sum(1 for ident, t in list(self._seen.items())
+                                if now - t < self.gone_s and ident not in parked)
+                for ident in [i for i, t in self._seen.items() if now - t >= self.gone_s and i not in parked]:
+                    del self._seen[ident]
+                self._stalled = stalled
+                n = len(parked) - self._wake if stalled else 0
+                if n > 0:  # all of them: stalls come in bursts (a slow client's reconnects)
                     self._wake += n
+                    self._out += n
                     self._cond.notify(n)
 
     def counts(self) -> dict[str, int]:
-        """Requests under way, of which stalled (at the last look), and threads parked."""
-        return {"working": len(self._started), "stalled": self._stalled, "parked": self._parked}
+        """Requests under way, of which stalled (at the last look), threads out and parked."""
+        return {"working": len(self._started), "stalled": self._stalled, "out": self._out,
+                "parked": len(self._parked_ids)}
 
 
 _bank: ThreadBank | None = None

@@ -206,12 +206,15 @@ def test_more_slow_bodies_than_threads_do_not_stop_authorize_on_granian(tmp_path
 
 
 def test_thread_bank_parks_spare_threads_and_frees_them_for_stalls() -> None:
-    """In-process: a thread parks after its request while `threads` others are under way, not
-    after one whose body is left unread; requests under way past stall_s send it back."""
+    """In-process, with a pool of 4 threads that take requests as granian's do: beyond `threads`
+    threads out in the pool, one parks after its request (not after one whose body is left
+    unread), and requests under way past stall_s send parked ones back."""
+    import queue
+
     from sidecar.threadbank import ThreadBank, body_read
 
-    bank = ThreadBank(threads=2, stall_s=0.5)
-    hold = threading.Event()
+    bank = ThreadBank(threads=2, stall_s=0.2, idle_timeout_s=60)
+    hold, tasks = threading.Event(), queue.SimpleQueue[Any]()
 
     def runner(proto: Any, scope: dict[str, Any]) -> Any:
         if scope.get("hold"):
@@ -221,28 +224,40 @@ def test_thread_bank_parks_spare_threads_and_frees_them_for_stalls() -> None:
         return 200
     run = bank.wrap(runner)
 
-    def wait_for(what: str, value: int) -> None:
+    def worker() -> None:
+        while (scope := tasks.get()) is not None:
+            run(None, scope)
+
+    def wait_for(**want: int) -> None:
         deadline = time.monotonic() + 5
-        while bank.counts()[what] != value:
-            assert time.monotonic() < deadline, (what, value, bank.counts())
+        while any(bank.counts()[k] != v for k, v in want.items()):
+            assert time.monotonic() < deadline, (want, bank.counts())
             time.sleep(0.01)
-    threads = [threading.Thread(target=run, args=(None, {"hold": True})) for _ in range(2)]
-    for thread in threads:
+    pool = [threading.Thread(target=worker, daemon=True) for _ in range(4)]
+    for thread in pool:
         thread.start()
-    wait_for("working", 2)
-    unread = threading.Thread(target=run, args=(None, {"CONTENT_LENGTH": "5"}))
-    unread.start()
-    unread.join(timeout=2)
-    assert not unread.is_alive() and bank.counts()["parked"] == 0  # its body unread: never parks
-    spare = threading.Thread(target=run, args=(None, {"CONTENT_LENGTH": "5", "read": True}))
-    spare.start()
-    wait_for("parked", 1)  # two others under way, none stalled yet: it waits in the bank
-    assert spare.is_alive()
-    wait_for("stalled", 2)  # both held past stall_s: the bank gives the spare thread back
-    spare.join(timeout=2)
-    assert not spare.is_alive() and bank.counts()["parked"] == 0
-    hold.set()
-    for thread in threads:
-        thread.join(timeout=2)
-    wait_for("working", 0)
-    bank.stop()
+    try:
+        for _ in range(4):  # each thread takes one (they hold until all four are in)
+            tasks.put({"hold": True})
+        wait_for(working=4)
+        hold.set()
+        wait_for(working=0, out=4)  # the bank has looked: 4 out, 2 more than `threads`
+        hold.clear()
+        tasks.put({"CONTENT_LENGTH": "5"})
+        time.sleep(0.3)
+        assert bank.counts()["parked"] == 0  # its body unread: it does not park
+        for _ in range(2):
+            tasks.put({"CONTENT_LENGTH": "5", "read": True})
+        wait_for(parked=2, out=2)  # two park: `threads` stay out
+        for _ in range(2):
+            tasks.put({"hold": True})
+        wait_for(working=2, stalled=2, parked=0)  # both out ones stall: the parked go back
+        hold.set()
+        wait_for(working=0)
+    finally:
+        hold.set()
+        bank.stop()
+        for _ in pool:
+            tasks.put(None)
+        for thread in pool:
+            thread.join(timeout=2)
