@@ -6,16 +6,18 @@ bodies stalled at once. But a granian pool larger than the load keeps idle threa
 wakes one per request: 64 threads cost 11-37% of /authorize req/s here at 16 / 64 connections.
 
 So granian's pool is `threads + RESERVE` per worker (serving.py), and this bank keeps the extra
-threads parked on a lock, not idle in granian. A thread parks after its request (its answer is
-sent by then) when `threads` other requests are under way, none has stalled, and its request's
-body has been read or was empty (one with a body left unread would hold back its connection's next
-request). A monitor looks every STALL_S: while requests have been under way for longer than
-STALL_S (a body still arriving), parked threads go back to granian, enough to keep `threads`
-of them free, and none parks. So under load without stalls granian grows its pool to the cap,
-each extra thread parks after one request, and `threads` threads serve as before; a stall is
-relieved within about 2 x STALL_S. At most RESERVE bodies per worker can stall at once without
-cost to the others: beyond that they hold every thread until the watchdog's 408 at the deadline
-makes their clients leave (a client that stays keeps its thread).
+threads parked on a lock, not idle in granian. It counts the threads out in granian's pool (seen
+in a request within granian's idle timeout less 5 s, and not parked: never more than there are),
+and a thread parks after its request (its answer is sent by then) while more than `threads` are
+out, none has stalled, and its request's body has been read or was empty (one parked with its
+body unread would hold back its connection's next request). A monitor looks every STALL_S: while
+any request has been under way for longer (a body still arriving), every parked thread goes back
+to granian and none parks, since stalled bodies come in bursts (a slow client's reconnects).
+So under load without stalls granian grows its pool to the cap, each extra thread parks after
+one request, and `threads` threads serve as before; a stall is relieved within 2 x STALL_S.
+Up to RESERVE bodies per worker can stall at once without cost to the others; beyond that they
+hold every thread until the watchdog's 408 at the deadline makes their clients leave (a client
+that stays keeps its thread).
 """
 from __future__ import annotations
 
