@@ -13,9 +13,10 @@ closed) and --waiters callers send atLeastRevision far ahead of the store (each 
 answered, at most 4 a second). Runs alternate, no abuse then abuse, --rounds times. Prints each
 run and the medians: % answered, p50/p99 (ms), p99 ratio abuse/none; what the abusers got.
 Target: 100% answered, p99 under abuse within 2x of the run without. Under granian a body that
-never completes keeps its blocking thread until the client leaves (granian#728), so the target
-needs more --threads than hostile connections; gunicorn frees the thread at the deadline but is
-held until then (sidecar/api/bodies.py).
+never completes keeps its blocking thread until the client leaves (granian#728); the thread bank
+(sidecar/threadbank.py) keeps threadbank.RESERVE more threads per worker parked for that, so the
+target holds at the default --threads up to that many stalled bodies per worker. gunicorn frees
+the thread at the deadline but is held until then (sidecar/api/bodies.py), so it does not.
 """
 from __future__ import annotations
 

@@ -122,10 +122,13 @@ def _metrics_dir(settings: Settings) -> None:
 def worker_app() -> Any:
     """The app for one granian worker process, which exits if its server process dies (even by
     SIGKILL), and on SIGINT/SIGTERM, even while it loads or when another thread takes the signal."""
+    from sidecar import threadbank
     from sidecar.api import create_app
     from sidecar.logs import configure
     configure()
-    app = create_app(Settings.from_env())
+    settings = Settings.from_env()
+    app = create_app(settings)
+    threadbank.install(settings.threads)  # the pool's threads beyond --threads wait for stalls there
     _exit_with_parent()
     _reload_on_sighup(app.extensions["chatauthz"])
     import granian._signals  # the worker calls its set_sync_signals() next, on this main thread
@@ -152,11 +155,14 @@ def _stop_signals() -> Any:
     more). The wakeup fd is written by whichever thread took the signal: a thread of ours reads
     it and sets the event."""
     from granian._granian import WorkerSignal
+
+    from sidecar import threadbank
     event = WorkerSignal()
     once = threading.Lock()
 
     def stop(*_: Any) -> None:
         if once.acquire(blocking=False):  # never released: once
+            threadbank.stop()  # parked threads end their requests, as granian waits for them
             event.set()
     for signum in STOP_SIGNALS:
         signal.signal(signum, stop)
@@ -207,12 +213,16 @@ def _granian(settings: Settings, sock: socket.socket) -> Any:
             self._sso = sock
             self._shd = SocketHolder(sock.fileno(), settings.uds is not None, BACKLOG)  # type: ignore[call-arg,assignment]
 
-    # blocking_threads is NOT raised to outlast stalled bodies (see api/bodies.py): a pool larger
-    # than the load's concurrency cost 11% / 37% of /authorize req/s at 16 / 64 connections here
+    # threadbank.RESERVE more threads than --threads, for requests that stall (a body that trickles
+    # in holds its thread: api/bodies.py); the bank parks them while nothing stalls, as idle ones
+    # in a pool larger than the load cost 11-37% of /authorize req/s at 16 / 64 connections here
+    from sidecar import threadbank
+    reserve = threadbank.RESERVE if threadbank.supported() else 0
     return Server("sidecar.serving:worker_app", address=settings.host, port=settings.port,
                   uds=settings.uds,  # only named here (logs, and unlinked at exit): `sock` is what is served
                   interface=Interfaces.WSGI, workers=settings.workers, factory=True, backlog=BACKLOG,
-                  blocking_threads=settings.threads, respawn_failed_workers=True,
+                  blocking_threads=settings.threads + reserve,
+                  blocking_threads_idle_timeout=threadbank.IDLE_TIMEOUT_S, respawn_failed_workers=True,
                   workers_kill_timeout=GRACEFUL_TIMEOUT_S, log_level=LogLevels.warning,
                   log_dictconfig=server_log_config("_granian", "granian.access"))
 

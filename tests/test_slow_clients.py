@@ -4,7 +4,9 @@ store. A real server with 2 workers, each WSGI server; bounded loops throughout.
 
 gunicorn frees a slow body's thread at the deadline, so 2 x 4 threads outlast 16 slow bodies.
 granian cannot (its body read has no timeout, granian#728): the client gets its 408 at the
-deadline, but a client that stays keeps one of --threads, so granian runs 2 x 32 here.
+deadline, but a client that stays keeps its thread. So granian runs at the default --threads 4:
+the thread bank (sidecar/threadbank.py) must keep /authorize answered past more slow bodies than
+threads, and cost nothing while none stalls.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from tests.conftest import TEST_API_KEY, Server
 
 BODY_TIMEOUT_S = 1.0
 SLOW_BODIES = 16  # more than gunicorn's 2 x 4 threads
-THREADS = {"granian": "32", "gunicorn": "4"}  # granian: even if one worker takes every slow body
+THREADS = {"granian": "4", "gunicorn": "4"}  # the default
 FAR_WAITERS = 8
 BODY = b'{"uid": "alice", "action": "sendMessage", "target": "bob"}'
 
@@ -166,3 +168,96 @@ def test_revision_waits_are_few_and_only_for_an_unreadable_store(tmp_path: Path,
         thread.join(timeout=5)
     assert took["third"] < 0.1 and 0.5 <= min(took["first"], took["second"]) < 2.0, took
     store.close()
+
+
+def test_more_slow_bodies_than_threads_do_not_stop_authorize_on_granian(tmp_path: Path) -> None:
+    """The class: N > every thread of every worker bodies stall at once (and stay open past the
+    legitimate client's checks), through a real granian server at its defaults. Each check of
+    the legitimate client is answered within a second, and the whole run within bounded time."""
+    server = Server(tmp_path / "data", workers=2, extra_env={"CHATAUTHZ_SERVER": "granian",
+                                                             "CHATAUTHZ_BODY_TIMEOUT_S": "5.0"}).start()
+    stalled = 3 * 2 * 4  # 3 x (2 workers x 4 threads)
+    slow: list[socket.socket] = []
+    try:
+        assert server.authorize("alice", "sendMessage", target="bob")["allowed"] is True  # warm
+        slow = [open_slow_body(server.port) for _ in range(stalled)]
+        time.sleep(0.5)  # they hold whatever they can; the bank notices within 2 x 50 ms
+        started, latencies = time.monotonic(), []
+        session = requests.Session()
+        for i in range(40):
+            t0 = time.monotonic()
+            response = session.post(server.url + "/authorize", timeout=3, headers={"apikey": TEST_API_KEY},
+                                    json={"uid": "alice", "action": "sendMessage", "target": "bob"})
+            latencies.append(round(time.monotonic() - t0, 3))
+            assert response.status_code == 200 and response.json()["data"]["allowed"] is True, response.text
+            if i % 10 == 9:  # now and then a fresh connection too (it may land on either worker)
+                session.close()
+                session = requests.Session()
+        session.close()
+        assert max(latencies) < 1.0 and time.monotonic() - started < 4.0, latencies
+        for sock in slow:  # none has been answered: their bodies are still due
+            sock.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                sock.recv(1)
+    finally:
+        for sock in slow:
+            sock.close()
+        server.stop()
+
+
+def test_thread_bank_parks_spare_threads_and_frees_them_for_stalls() -> None:
+    """In-process, with a pool of 4 threads that take requests as granian's do: beyond `threads`
+    threads out in the pool, one parks after its request (not after one whose body is left
+    unread), and requests under way past stall_s send parked ones back."""
+    import queue
+
+    from sidecar.threadbank import ThreadBank, body_read
+
+    bank = ThreadBank(threads=2, stall_s=0.2, idle_timeout_s=60)
+    hold, tasks = threading.Event(), queue.SimpleQueue[Any]()
+
+    def runner(proto: Any, scope: dict[str, Any]) -> Any:
+        if scope.get("hold"):
+            hold.wait(10)
+        if scope.get("read"):
+            body_read()
+        return 200
+    run = bank.wrap(runner)
+
+    def worker() -> None:
+        while (scope := tasks.get()) is not None:
+            run(None, scope)
+
+    def wait_for(**want: int) -> None:
+        deadline = time.monotonic() + 5
+        while any(bank.counts()[k] != v for k, v in want.items()):
+            assert time.monotonic() < deadline, (want, bank.counts())
+            time.sleep(0.01)
+    pool = [threading.Thread(target=worker, daemon=True) for _ in range(4)]
+    for thread in pool:
+        thread.start()
+    try:
+        for _ in range(4):  # each thread takes one (they hold until all four are in)
+            tasks.put({"hold": True})
+        wait_for(working=4)
+        hold.set()
+        wait_for(working=0, out=4)  # the bank has looked: 4 out, 2 more than `threads`
+        hold.clear()
+        tasks.put({"CONTENT_LENGTH": "5"})
+        time.sleep(0.3)
+        assert bank.counts()["parked"] == 0  # its body unread: it does not park
+        for _ in range(2):
+            tasks.put({"CONTENT_LENGTH": "5", "read": True})
+        wait_for(parked=2, out=2)  # two park: `threads` stay out
+        for _ in range(2):
+            tasks.put({"hold": True})
+        wait_for(working=2, stalled=2, parked=0)  # both out ones stall: the parked go back
+        hold.set()
+        wait_for(working=0)
+    finally:
+        hold.set()
+        bank.stop()
+        for _ in pool:
+            tasks.put(None)
+        for thread in pool:
+            thread.join(timeout=2)

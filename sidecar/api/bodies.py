@@ -7,8 +7,14 @@ environ["gunicorn.socket"]: at the deadline a watchdog shuts its read side, the 
 the thread answers 408. granian reads in Rust (block_on over hyper's body stream, GIL released)
 with no timeout and nothing Python can interrupt (upstream: wontfix, granian#728): the watchdog
 answers 408 through granian's response handle, and the thread is freed when the body ends or the
-client leaves (a client told 408 and "Connection: close" leaves; a hostile one need not, so under
-granian a stalled body holds one of --threads until its client goes).
+client leaves (a client told 408 and "Connection: close" leaves; a hostile one need not).
+
+Under granian (2.8) the read can't be moved off the thread that runs the app either: once the
+app returns, granian closes the body (a read begun later gets b""), and if another thread is
+still reading it, granian waits for that read holding the GIL, which stops the whole worker
+until the body ends. Nor does granian tell whether a body is already in. So a stalled body holds
+a granian thread, and what keeps /authorize answered is a pool with threads to spare that cost
+nothing while no request stalls: sidecar/threadbank.py (told here when a body has been read).
 """
 from __future__ import annotations
 
@@ -23,6 +29,7 @@ from typing import Any
 import orjson
 
 from sidecar.errors import ChatAuthzError
+from sidecar.threadbank import body_read
 
 log = logging.getLogger("chatauthz.api")
 TICK_S = 0.05
@@ -70,6 +77,7 @@ class BodyReader:
             raise AlreadyAnsweredError
         if len(raw) < length:  # cut off at the deadline, or the client left mid-body
             raise BodyTimeoutError(self.timeout_s)
+        body_read()
         return raw
 
     def _start_watchdog(self) -> None:
