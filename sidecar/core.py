@@ -396,7 +396,7 @@ class Sidecar:
         timed = self.on_decision is not None
         started = time.perf_counter() if timed else 0.0
         with self._lock:
-            untrusted = self._untrusted(stale)
+            untrusted = self._untrusted(stale) if not self.loaded or self.max_staleness_s is not None else None
             if untrusted is not None:
                 decision = self._refuse(engine, request, *untrusted)
             elif at_least_revision is not None and not self.reached(at_least_revision):

@@ -527,7 +527,8 @@ class Engine:
         """The gate (Casbin) and the constraint values for sub in dom: cached by exactly those
         inputs, rebuilt when the policy part of the state changes."""
         key = (layer, sub, dom, action.name)
-        if self._compiled_for_state(state):
+        compiled = self._compiled_for  # _compiled_for_state, inline: this is every decision's path
+        if compiled is not None and compiled[0] is state and compiled[1] == state.policy_generation:
             cached = self._answers.get(key)
             if cached is not None:
                 return cached

@@ -9,6 +9,7 @@ WSGI environ; every other request goes to Flask unchanged.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -96,7 +97,7 @@ class AuthorizeFastPath:
 
     def _json(self, environ: dict[str, Any]) -> Any:
         return wire.read_json(environ.get("CONTENT_TYPE"), environ.get("CONTENT_LENGTH"),
-                              lambda length: self._read(environ, length), limit=self.max_body_bytes)
+                              functools.partial(self._read, environ), limit=self.max_body_bytes)
 
     def _read(self, environ: dict[str, Any], length: int) -> bytes:
         raw = self.bodies.read(environ, length)
