@@ -46,7 +46,7 @@ EPOCH_MISMATCH_CODE = "ERR_REVISION_EPOCH_MISMATCH"
 Wanted = int | Token | list[int | Token]  # what atLeastRevision asks for (a batch: all of them)
 R = TypeVar("R")
 SCAN_LIMIT = 10_000  # candidates a list question looks at per call; nextCursor resumes after them
-CAPABILITIES_MEMO = 4096  # capabilities answers kept (per process), each valid for one revision
+CAPABILITIES_MEMO = 512  # capabilities answers kept per process (~15 kB each), each valid for one revision
 
 
 @dataclass(frozen=True)
