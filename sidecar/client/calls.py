@@ -42,6 +42,15 @@ def query_body(uid: str, guid: str | None, target: str | None, context: Mapping[
     return body
 
 
+def batch_bodies(checks: Iterable[CheckItem], wanted: str | int | None) -> list[dict[str, Any]]:
+    """The /authorize/batch checks, each waiting for `wanted` unless it names its own revision."""
+    bodies = [item_body(item) for item in checks]
+    if wanted is not None:
+        for body in bodies:
+            body.setdefault("atLeastRevision", wanted)
+    return bodies
+
+
 def item_body(item: CheckItem) -> dict[str, Any]:
     """One check of check_many, as a body (a mapping of check()'s arguments, or a tuple of them)."""
     if isinstance(item, Mapping):

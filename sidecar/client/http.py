@@ -108,10 +108,7 @@ class Client(_Base, WriteHelpers[WriteToken]):
                    ) -> list[Decision | SidecarError]:
         """POST /authorize/batch: in order, a Decision or that check's own error (a bad check fails alone)."""
         wanted = self._wanted(at_least_revision)
-        bodies = [calls.item_body(item) for item in checks]
-        if wanted is not None:
-            for body in bodies:
-                body.setdefault("atLeastRevision", wanted)
+        bodies = calls.batch_bodies(checks, wanted)
         try:
             payload = self._call("POST", "/authorize/batch", {"checks": bodies}, self.headers)
         except SidecarError as exc:
@@ -185,10 +182,7 @@ class AsyncClient(_Base, WriteHelpers[Awaitable[WriteToken]]):
     async def check_many(self, checks: Iterable[CheckItem], *, at_least_revision: str | int | None = None
                          ) -> list[Decision | SidecarError]:
         wanted = self._wanted(at_least_revision)
-        bodies = [calls.item_body(item) for item in checks]
-        if wanted is not None:
-            for body in bodies:
-                body.setdefault("atLeastRevision", wanted)
+        bodies = calls.batch_bodies(checks, wanted)
         try:
             payload = await self._call("POST", "/authorize/batch", {"checks": bodies})
         except SidecarError as exc:
