@@ -435,6 +435,7 @@ class Sidecar:
         facts: Mapping[str, Any] = context if context is not None else {}
         stale = self.staleness_s()
         engine = self.engine
+        engine.validate_context(facts)  # a fact no request may carry is the body's 400, as on /authorize
         actions: dict[str, Any] = {}
         with self._lock:
             if at_least_revision is not None and not self.reached(at_least_revision):

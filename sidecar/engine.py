@@ -163,9 +163,7 @@ class Engine:
         if action.target_required and not request.target:
             raise BadRequestError.field("target", f"{action.name} acts on a member: target is required")
         if request.context:
-            new_scope = request.context.get("newScope")
-            if new_scope is not None and new_scope not in self.policy.scopes:
-                raise BadRequestError.field("context.newScope", f"must be one of {', '.join(self.policy.scopes)}")
+            self.validate_context(request.context)
         if action.name == "changeScope" and request.context.get("newScope") is None:
             raise BadRequestError.field("context.newScope", "changeScope needs the new scope")
         return action
@@ -451,6 +449,12 @@ class Engine:
             answers.append(("scope", self._layer(state, action, "scope", scope, guid if overridden else "*")))
         return [{"layer": layer, "key": defn.key, "value": value, "source": source}
                 for layer, answer in answers for defn, value, source in answer.active]
+
+    def validate_context(self, context: Mapping[str, Any]) -> None:
+        """A 400 for facts no request may carry (whatever its action)."""
+        new_scope = context.get("newScope")
+        if new_scope is not None and new_scope not in self.policy.scopes:
+            raise BadRequestError.field("context.newScope", f"must be one of {', '.join(self.policy.scopes)}")
 
     @property
     def group_actions(self) -> frozenset[str]:

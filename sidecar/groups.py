@@ -179,7 +179,7 @@ def parse_members(body: Any) -> dict[str, str]:
         total += len(uids)
         for uid in uids:
             uid = canonical_id(uid) or uid  # "Bob" and "bob" are one user; an invalid id fails alone
-            if list_name == "usersToBan" and uid in wanted:
+            if list_name == "usersToBan" and wanted.get(uid, "usersToBan") != "usersToBan":
                 raise BadRequestError.field("usersToBan", f"{uid} is listed both to add and to ban.")
             wanted.setdefault(uid, list_name)
     if total == 0:

@@ -74,3 +74,10 @@ def test_ownership_never_goes_to_a_banned_user(core: Sidecar) -> None:
     error = refused(core, lambda tx: grp.plan_set_group(tx, "g", "bad", None))  # the full key: same refusal
     assert (error.code, error.status) == ("ERR_BANNED_GROUPMEMBER", 400)
     assert core.state.owners["g"] == "own" and core.state.is_banned("g", "bad")
+
+
+def test_a_uid_twice_in_usersToBan_is_one_ban_not_a_conflict() -> None:
+    """The message said "listed both to add and to ban" for a uid only in usersToBan (twice)."""
+    assert grp.parse_members({"usersToBan": ["mod", "MOD"]}) == {"mod": "usersToBan"}
+    with pytest.raises(ChatAuthzError, match="listed both to add and to ban"):
+        grp.parse_members({"participants": ["mod"], "usersToBan": ["MOD"]})

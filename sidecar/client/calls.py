@@ -10,7 +10,7 @@ from typing import Any, Generic, NamedTuple, TypeVar
 import orjson
 
 from sidecar.client.decision import Decision
-from sidecar.client.errors import BadRequest, EpochMismatch, ServerError, SidecarError, error_for
+from sidecar.client.errors import BadRequest, EpochMismatch, ServerError, SidecarError, SidecarUnavailable, error_for
 from sidecar.errors import BadRequestError
 from sidecar.validation import clean_id
 
@@ -100,16 +100,40 @@ def json_answer(status: int, raw: bytes) -> Any:
     raise error_for(status, f"ERR_HTTP_{status}", f"HTTP {status} without the sidecar's error envelope: {text!r}")
 
 
-def batch_results(payload: Any) -> list[Decision | SidecarError]:
-    """/authorize/batch's results in order: a Decision, or that check's own error."""
-    results: list[Decision | SidecarError] = []
-    for result in payload["data"]["results"]:
-        error = result.get("error")
-        if error is not None:
-            results.append(error_for(None, error.get("code"), error.get("message", ""), error.get("details")))
-        else:
-            results.append(Decision.from_body(result))
-    return results
+def decision_of(payload: Any) -> Decision:
+    """The Decision of a 200 from /authorize; an answer that is not one is no answer at all
+    (SidecarUnavailable: fail_closed denies), never a KeyError in the caller's handler."""
+    try:
+        return _checked(Decision.from_body(payload["data"]))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise SidecarUnavailable(f"the sidecar's answer is not a decision ({type(exc).__name__}: {exc})") from None
+
+
+def batch_results(payload: Any, sent: int) -> list[Decision | SidecarError]:
+    """/authorize/batch's results in order: a Decision, or that check's own error. An answer
+    with another number of results than checks sent, or one that is not a batch answer, is no
+    answer (SidecarUnavailable): a caller's all(...) must never count a check nobody answered."""
+    try:
+        answered = payload["data"]["results"]
+        if not isinstance(answered, list) or len(answered) != sent:
+            raise ValueError(f"{sent} checks sent, {len(answered) if isinstance(answered, list) else 'no'} results")
+        results: list[Decision | SidecarError] = []
+        for result in answered:
+            error = result.get("error")
+            if error is not None:
+                results.append(error_for(None, error.get("code"), error.get("message", ""), error.get("details")))
+            else:
+                results.append(_checked(Decision.from_body(result)))
+        return results
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise SidecarUnavailable(f"the sidecar's answer is not a batch answer ({type(exc).__name__}: {exc})") from None
+
+
+def _checked(decision: Decision) -> Decision:
+    """allowed must be exactly true or false: "false" or 1 is not an answer."""
+    if decision.allowed is not True and decision.allowed is not False:
+        raise ValueError(f"allowed is {decision.allowed!r}")
+    return decision
 
 
 def stale_token(exc: SidecarError, sent: str | int | None, consistency: Consistency) -> None:

@@ -97,12 +97,12 @@ class Client(_Base, WriteHelpers[WriteToken]):
         """POST /authorize: a Decision (a denial is a Decision too); a caller error raises."""
         wanted = self._wanted(at_least_revision)
         try:
-            payload = self._call("POST", "/authorize",
-                                 calls.check_body(uid, action, guid, target, context, wanted), self.headers)
+            return calls.decision_of(self._call("POST", "/authorize",
+                                                calls.check_body(uid, action, guid, target, context, wanted),
+                                                self.headers))
         except SidecarError as exc:
             calls.stale_token(exc, wanted, self.consistency)
             return self._no_answer(exc)
-        return Decision.from_body(payload["data"])
 
     def check_many(self, checks: Iterable[CheckItem], *, at_least_revision: str | int | None = None
                    ) -> list[Decision | SidecarError]:
@@ -110,11 +110,11 @@ class Client(_Base, WriteHelpers[WriteToken]):
         wanted = self._wanted(at_least_revision)
         bodies = calls.batch_bodies(checks, wanted)
         try:
-            payload = self._call("POST", "/authorize/batch", {"checks": bodies}, self.headers)
+            return calls.batch_results(self._call("POST", "/authorize/batch", {"checks": bodies}, self.headers),
+                                       len(bodies))
         except SidecarError as exc:
             calls.stale_token(exc, wanted, self.consistency)
             return [self._no_answer(exc) for _ in bodies]
-        return calls.batch_results(payload)
 
     def capabilities(self, uid: str, guid: str | None = None, target: str | None = None,
                      context: Mapping[str, Any] | None = None, *, at_least_revision: str | int | None = None
@@ -172,23 +172,21 @@ class AsyncClient(_Base, WriteHelpers[Awaitable[WriteToken]]):
                     ) -> Decision:
         wanted = self._wanted(at_least_revision)
         try:
-            payload = await self._call("POST", "/authorize", calls.check_body(uid, action, guid, target, context,
-                                                                              wanted))
+            return calls.decision_of(await self._call("POST", "/authorize", calls.check_body(
+                uid, action, guid, target, context, wanted)))
         except SidecarError as exc:
             calls.stale_token(exc, wanted, self.consistency)
             return self._no_answer(exc)
-        return Decision.from_body(payload["data"])
 
     async def check_many(self, checks: Iterable[CheckItem], *, at_least_revision: str | int | None = None
                          ) -> list[Decision | SidecarError]:
         wanted = self._wanted(at_least_revision)
         bodies = calls.batch_bodies(checks, wanted)
         try:
-            payload = await self._call("POST", "/authorize/batch", {"checks": bodies})
+            return calls.batch_results(await self._call("POST", "/authorize/batch", {"checks": bodies}), len(bodies))
         except SidecarError as exc:
             calls.stale_token(exc, wanted, self.consistency)
             return [self._no_answer(exc) for _ in bodies]
-        return calls.batch_results(payload)
 
     async def capabilities(self, uid: str, guid: str | None = None, target: str | None = None,
                            context: Mapping[str, Any] | None = None, *, at_least_revision: str | int | None = None
