@@ -3,12 +3,12 @@ from __future__ import annotations
 
 from flask import Flask, current_app, g, request
 
+from sidecar.api import authorize
 from sidecar.errors import AuthError, BadRequestError
 from sidecar.keys import AUTH_ONLY, ApiKey, KeyRing
 
 OPEN_ENDPOINTS = {"health.live", "health.ready", "ops.prometheus", "openapi.openapi_json", "openapi.docs"}
-AUTHORIZE_ENDPOINTS = {"authorize.authorize", "authorize.authorize_batch", "authorize.capabilities",
-                       "authorize.groups_where", "authorize.members_who"}
+AUTHORIZE_ENDPOINTS = authorize.ENDPOINTS  # the fast path's routes
 # The writes decided as the onBehalfOf user; everywhere else the header would be ignored: a 400.
 ON_BEHALF_ENDPOINTS = {"groups.set_group", "groups.delete_group", "groups.add_members", "groups.set_member",
                        "groups.remove_member", "groups.ban", "groups.unban"}

@@ -3,7 +3,7 @@
 
 All are answered by api/fastpath.AuthorizeFastPath before a request reaches Flask; the rules
 exist so that the URL map, the 405 envelope, the key scopes (api/auth.py) and the OpenAPI
-document see them. Their views are never called.
+document see them. Their one view is never called.
 """
 from __future__ import annotations
 
@@ -12,33 +12,16 @@ from typing import NoReturn
 from flask import Blueprint
 
 bp = Blueprint("authorize", __name__)
+# endpoint -> path: the fast path's routes, which an authorize-only key may call
+RULES = {"authorize": "/authorize", "authorize_batch": "/authorize/batch", "capabilities": "/authorize/capabilities",
+         "groups_where": "/authorize/groups", "members_who": "/authorize/members"}
+ENDPOINTS = frozenset(f"{bp.name}.{endpoint}" for endpoint in RULES)
 
 
 def _answered_by_the_fast_path() -> NoReturn:
-    raise RuntimeError("POST /authorize and /authorize/batch are answered by api.fastpath.AuthorizeFastPath "
-                       "in front of Flask; this view is only a URL rule")
+    raise RuntimeError("the /authorize routes are answered by api.fastpath.AuthorizeFastPath in front of "
+                       "Flask; this view is only a URL rule")
 
 
-@bp.post("/authorize")
-def authorize() -> NoReturn:
-    _answered_by_the_fast_path()
-
-
-@bp.post("/authorize/batch")
-def authorize_batch() -> NoReturn:
-    _answered_by_the_fast_path()
-
-
-@bp.post("/authorize/capabilities")
-def capabilities() -> NoReturn:
-    _answered_by_the_fast_path()
-
-
-@bp.post("/authorize/groups")
-def groups_where() -> NoReturn:
-    _answered_by_the_fast_path()
-
-
-@bp.post("/authorize/members")
-def members_who() -> NoReturn:
-    _answered_by_the_fast_path()
+for _endpoint, _path in RULES.items():
+    bp.add_url_rule(_path, _endpoint, _answered_by_the_fast_path, methods=["POST"])

@@ -20,6 +20,7 @@ from flask import Flask
 
 from sidecar import wire
 from sidecar.api.auth import ON_BEHALF_ONLY_THERE, authenticate
+from sidecar.api.authorize import RULES
 from sidecar.api.bodies import AlreadyAnsweredError, BodyReader
 from sidecar.errors import BadRequestError
 from sidecar.logs import take_request_id
@@ -48,6 +49,7 @@ class AuthorizeFastPath:
             "/authorize/batch": lambda body: wire.batch_body(core.decide_many(wire.parse_batch(body, self.max_batch))),
             "/authorize/capabilities": self._capabilities, "/authorize/groups": self._groups,
             "/authorize/members": self._members}
+        assert set(self.routes) == set(RULES.values()), "a fast path route without its URL rule, or the reverse"
 
     def _capabilities(self, body: Any) -> dict[str, Any]:
         q = wire.parse_query(body, "capabilities")
@@ -86,8 +88,7 @@ class AuthorizeFastPath:
                 log.exception("unhandled error in %s", path)
         data = orjson.dumps(payload)
         headers = [*JSON_HEADERS, ("Content-Length", str(len(data))), ("X-Request-Id", rid)]
-        if status == 408 or (status >= 400 and "chatauthz.body_read" not in environ
-                             and environ.get("CONTENT_LENGTH") not in (None, "", "0")):
+        if status == 408 or (status >= 400 and _body_unread(environ)):
             # answered without reading the body (a 408, a refused key, a non-JSON body): its bytes
             # may still be on the way, so this connection cannot carry another request
             headers.append(("Connection", "close"))
@@ -103,3 +104,15 @@ class AuthorizeFastPath:
         raw = self.bodies.read(environ, length)
         environ["chatauthz.body_read"] = True
         return raw
+
+
+def _body_unread(environ: dict[str, Any]) -> bool:
+    """Was a request body sent ("00", a bad length and chunked count) and not read?"""
+    if "chatauthz.body_read" in environ:
+        return False
+    if "HTTP_TRANSFER_ENCODING" in environ:
+        return True
+    try:
+        return int(environ.get("CONTENT_LENGTH") or 0) != 0
+    except ValueError:
+        return True
