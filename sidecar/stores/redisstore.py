@@ -108,6 +108,27 @@ class RedisStore:
     def key(self, name: str) -> str:
         return self.prefix + name
 
+    # Where each entity lives: the one place the layout of users, owners and groups is spelled.
+    def user_field(self, uid: str) -> tuple[str, str]:
+        """(hash key, field) holding uid's role."""
+        return self.key("users"), uid
+
+    def owner_field(self, guid: str) -> tuple[str, str]:
+        """(hash key, field) holding guid's owner."""
+        return self.key("owners"), guid
+
+    def members_key(self, guid: str) -> str:
+        """Hash uid -> scope of guid's members."""
+        return self.key("members:" + guid)
+
+    def bans_key(self, guid: str) -> str:
+        """Set of the uids banned from guid."""
+        return self.key("bans:" + guid)
+
+    def overrides_key(self, guid: str) -> str:
+        """Hash "scope key" -> JSON of guid's scope overrides."""
+        return self.key("overrides:" + guid)
+
     # -- reads -----------------------------------------------------------------------------
     def revision(self) -> int:
         with _mapped("read the revision"):
@@ -245,28 +266,31 @@ class RedisStore:
         elif name == "set_restricted_features":
             pipe.hset(key("restricted"), op["role"], json.dumps(sorted(op["features"])))
         elif name == "put_user":
-            self._put_user(keys=[key("users")], args=[op["uid"], op["role"], key("roleusers:")], client=pipe)
+            users, uid = self.user_field(op["uid"])
+            self._put_user(keys=[users], args=[uid, op["role"], key("roleusers:")], client=pipe)
         elif name == "delete_user":
-            self._delete_user(keys=[key("users")], args=[op["uid"], key("roleusers:")], client=pipe)
+            users, uid = self.user_field(op["uid"])
+            self._delete_user(keys=[users], args=[uid, key("roleusers:")], client=pipe)
         elif name == "put_group":
-            pipe.hset(key("owners"), op["guid"], op["owner"])
+            pipe.hset(*self.owner_field(op["guid"]), op["owner"])
         elif name == "delete_group":
-            pipe.hdel(key("owners"), op["guid"])
-            pipe.delete(*(key(kind + op["guid"]) for kind in ("members:", "bans:", "overrides:")))
+            guid = op["guid"]
+            pipe.hdel(*self.owner_field(guid))
+            pipe.delete(self.members_key(guid), self.bans_key(guid), self.overrides_key(guid))
         elif name == "put_member":
-            pipe.hset(key("members:" + op["guid"]), op["uid"], op["scope"])
+            pipe.hset(self.members_key(op["guid"]), op["uid"], op["scope"])
         elif name == "delete_member":
-            pipe.hdel(key("members:" + op["guid"]), op["uid"])
+            pipe.hdel(self.members_key(op["guid"]), op["uid"])
         elif name == "ban":
-            pipe.hdel(key("members:" + op["guid"]), op["uid"])
-            pipe.sadd(key("bans:" + op["guid"]), op["uid"])
+            pipe.hdel(self.members_key(op["guid"]), op["uid"])
+            pipe.sadd(self.bans_key(op["guid"]), op["uid"])
         elif name == "unban":
-            pipe.srem(key("bans:" + op["guid"]), op["uid"])
+            pipe.srem(self.bans_key(op["guid"]), op["uid"])
         elif name == "set_scope_permissions":
             values = {f"{op['scope']} {k}": json.dumps(v) for k, v in op["values"].items()}
-            pipe.hset(key("overrides:" + op["guid"]), mapping=values)
+            pipe.hset(self.overrides_key(op["guid"]), mapping=values)
         elif name == "unset_scope_permission":
-            pipe.hdel(key("overrides:" + op["guid"]), f"{op['scope']} {op['key']}")
+            pipe.hdel(self.overrides_key(op["guid"]), f"{op['scope']} {op['key']}")
         else:
             raise ValueError(f"unknown op {name!r}")
 
