@@ -463,7 +463,7 @@ class Sidecar:
                     entry["targets"] = engine.target_scopes(request, state, scope if untrusted is None else None)
                 actions[name] = entry
             body: dict[str, Any] = {
-                "uid": uid, "guid": guid, "target": target, "role": state.users.get(uid, "default"), "scope": scope,
+                "uid": uid, "guid": guid, "target": target, "role": state.role_of(uid), "scope": scope,
                 "revision": state.revision, "token": format_token(state.epoch, state.revision),
                 "policyHash": engine.policy.content_hash, "actions": actions}
             if key is not None:
@@ -518,9 +518,10 @@ class Sidecar:
                 raise self._not_reached(at_least_revision)
             state = self.state
             self.engine.validate(AuthzRequest("-", action, guid, target, context or {}))
-            if guid not in state.owners:
+            owner = state.owner_of(guid)
+            if owner is None:
                 raise NotFoundError(f"The group {guid} does not exist.", code="ERR_GUID_NOT_FOUND")
-            candidates = sorted({*state.members.get(guid, ()), state.owners[guid]})
+            candidates = sorted({*state.members_of(guid), owner})
             found, next_cursor = self._scan(candidates, cursor, limit, stale, lambda uid: AuthzRequest(
                 uid, action, guid, target, context or {}))
             body = {"members": [{"uid": uid, "scope": _scope_in(state, uid, guid)} for uid in found],
@@ -547,7 +548,7 @@ class Sidecar:
         """Every guid, sorted; kept per state and revision (a list question over all groups)."""
         cached = self._sorted_groups
         if cached is None or cached[0] is not state or cached[1] != state.revision:
-            cached = (state, state.revision, sorted(state.owners))
+            cached = (state, state.revision, sorted(state.group_ids()))
             self._sorted_groups = cached
         return cached[2]
 
@@ -565,7 +566,7 @@ class Sidecar:
     def _refuse(self, engine: Engine, request: AuthzRequest, code: str, reason: str) -> Decision:
         """Fail closed: a valid request denied because the state cannot be trusted."""
         engine.validate(request)
-        return Decision(False, reason, "store", self.state.users.get(request.uid, "default"), code,
+        return Decision(False, reason, "store", self.state.role_of(request.uid), code,
                         None, self.state.revision, engine.policy.content_hash)
 
     def decision_body(self, decision: Decision) -> dict[str, Any]:
@@ -690,7 +691,7 @@ def _scope_in(state: RuntimeState, uid: str, guid: str | None) -> str | None:
     """uid's scope in guid ("owner" for its owner), None when not a member or no group."""
     if guid is None:
         return None
-    return OWNER if state.owners.get(guid) == uid else state.scope_of(guid, uid)
+    return OWNER if state.owner_of(guid) == uid else state.scope_of(guid, uid)
 
 
 def _memo_key(uid: str, guid: str | None, target: str | None, facts: Mapping[str, Any], state: RuntimeState,

@@ -172,7 +172,7 @@ class Engine:
         """The decision; with a trace list, each step is appended where it is decided (the
         refusing step, if any, last: it is the decision's layer and code by construction)."""
         action = self.validate(request)
-        role = state.users.get(request.uid, "default")
+        role = state.role_of(request.uid)
         scope: str | None = None
         try:
             if role not in self.policy.roles and role not in state.roles:
@@ -240,16 +240,17 @@ class Engine:
         guid, uid = request.guid or "", request.uid
         key, where = f"{action.name} in {guid}", f"group {guid}"
         if rule == "creator":
-            if guid in state.owners:
+            if state.owner_of(guid) is not None:
                 raise _Refusal("membership", "ERR_GUID_ALREADY_EXISTS", f"group {guid!r} already exists; "
                                f"{action.name} names a group that does not exist yet", key, rule, where)
             return None, f"group {guid!r} does not exist yet"
-        if guid not in state.owners:
+        if state.owner_of(guid) is None:
             raise _Refusal("membership", NOT_FOUND, f"group {guid!r} does not exist", key, rule, where)
-        owner = state.owners[guid] == uid
+        owner_uid = state.owner_of(guid)
+        owner = owner_uid == uid
         if rule == "owner" and not owner:
             raise _Refusal("membership", "ERR_GROUP_NO_CLEARANCE", f"only the owner of group {guid!r} "
-                           f"({state.owners[guid]!r}) may {action.name}", key, rule, where)
+                           f"({owner_uid!r}) may {action.name}", key, rule, where)
         if request.target is not None and request.target == uid:
             raise _Refusal("clearance", "ERR_GROUP_NO_SELF_ACTION", f"{uid!r} may not {action.name} themselves",
                            f"target {uid}", "the actor", where)
@@ -286,10 +287,10 @@ class Engine:
     def _membership(self, request: AuthzRequest, state: RuntimeState, trace: Trace | None) -> str:
         guid, uid = request.guid or "", request.uid
         where = f"group {guid}"
-        if guid not in state.owners:
+        if state.owner_of(guid) is None:
             raise _Refusal("membership", NOT_FOUND, f"group {guid!r} does not exist", f"group {guid}",
                            "does not exist", "the store's groups")
-        if state.owners.get(guid) == uid:
+        if state.owner_of(guid) == uid:
             if trace is not None:
                 trace.append(Step("membership", f"owner of {guid}", uid, f"{where}: the owner may do anything "
                                   "in it", PASSES))
@@ -335,7 +336,7 @@ class Engine:
         code = CLEARANCE_CODES.get(action.name, "ERR_GROUP_NO_CLEARANCE")
         guid, target = request.guid or "", request.target or ""
         ranks = self._ranks
-        if state.owners.get(guid) == target:
+        if state.owner_of(guid) == target:
             raise self._refuse_target(code, request, scope, "owner", f"{target!r} owns group {guid!r}; "
                                       f"nobody may {action.name} the owner")
         if action.name == "addMembers":
@@ -464,7 +465,7 @@ class Engine:
     def target_scopes(self, request: AuthzRequest, state: RuntimeState, scope: str | None) -> dict[str, list[str]]:
         """See _target_scopes; the same inputs answer from a cache, rebuilt with the Casbin lines."""
         guid = request.guid or ""
-        role = state.users.get(request.uid, "default")
+        role = state.role_of(request.uid)
         try:
             key = (request.action, role, scope, guid if scope in state.overrides.get(guid, {}) else bool(guid),
                    tuple(sorted(request.context.items())))
@@ -490,7 +491,7 @@ class Engine:
         scopes = list(self.policy.scopes)
         grants = action.name in ("addMembers", "changeScope")
         nothing: dict[str, list[str]] = {"actsOn": [], "grants": []} if grants else {"actsOn": []}
-        role = state.users.get(request.uid, "default")
+        role = state.role_of(request.uid)
         probe = AuthzRequest(request.uid, action.name, request.guid, " ", request.context)  # no member has this id
         try:
             if scope is None or not request.guid or (role not in self.policy.roles and role not in state.roles):
@@ -575,7 +576,7 @@ class Engine:
 
 
 def _role_origin(policy: PolicySet, state: RuntimeState, uid: str, role: str) -> str:
-    assigned = "assigned at runtime" if uid in state.users else "never given a role, so default"
+    assigned = "assigned at runtime" if state.assigned(uid) else "never given a role, so default"
     in_file, at_runtime = role in policy.roles, role in state.roles
     if in_file:
         source = policy.roles[role].source or "roles.yaml"
@@ -660,7 +661,7 @@ def _fact(name: str, request: AuthzRequest, state: RuntimeState, policy: PolicyS
     if not request.target:
         return _MISSING
     if attribute == "role":
-        return state.users.get(request.target, "default")
+        return state.role_of(request.target)
     if target_scope is not None:
         return target_scope
     action = policy.actions[request.action]

@@ -30,7 +30,7 @@ def group_not_found(guid: str) -> NotFoundError:
 
 
 def require_group(state: RuntimeState, guid: str) -> None:
-    if guid not in state.owners:
+    if state.owner_of(guid) is None:
         raise group_not_found(guid)
 
 
@@ -60,8 +60,8 @@ def check_as(tx: WriteContext, as_user: str | None, action: str, guid: str | Non
 
 def group_view(state: RuntimeState, guid: str) -> dict[str, Any]:
     require_group(state, guid)
-    return {"guid": guid, "owner": state.owners[guid], "membersCount": len(state.members.get(guid, {})),
-            "bannedCount": len(state.bans.get(guid, ())), "hasOverrides": guid in state.overrides}
+    return {"guid": guid, "owner": state.owner_of(guid), "membersCount": len(state.members_of(guid)),
+            "bannedCount": len(state.bans_of(guid)), "hasOverrides": guid in state.overrides}
 
 
 def parse_group(body: Any) -> str:
@@ -73,7 +73,7 @@ def parse_group(body: Any) -> str:
 
 def plan_set_group(tx: WriteContext, guid: str, owner: str, as_user: str | None) -> Planned:
     state = tx.state
-    current = state.owners.get(guid)
+    current = state.owner_of(guid)
     if current is None:
         check_as(tx, as_user, "createGroup", guid)
         if as_user is not None and owner != as_user:  # its creator owns a group: nobody is made an owner unasked
@@ -117,7 +117,7 @@ def plan_set_member(tx: WriteContext, guid: str, uid: str, scope: Any, as_user: 
     check_as(tx, as_user, "changeScope", guid, uid, newScope=scope)
     if current == scope:
         raise ConflictError(f"{uid} already has the scope {scope} in group {guid}.", code="ERR_SAME_SCOPE")
-    if state.owners.get(guid) == uid and scope != "admin":
+    if state.owner_of(guid) == uid and scope != "admin":
         raise RefusedError(f"{uid} owns group {guid} and stays admin; transfer ownership first.",
                            code="ERR_GROUP_NO_SCOPE_CLEARANCE")
     return [{"op": "put_member", "guid": guid, "uid": uid, "scope": scope}], None
@@ -200,7 +200,7 @@ def plan_remove_member(tx: WriteContext, guid: str, uid: str, as_user: str | Non
     require_group(state, guid)
     if state.scope_of(guid, uid) is None:
         raise ConflictError(f"{uid} is not a member of group {guid}.", code="ERR_NOT_A_MEMBER")
-    if state.owners.get(guid) == uid:
+    if state.owner_of(guid) == uid:
         raise RefusedError(f"{uid} owns group {guid}; transfer ownership before removing them.",
                            code="ERR_GROUP_NO_CLEARANCE")
     return [{"op": "delete_member", "guid": guid, "uid": uid}], None
@@ -214,8 +214,8 @@ def members_view(policy: PolicySet, state: RuntimeState, guid: str, scopes: str 
         if not wanted or wanted - set(policy.scopes):
             raise BadRequestError.field("scopes", f"The scopes must be a comma-separated list of "
                                         f"{', '.join(policy.scopes)}.")
-    members = state.members.get(guid, {})
-    return [{"uid": uid, "scope": scope, "role": state.users.get(uid, "default")}
+    members = state.members_of(guid)
+    return [{"uid": uid, "scope": scope, "role": state.role_of(uid)}
             for uid, scope in sorted(members.items()) if wanted is None or scope in wanted]
 
 
@@ -226,7 +226,7 @@ def _ban_ops(tx: WriteContext, guid: str, uid: str, as_user: str | None) -> list
     require_group(state, guid)
     if state.is_banned(guid, uid):
         raise ConflictError(f"{uid} is already banned from group {guid}.", code="ERR_ALREADY_BANNED")
-    if state.owners.get(guid) == uid:
+    if state.owner_of(guid) == uid:
         raise RefusedError(f"{uid} owns group {guid} and cannot be banned.", code="ERR_GROUP_NO_CLEARANCE")
     return [{"op": "ban", "guid": guid, "uid": uid}]
 
@@ -246,7 +246,7 @@ def plan_unban(tx: WriteContext, guid: str, uid: str, as_user: str | None) -> Pl
 
 def bans_view(state: RuntimeState, guid: str) -> list[dict[str, Any]]:
     require_group(state, guid)
-    return [{"uid": uid} for uid in sorted(state.bans.get(guid, ()))]
+    return [{"uid": uid} for uid in sorted(state.bans_of(guid))]
 
 
 # -- per-group scope permissions -----------------------------------------------------------

@@ -115,7 +115,7 @@ def plan_delete_role(tx: WriteContext, role: str) -> Planned:
                            "remove it there, it cannot be deleted at runtime.", code="ERR_ROLE_DELETE_DENIED")
     if role not in state.roles:
         raise role_not_found(role)
-    return [{"op": "delete_role", "role": role}], sum(1 for held in state.users.values() if held == role)
+    return [{"op": "delete_role", "role": role}], state.users_with_role(role)
 
 
 def plan_set_role_permissions(tx: WriteContext, role: str, permissions: dict[str, Any]) -> Planned:
@@ -194,17 +194,17 @@ def plan_set_user_role(tx: WriteContext, uid: str, role: str) -> Planned:
     state = tx.state
     if role not in tx.policy.roles and role not in state.roles:
         raise role_not_found(role)
-    if state.users.get(uid, "default") == role and (uid in state.users or role == "default"):
+    if state.role_of(uid) == role and (state.assigned(uid) or role == "default"):
         return [], None
     return [{"op": "put_user", "uid": uid, "role": role}], None
 
 
 def user_view(state: RuntimeState, uid: str) -> dict[str, Any]:
-    return {"uid": uid, "role": state.users.get(uid, "default"), "assigned": uid in state.users}
+    return {"uid": uid, "role": state.role_of(uid), "assigned": state.assigned(uid)}
 
 
 def plan_delete_user(tx: WriteContext, uid: str) -> Planned:
-    if uid not in tx.state.users:
+    if not tx.state.assigned(uid):
         return [], None
     return [{"op": "delete_user", "uid": uid}], None
 

@@ -5,7 +5,7 @@ journal them, so every worker and sidecar replays them into its own RuntimeState
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, NamedTuple
@@ -92,6 +92,32 @@ class RuntimeState:
         handler(op)
         if op["op"] in POLICY_OPS:
             self.policy_generation += 1
+
+    # -- what the engine, the plans and the views read (a WorkingSet answers the same) ----------
+    def role_of(self, uid: str) -> str:
+        """uid's role ("default" when none was assigned)."""
+        return self.users.get(uid, "default")
+
+    def assigned(self, uid: str) -> bool:
+        """Was uid given a role (even "default")?"""
+        return uid in self.users
+
+    def users_with_role(self, role: str) -> int:
+        return sum(1 for held in self.users.values() if held == role)
+
+    def owner_of(self, guid: str) -> str | None:
+        """The owner of guid; None when there is no such group."""
+        return self.owners.get(guid)
+
+    def group_ids(self) -> Iterable[str]:
+        return self.owners.keys()
+
+    def members_of(self, guid: str) -> Mapping[str, str]:
+        """uid -> scope of guid's members."""
+        return self.members.get(guid, _NO_MEMBERS)
+
+    def bans_of(self, guid: str) -> Collection[str]:
+        return self.bans.get(guid, _NO_GROUPS)
 
     def scope_of(self, guid: str, uid: str) -> str | None:
         group = self.members.get(guid)
@@ -212,6 +238,7 @@ class RuntimeState:
 
 
 _NO_GROUPS: frozenset[str] = frozenset()
+_NO_MEMBERS: Mapping[str, str] = MappingProxyType({})
 
 
 def with_before(state: RuntimeState, op: Op) -> Op:
@@ -226,7 +253,7 @@ def _before(state: RuntimeState, op: Op) -> Any:
         if name == "delete_role":
             before["permissions"] = state.role_permissions.get(op["role"])
             before["restrictedFeatures"] = sorted(state.restricted.get(op["role"], ()))
-            before["users"] = sum(1 for role in state.users.values() if role == op["role"])
+            before["users"] = state.users_with_role(op["role"])
         return before
     if name in ("set_role_permissions", "unset_role_permission"):
         current = state.role_permissions.get(op["role"], {})
@@ -235,11 +262,11 @@ def _before(state: RuntimeState, op: Op) -> Any:
         restricted = state.restricted.get(op["role"])
         return sorted(restricted) if restricted is not None else None
     if name in ("put_user", "delete_user"):
-        return {"role": state.users.get(op["uid"])}
+        return {"role": (state.role_of(op["uid"]) if state.assigned(op["uid"]) else None)}
     if name in ("put_group", "delete_group"):
         guid = op["guid"]
-        return {"owner": state.owners.get(guid), "members": len(state.members.get(guid, {})),
-                "bans": len(state.bans.get(guid, ())), "overrides": state.overrides.get(guid)}
+        return {"owner": state.owner_of(guid), "members": len(state.members_of(guid)),
+                "bans": len(state.bans_of(guid)), "overrides": state.overrides.get(guid)}
     if name in ("put_member", "delete_member", "ban", "unban"):
         return {"scope": state.scope_of(op["guid"], op["uid"]), "banned": state.is_banned(op["guid"], op["uid"])}
     if name in ("set_scope_permissions", "unset_scope_permission"):
