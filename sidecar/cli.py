@@ -30,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
                        help="seconds a request body may take to arrive, else 408 (CHATAUTHZ_BODY_TIMEOUT_S, default 3)")
     serve.add_argument("--redis-url", help="keep runtime state in Redis (CHATAUTHZ_REDIS_URL)")
     serve.add_argument("--redis-prefix", help="Redis key prefix (CHATAUTHZ_REDIS_PREFIX, default chatauthz:)")
+    serve.add_argument("--cache-entries", type=int, dest="cache_entries",
+                       help="hold users, owners, memberships and bans as a cache of this many facts, read from "
+                       "the store on a miss; 0 holds the whole state (CHATAUTHZ_CACHE_ENTRIES, default 0)")
     serve.add_argument("--max-staleness", type=float, dest="max_staleness_s",
                        help="deny when state is older than this many seconds (CHATAUTHZ_MAX_STALENESS_S)")
     serve.add_argument("--decision-log", help="JSON-lines decision log: a file, or - for stdout "
@@ -54,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
                                      threads=args.threads, server=args.server,
                                      body_timeout_s=args.body_timeout_s, redis_url=args.redis_url,
                                      redis_prefix=args.redis_prefix, max_staleness_s=args.max_staleness_s,
-                                     decision_log=args.decision_log,
+                                     cache_entries=args.cache_entries, decision_log=args.decision_log,
                                      decision_log_deny_only=args.decision_log_deny_only,
                                      decision_log_sample=args.decision_log_sample)
     except ValueError as exc:

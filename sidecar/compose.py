@@ -65,7 +65,8 @@ def build_sidecar(settings: Settings, *, start_threads: bool = True) -> Sidecar:
                    max_staleness_s=settings.max_staleness_s,
                    policy_loader=lambda files: load_with_fallback(settings, files), policy_problems=problems,
                    decision_log=decision_log, on_decision=metrics.observe_decision, on_write=metrics.observe_write,
-                   watcher=watcher, gauges=metrics.GaugeUpdater, sync_interval_s=settings.sync_interval_s)
+                   watcher=watcher, gauges=metrics.GaugeUpdater, sync_interval_s=settings.sync_interval_s,
+                   cache_entries=settings.cache_entries or None)
     if start_threads:
         core.start()
     return core

@@ -42,6 +42,7 @@ class Settings:
     decision_log: str | None = None  # a file path, or "-" for stdout
     decision_log_deny_only: bool = False
     decision_log_sample: float = 1.0
+    cache_entries: int = 0  # > 0: hold users, owners, memberships and bans as a cache of this many facts
     store_id: str | None = None  # "dev:inode" of the embedded database: serve pins it for its workers
 
     @property
@@ -80,6 +81,8 @@ class Settings:
             raise ValueError(f"max_batch must be 1 or more, got {self.max_batch}")
         if not 1024 <= self.max_body_bytes <= 64 * 1024 * 1024:
             raise ValueError(f"max_body_bytes must be 1024-67108864, got {self.max_body_bytes}")
+        if self.cache_entries < 0:
+            raise ValueError(f"cache_entries must be 0 (hold the whole state) or more, got {self.cache_entries}")
         if self.server not in ("granian", "gunicorn"):
             raise ValueError(f"server must be granian or gunicorn, got {self.server!r}")
 

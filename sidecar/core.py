@@ -28,6 +28,8 @@ from sidecar.reload import Files
 from sidecar.state import Op, RuntimeState, with_before
 from sidecar.stores.base import (
     DataLoss,
+    EntityReader,
+    Facts,
     Follower,
     Polled,
     RecoveryPending,
@@ -38,6 +40,7 @@ from sidecar.stores.base import (
 )
 from sidecar.validation import Token, format_token
 from sidecar.wire import Check
+from sidecar.workingset import MissingFacts, WorkingSet
 
 log = logging.getLogger("chatauthz.core")
 STALE_CODE = "ERR_STATE_TOO_STALE"
@@ -47,6 +50,8 @@ Wanted = int | Token | list[int | Token]  # what atLeastRevision asks for (a bat
 R = TypeVar("R")
 SCAN_LIMIT = 10_000  # candidates a list question looks at per call; nextCursor resumes after them
 CAPABILITIES_MEMO = 512  # capabilities answers kept per process (~15 kB each), each valid for one revision
+FACT_ROUNDS = 8  # reads from the store one answer may make (a working set; each learns what was missing)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -139,7 +144,7 @@ class Sidecar:
                  on_write: Callable[[str], None] | None = None,
                  watcher: Callable[[Callable[[Files], object]], Watcher] | None = None,
                  gauges: Callable[[Callable[[], Stats]], Gauges] | None = None,
-                 sync_interval_s: float = 1.0) -> None:
+                 sync_interval_s: float = 1.0, cache_entries: int | None = None) -> None:
         self.engine = Engine(policy)  # swapped whole on reload; a decision reads it once
         self.policy_loader = policy_loader
         self.policy_problems: list[str] = list(policy_problems or [])  # why the files on disk are not served
@@ -155,8 +160,12 @@ class Sidecar:
         self._write_lock = threading.Lock()   # one writer at a time in this process
         self._catch_up_lock = threading.Lock()
         self.loaded = True
+        if cache_entries is not None and not isinstance(store, EntityReader):
+            raise ValueError(f"{type(store).__name__} cannot back a working set")
+        self.cache_entries = cache_entries  # None: hold the whole state
+        self.facts_read = 0  # facts read from the store on a miss (a working set)
         try:
-            self.state: RuntimeState = store.load()
+            self.state: RuntimeState = self._load()
         except StoreError as exc:
             if not self.synced and exc.code != "ERR_STORE_REPLACED":  # gone under a running server: deny
                 raise  # the embedded file must open; Redis may come later
@@ -272,7 +281,10 @@ class Sidecar:
                 raise PolicyError(problems)
             engine = Engine(policy)
             with self._lock:
-                engine.decide(AuthzRequest("chatauthz-warmup", next(iter(policy.actions))), self.state)
+                try:
+                    engine.decide(AuthzRequest("chatauthz-warmup", next(iter(policy.actions))), self.state)
+                except MissingFacts:
+                    pass  # a working set: the warm-up user is not held, and the policy compiled
         except PolicyError as exc:
             self.reload_failures += 1
             self.policy_problems = exc.problems
@@ -319,13 +331,63 @@ class Sidecar:
                 if loss.status == "pending":
                     raise RecoveryPending(f"the store lost revisions {loss.first}..{loss.last} of epoch "
                                           f"{loss.epoch}: {loss.detail}") from None
-            fresh = self.store.load()
+            fresh = self._load()  # a working set starts empty again: no reload of the world
             with self._lock:
                 if fresh.epoch != self.state.epoch and self.state.epoch:
                     self.past_epochs.add(self.state.epoch)
                 self.state = fresh
                 self.loaded = True
         self.last_heard = time.monotonic()
+
+    def _load(self) -> RuntimeState:
+        """The whole state; with a working set, the policy part and an empty entity cache."""
+        if self.cache_entries is None:
+            return self.store.load()
+        reader: EntityReader = self.store  # type: ignore[assignment]
+        return WorkingSet(reader.load_policy(), reader, self.cache_entries)
+
+    def _with_facts(self, run: Callable[[], T], wanted: Facts | None = None) -> T:
+        """run() under the lock. With a working set, the facts it needs and the state lacks are
+        read first, outside the lock, in one round trip: `wanted` ahead, then whatever run()
+        found missing (MissingFacts); a store that cannot answer is a StoreError."""
+        if self.cache_entries is None:
+            with self._lock:
+                return run()
+        ahead = wanted
+        for _ in range(FACT_ROUNDS):
+            if ahead is not None:
+                self._read_facts(ahead)
+            with self._lock:
+                try:
+                    return run()
+                except MissingFacts as exc:
+                    ahead = exc.facts
+        raise StoreError(f"the facts this answer needs kept changing in the store ({FACT_ROUNDS} reads)")
+
+    def _read_facts(self, facts: Facts) -> None:
+        """Read what the working set lacks of `facts` and absorb it at the state's revision
+        (catching up first when the store is ahead; reading again when the read is too old)."""
+        reader: EntityReader = self.store  # type: ignore[assignment]
+        with self._lock:
+            state = self.state
+            if not isinstance(state, WorkingSet):
+                return
+            missing = state.missing(facts)
+        if not (missing.users or missing.groups or missing.memberships):
+            return
+        read = reader.read_facts(missing)
+        for _ in range(FACT_ROUNDS):
+            with self._lock:
+                state = self.state
+                outcome = state.absorb(missing, read) if isinstance(state, WorkingSet) else "ok"
+            if outcome == "ok":
+                self.facts_read += len(missing.users) + len(missing.groups) + len(missing.memberships)
+                return
+            if outcome == "behind":
+                self.catch_up()
+            else:
+                read = reader.read_facts(missing)
+        raise StoreError(f"could not bring the facts read from the store to revision {self.state.revision}")
 
     def _note_loss(self, loss: DataLoss) -> None:
         known = self.data_loss
@@ -363,6 +425,14 @@ class Sidecar:
         is a decision body or the error of that check (an error given in is passed through)."""
         self._prepare([check[1] for check in checks if not isinstance(check, ChatAuthzError)
                        and check[1] is not None])
+        if self.cache_entries is not None:  # the whole batch's facts in one read
+            requests = [check[0] for check in checks if not isinstance(check, ChatAuthzError)]
+            wanted = [facts_for(r.uid, r.guid, r.target) for r in requests]
+            try:
+                self._read_facts(Facts([u for f in wanted for u in f.users], [g for f in wanted for g in f.groups],
+                                       [m for f in wanted for m in f.memberships]))
+            except StoreError:
+                pass  # each check denies with the reason
         results: list[dict[str, Any] | ChatAuthzError] = []
         for check in checks:
             if isinstance(check, ChatAuthzError):
@@ -395,15 +465,25 @@ class Sidecar:
         engine = self.engine
         timed = self.on_decision is not None
         started = time.perf_counter() if timed else 0.0
-        with self._lock:
+
+        def decide() -> tuple[Decision, str]:
             untrusted = self._untrusted(stale) if not self.loaded or self.max_staleness_s is not None else None
             if untrusted is not None:
-                decision = self._refuse(engine, request, *untrusted)
-            elif at_least_revision is not None and not self.reached(at_least_revision):
+                return self._refuse(engine, request, *untrusted), self.state.epoch
+            if at_least_revision is not None and not self.reached(at_least_revision):
                 raise self._not_reached(at_least_revision)  # a resync swapped the state meanwhile
-            else:
-                decision = engine.decide(request, self.state)
-            epoch = self.state.epoch
+            return engine.decide(request, self.state), self.state.epoch
+        if self.cache_entries is None:
+            with self._lock:
+                decision, epoch = decide()
+        else:
+            try:
+                decision, epoch = self._with_facts(decide, facts_for(request.uid, request.guid, request.target))
+            except StoreError as exc:  # fail closed: what the store holds could not be read
+                with self._lock:
+                    decision, epoch = self._refuse(engine, request, exc.code, (
+                        f"this sidecar could not read the facts of this request from its store ({exc.message}); "
+                        "it denies until it can")), self.state.epoch
         body = self.decision_body(decision)
         body["token"] = format_token(epoch, decision.revision)
         if timed:
@@ -436,15 +516,16 @@ class Sidecar:
         stale = self.staleness_s()
         engine = self.engine
         engine.validate_context(facts)  # a fact no request may carry is the body's 400, as on /authorize
-        actions: dict[str, Any] = {}
-        with self._lock:
+
+        def answer() -> dict[str, Any]:
+            actions: dict[str, Any] = {}
             if at_least_revision is not None and not self.reached(at_least_revision):
                 raise self._not_reached(at_least_revision)
             state, untrusted = self.state, self._untrusted(stale)
             key = _memo_key(uid, guid, target, facts, state, engine, untrusted)
             known = self._capabilities_memo.get(key) if key is not None else None
             if known is not None:
-                return self._with_staleness(dict(known), stale)
+                return known
             scope = _scope_in(state, uid, guid)
             group_actions = engine.group_actions
             for name, action in engine.policy.actions.items():
@@ -471,7 +552,8 @@ class Sidecar:
                 memo[key] = body
                 if len(memo) > CAPABILITIES_MEMO:
                     memo.popitem(last=False)
-        return self._with_staleness(dict(body), stale)
+            return body
+        return self._with_staleness(dict(self._with_facts(answer, facts_for(uid, guid, target))), stale)
 
     def _with_staleness(self, body: dict[str, Any], stale: float) -> dict[str, Any]:
         if self.synced:
@@ -492,19 +574,20 @@ class Sidecar:
             raise BadRequestError.field("action", f"{action} names a group that does not exist yet: it is not "
                                         "a question about existing groups")
         stale = self.staleness_s()
-        with self._lock:
+        everyone = GROUP_RULES.get(known.name) in ("visitor", "joiner")
+        candidates = self._with_facts(  # taken just before they are decided (a working set: from the store)
+            lambda: self._all_groups(self.state) if everyone else sorted(self.state.groups_of(uid)))
+        window = _window(candidates, cursor)
+
+        def answer() -> dict[str, Any]:
             if at_least_revision is not None and not self.reached(at_least_revision):
                 raise self._not_reached(at_least_revision)
             state = self.state
-            if GROUP_RULES.get(known.name) in ("visitor", "joiner"):
-                candidates = self._all_groups(state)
-            else:
-                candidates = sorted(state.groups_of(uid))
             found, next_cursor = self._scan(candidates, cursor, limit, stale, lambda guid: AuthzRequest(
                 uid, action, guid, None, context or {}))
-            body = {"groups": [{"guid": guid, "scope": _scope_in(state, uid, guid)} for guid in found],
+            return {"groups": [{"guid": guid, "scope": _scope_in(state, uid, guid)} for guid in found],
                     "nextCursor": next_cursor, **self._at(state, stale)}
-        return body
+        return self._with_facts(answer, Facts([uid], window, [(guid, uid) for guid in window]))
 
     def members_who(self, guid: str, action: str, target: str | None = None,
                     context: Mapping[str, Any] | None = None, *, cursor: str | None = None, limit: int = 100,
@@ -513,20 +596,27 @@ class Sidecar:
         /authorize decides it; ordered by uid, from after `cursor`."""
         self._prepare(None if at_least_revision is None else [at_least_revision])
         stale = self.staleness_s()
-        with self._lock:
+        self.engine.validate(AuthzRequest("-", action, guid, target, context or {}))
+
+        def candidates_of() -> list[str]:
+            owner = self.state.owner_of(guid)
+            if owner is None:
+                raise NotFoundError(f"The group {guid} does not exist.", code="ERR_GUID_NOT_FOUND")
+            return sorted({*self.state.members_of(guid), owner})
+        candidates = self._with_facts(candidates_of, Facts([], [guid], []))
+        window = _window(candidates, cursor)
+        others = [target] if target is not None else []
+
+        def answer() -> dict[str, Any]:
             if at_least_revision is not None and not self.reached(at_least_revision):
                 raise self._not_reached(at_least_revision)
             state = self.state
-            self.engine.validate(AuthzRequest("-", action, guid, target, context or {}))
-            owner = state.owner_of(guid)
-            if owner is None:
-                raise NotFoundError(f"The group {guid} does not exist.", code="ERR_GUID_NOT_FOUND")
-            candidates = sorted({*state.members_of(guid), owner})
             found, next_cursor = self._scan(candidates, cursor, limit, stale, lambda uid: AuthzRequest(
                 uid, action, guid, target, context or {}))
-            body = {"members": [{"uid": uid, "scope": _scope_in(state, uid, guid)} for uid in found],
+            return {"members": [{"uid": uid, "scope": _scope_in(state, uid, guid)} for uid in found],
                     "nextCursor": next_cursor, **self._at(state, stale)}
-        return body
+        users = [*window, *others]
+        return self._with_facts(answer, Facts(users, [guid], [(guid, uid) for uid in users]))
 
     def _scan(self, candidates: list[str], cursor: str | None, limit: int, stale: float,
               request_for: Callable[[str], AuthzRequest]) -> tuple[list[str], str | None]:
@@ -548,7 +638,7 @@ class Sidecar:
         """Every guid, sorted; kept per state and revision (a list question over all groups)."""
         cached = self._sorted_groups
         if cached is None or cached[0] is not state or cached[1] != state.revision:
-            cached = (state, state.revision, sorted(state.group_ids()))
+            cached = (state, state.revision, sorted(state.group_ids()))  # a working set: the store's list
             self._sorted_groups = cached
         return cached[2]
 
@@ -566,8 +656,11 @@ class Sidecar:
     def _refuse(self, engine: Engine, request: AuthzRequest, code: str, reason: str) -> Decision:
         """Fail closed: a valid request denied because the state cannot be trusted."""
         engine.validate(request)
-        return Decision(False, reason, "store", self.state.role_of(request.uid), code,
-                        None, self.state.revision, engine.policy.content_hash)
+        try:
+            role = self.state.role_of(request.uid)
+        except MissingFacts:
+            role = "unknown"
+        return Decision(False, reason, "store", role, code, None, self.state.revision, engine.policy.content_hash)
 
     def decision_body(self, decision: Decision) -> dict[str, Any]:
         body = decision.to_dict()
@@ -643,8 +736,7 @@ class Sidecar:
         """Run a view function on caught-up state."""
         if not self.synced:
             self.refresh()
-        with self._lock:
-            return view(self.policy, self.state)
+        return self._with_facts(lambda: view(self.policy, self.state))
 
     # -- writes ----------------------------------------------------------------------------
     def _count_write(self, result: str) -> None:
@@ -656,7 +748,27 @@ class Sidecar:
         """Check and change in one step: plan(tx) runs inside the store's exclusive transaction on
         caught-up state, with the engine and policy taken there, and returns (ops, result); it
         raises to refuse, and then nothing is written. after(tx, result), if given, reads the
-        state at exactly the write's revision (no other change in between) for the response."""
+        state at exactly the write's revision (no other change in between) for the response;
+        with a working set that lacked what it reads, at the first revision it could."""
+        for _ in range(FACT_ROUNDS):
+            try:
+                written, engine = self._write_once(plan, actor, after)
+            except MissingFacts as exc:  # nothing was written: read what the plan lacked, plan again
+                self._read_facts(exc.facts)
+                continue
+            if after is not None and written.shown is _NOT_SHOWN:
+                return self._show(written, engine, after)
+            return written
+        self._count_write("failed")
+        raise StoreError(f"the facts this write reads kept changing in the store ({FACT_ROUNDS} reads)")
+
+    def _show(self, written: Written[R], engine: Engine, after: Callable[[WriteContext, R], Any]) -> Written[R]:
+        """after() once more, outside the write's locks, reading what a working set lacked."""
+        shown = self._with_facts(lambda: after(WriteContext(engine, self.state), written.result))
+        return Written(written.revision, written.token, written.result, shown)
+
+    def _write_once(self, plan: Callable[[WriteContext], tuple[list[Op], R]], actor: str,
+                    after: Callable[[WriteContext, R], Any] | None) -> tuple[Written[R], Engine]:
         with self._write_lock, self._catch_up_lock:  # nothing else advances our state meanwhile
             planned: list[tuple[WriteContext, R]] = []
 
@@ -681,10 +793,16 @@ class Sidecar:
             with self._lock:
                 self._apply_entries([(revision, ops)] if ops else [])
                 done = WriteContext(tx.engine, self.state)
-                shown = after(done, result) if after is not None else None
+                try:
+                    shown = after(done, result) if after is not None else None
+                except MissingFacts:
+                    shown = _NOT_SHOWN  # committed: read outside the locks, never plan again
                 token = format_token(self.state.epoch, revision)
             self.last_heard = time.monotonic()
-            return Written(revision, token, result, shown)
+            return Written(revision, token, result, shown), tx.engine
+
+
+_NOT_SHOWN = object()
 
 
 def _scope_in(state: RuntimeState, uid: str, guid: str | None) -> str | None:
@@ -704,3 +822,17 @@ def _memo_key(uid: str, guid: str | None, target: str | None, facts: Mapping[str
     except TypeError:
         return None
     return (uid, guid, target, items, id(state), state.epoch, state.revision, id(engine), untrusted)
+
+
+def _window(candidates: list[str], cursor: str | None) -> list[str]:
+    """The candidates a list question looks at in one call (SCAN_LIMIT after cursor)."""
+    start = bisect.bisect_right(candidates, cursor) if cursor is not None else 0
+    return candidates[start:start + SCAN_LIMIT]
+
+
+def facts_for(uid: str, guid: str | None, target: str | None) -> Facts:
+    """The facts a decision on uid (in guid, on target) reads: their roles, the group, their memberships."""
+    users = [uid] if target is None or target == uid else [uid, target]
+    if guid is None:
+        return Facts(users, [], [])
+    return Facts(users, [guid], [(guid, user) for user in users])

@@ -79,6 +79,11 @@ class RuntimeState:
     # then kept current by every op; a store that loads tables directly never pays for it.
     _groups_by_user: dict[str, set[str]] | None = field(default=None, repr=False, compare=False)
 
+    @property
+    def whole(self) -> bool:
+        """Does this state hold every entity (a working set holds a cache of them)?"""
+        return True
+
     def apply_all(self, ops: list[Op], revision: int) -> None:
         """Apply one committed write (all its ops) and move to its revision."""
         for op in ops:

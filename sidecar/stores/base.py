@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
 
 from sidecar.errors import StoreError
 from sidecar.state import Op, RuntimeState
@@ -96,6 +96,48 @@ class Subscribable(Protocol):
 
     def follow(self, catch_up: Callable[[], None], interval_s: float) -> Follower:
         """A follower (not started) that calls catch_up on every change, tick and reconnect."""
+
+
+class Facts(NamedTuple):
+    """The entity facts a decision (or a plan) reads: users' roles, groups' owners, and
+    (guid, uid) memberships with their bans."""
+    users: list[str]
+    groups: list[str]
+    memberships: list[tuple[str, str]]
+
+
+class FactsRead(NamedTuple):
+    """A store's answer for Facts, all at one revision: roles (None: no role assigned), owners
+    (None: no such group), memberships as (scope or None, banned)."""
+    epoch: str
+    revision: int
+    roles: list[str | None]
+    owners: list[str | None]
+    memberships: list[tuple[str | None, bool]]
+
+
+@runtime_checkable
+class EntityReader(Protocol):
+    """A store a working set (sidecar.workingset) can sit on: the policy part loads whole, the
+    entities are read a few at a time, with indexed reads."""
+
+    def load_policy(self) -> RuntimeState:
+        """The state at the current revision with roles, permissions, restricted features and
+        overrides, and no users, owners, members or bans."""
+
+    def read_facts(self, facts: Facts) -> FactsRead:
+        """Every fact asked for, at one revision, in one round trip."""
+
+    def members_of(self, guid: str) -> dict[str, str]: ...
+
+    def bans_of(self, guid: str) -> set[str]: ...
+
+    def groups_of(self, uid: str) -> set[str]:
+        """The groups uid is a member or the owner of."""
+
+    def group_ids(self) -> list[str]: ...
+
+    def users_with_role(self, role: str) -> int: ...
 
 
 @runtime_checkable

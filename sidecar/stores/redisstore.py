@@ -34,8 +34,8 @@ from typing import Any
 import redis
 
 from sidecar.errors import StoreError
-from sidecar.state import Op, RuntimeState, check_ops
-from sidecar.stores.base import DataLoss, Follower, Plan, ResyncNeeded
+from sidecar.state import POLICY_OPS, Op, RuntimeState, check_ops
+from sidecar.stores.base import DataLoss, Facts, FactsRead, Follower, Plan, ResyncNeeded
 
 log = logging.getLogger("chatauthz.redis")
 JOURNAL_KEEP = 50_000
@@ -65,6 +65,20 @@ local uids = redis.call('SMEMBERS', KEYS[2])
 for i = 1, #uids do redis.call('HDEL', KEYS[1], uids[i]) end
 redis.call('DEL', KEYS[2])
 return #uids
+"""
+# KEYS[1] the owners hash; ARGV: guid, new owner, owned-groups key prefix: the owner and its index
+PUT_GROUP = """
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+if old then redis.call('SREM', ARGV[3] .. old, ARGV[1]) end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('SADD', ARGV[3] .. ARGV[2], ARGV[1])
+"""
+# KEYS[1] the owners hash, KEYS[2] members:<guid>; ARGV: guid, owned prefix, user-groups prefix
+DELETE_GROUP_INDEX = """
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+if old then redis.call('SREM', ARGV[2] .. old, ARGV[1]) end
+local uids = redis.call('HKEYS', KEYS[2])
+for i = 1, #uids do redis.call('SREM', ARGV[3] .. uids[i], ARGV[1]) end
 """
 # Only while Redis is still in the state the claimant found (else nil): set the fence if absent
 # (with the first claim's time), refresh it and add our claim. KEYS: epoch, rev, recovery,
@@ -104,6 +118,8 @@ class RedisStore:
         self._delete_user = self.client.register_script(DELETE_USER)
         self._delete_role_users = self.client.register_script(DELETE_ROLE_USERS)
         self._claim_script = self.client.register_script(CLAIM)
+        self._put_group = self.client.register_script(PUT_GROUP)
+        self._delete_group_index = self.client.register_script(DELETE_GROUP_INDEX)
 
     def key(self, name: str) -> str:
         return self.prefix + name
@@ -129,6 +145,14 @@ class RedisStore:
         """Hash "scope key" -> JSON of guid's scope overrides."""
         return self.key("overrides:" + guid)
 
+    def user_groups_key(self, uid: str) -> str:
+        """Set of the groups uid is a member of (an index for list questions)."""
+        return self.key("usergroups:" + uid)
+
+    def owned_key(self, uid: str) -> str:
+        """Set of the groups uid owns (an index)."""
+        return self.key("owned:" + uid)
+
     # -- reads -----------------------------------------------------------------------------
     def revision(self) -> int:
         with _mapped("read the revision"):
@@ -137,7 +161,8 @@ class RedisStore:
     def load(self) -> RuntimeState:
         """Everything, without blocking Redis: scan, then replay what was written meanwhile."""
         with _mapped("load the runtime state"):
-            self.client.set(self.key("epoch"), uuid.uuid4().hex, nx=True)  # a new or emptied Redis
+            if self.client.set(self.key("epoch"), uuid.uuid4().hex, nx=True):  # a new or emptied Redis
+                self.client.set(self.key("indexed"), 1)  # written from now on with its index sets
             epoch = str(self.client.get(self.key("epoch")) or "")
             lineage = [json.loads(step) for step in self.client.lrange(self.key("epochs"), 0, -1)]
             start = self.revision()
@@ -180,6 +205,107 @@ class RedisStore:
             for key, value in zip(batch, values, strict=True):
                 if value:
                     yield key[len(self.key(kind)):], value
+
+    # -- EntityReader: what a working set reads ----------------------------------------------
+    def load_policy(self) -> RuntimeState:
+        """The policy part (roles, permissions, restricted features, overrides) through the
+        index sets: no scan of the keyspace, so it costs the same at any data size."""
+        with _mapped("load the policy part of the state"):
+            self._ensure_indexes()
+            with self.client.pipeline(transaction=True) as pipe:
+                pipe.get(self.key("epoch"))
+                pipe.get(self.key("rev"))
+                pipe.hgetall(self.key("roles"))
+                pipe.hgetall(self.key("restricted"))
+                pipe.smembers(self.key("index:roleperms"))
+                pipe.smembers(self.key("index:overrides"))
+                epoch, rev, roles, restricted, perm_roles, override_groups = pipe.execute()
+            state = RuntimeState(revision=int(rev or 0), epoch=str(epoch or ""))
+            state.roles = {r: json.loads(v) for r, v in roles.items()}
+            state.restricted = {r: frozenset(json.loads(v)) for r, v in restricted.items()}
+            perm_roles, override_groups = sorted(perm_roles), sorted(override_groups)
+            with self.client.pipeline(transaction=True) as pipe:
+                pipe.get(self.key("rev"))
+                for role in perm_roles:
+                    pipe.hgetall(self.key("roleperms:" + role))
+                for guid in override_groups:
+                    pipe.hgetall(self.overrides_key(guid))
+                now, *values = pipe.execute()
+            for role, perms in zip(perm_roles, values, strict=False):
+                if perms:
+                    state.role_permissions[role] = {k: json.loads(v) for k, v in perms.items()}
+            for guid, fields in zip(override_groups, values[len(perm_roles):], strict=True):
+                scopes: dict[str, dict[str, Any]] = {}
+                for field, value in fields.items():
+                    scope, name = field.split(" ", 1)
+                    scopes.setdefault(scope, {})[name] = json.loads(value)
+                if scopes:
+                    state.overrides[guid] = scopes
+            self.epoch = state.epoch
+            if int(now or 0) != state.revision:  # written meanwhile: replay (ops are absolute)
+                for revision, ops in self.changes_since(state.revision, remembered=False):
+                    for op in ops:
+                        if op["op"] in POLICY_OPS:
+                            state.apply(op)
+                    state.revision = revision
+            self.lineage = [json.loads(step) for step in self.client.lrange(self.key("epochs"), 0, -1)]
+            self._saw(self.epoch, state.revision)
+            return state
+
+    def _ensure_indexes(self) -> None:
+        """Data written before the index sets existed: build them once (a scan)."""
+        if self.client.set(self.key("epoch"), uuid.uuid4().hex, nx=True):  # a new or emptied Redis
+            self.client.set(self.key("indexed"), 1)
+        if self.client.exists(self.key("indexed")):
+            return
+        log.warning("building the Redis index sets once (data from an older version)")
+        state = self.load()
+        with self.client.pipeline(transaction=False) as pipe:
+            for name, members in _indexes(self, state.role_permissions, state.overrides, state.owners,
+                                          state.members).items():
+                for start in range(0, len(members), 10_000):
+                    pipe.sadd(name, *members[start:start + 10_000])
+            pipe.set(self.key("indexed"), 1)
+            pipe.execute()
+
+    def read_facts(self, facts: Facts) -> FactsRead:
+        with _mapped("read the facts of a request"):
+            with self.client.pipeline(transaction=True) as pipe:  # one round trip, one revision
+                pipe.get(self.key("epoch"))
+                pipe.get(self.key("rev"))
+                for uid in facts.users:
+                    pipe.hget(*self.user_field(uid))
+                for guid in facts.groups:
+                    pipe.hget(*self.owner_field(guid))
+                for guid, uid in facts.memberships:
+                    pipe.hget(self.members_key(guid), uid)
+                    pipe.sismember(self.bans_key(guid), uid)
+                epoch, rev, *values = pipe.execute()
+            users, groups = len(facts.users), len(facts.groups)
+            pairs = values[users + groups:]
+            return FactsRead(str(epoch or ""), int(rev or 0), values[:users], values[users:users + groups],
+                             [(pairs[i], bool(pairs[i + 1])) for i in range(0, len(pairs), 2)])
+
+    def members_of(self, guid: str) -> dict[str, str]:
+        with _mapped("read a group's members"):
+            return {str(uid): str(scope) for uid, scope in self.client.hgetall(self.members_key(guid)).items()}
+
+    def bans_of(self, guid: str) -> set[str]:
+        with _mapped("read a group's bans"):
+            return {str(uid) for uid in self.client.smembers(self.bans_key(guid))}
+
+    def groups_of(self, uid: str) -> set[str]:
+        with _mapped("read a user's groups"):
+            return {str(guid) for guid in self.client.sunion([self.user_groups_key(uid), self.owned_key(uid)])}
+
+    def group_ids(self) -> list[str]:
+        with _mapped("list the groups"):
+            key, _ = self.owner_field("")  # the one owners hash (a bucketed layout: every bucket)
+            return sorted(str(guid) for guid in self.client.hkeys(key))
+
+    def users_with_role(self, role: str) -> int:
+        with _mapped("count a role's users"):
+            return int(self.client.scard(self.key("roleusers:" + role)))
 
     def changes_since(self, revision: int, *, remembered: bool = True) -> list[tuple[int, list[Op]]]:
         with _mapped("read the journal"):
@@ -258,9 +384,11 @@ class RedisStore:
             pipe.hdel(key("roles"), op["role"])
             pipe.hdel(key("restricted"), op["role"])
             pipe.delete(key("roleperms:" + op["role"]))
+            pipe.srem(key("index:roleperms"), op["role"])
             self._delete_role_users(keys=[key("users"), key("roleusers:" + op["role"])], client=pipe)
         elif name == "set_role_permissions":
             pipe.hset(key("roleperms:" + op["role"]), mapping={k: json.dumps(v) for k, v in op["values"].items()})
+            pipe.sadd(key("index:roleperms"), op["role"])
         elif name == "unset_role_permission":
             pipe.hdel(key("roleperms:" + op["role"]), op["key"])
         elif name == "set_restricted_features":
@@ -272,23 +400,32 @@ class RedisStore:
             users, uid = self.user_field(op["uid"])
             self._delete_user(keys=[users], args=[uid, key("roleusers:")], client=pipe)
         elif name == "put_group":
-            pipe.hset(*self.owner_field(op["guid"]), op["owner"])
+            owners, guid = self.owner_field(op["guid"])
+            self._put_group(keys=[owners], args=[guid, op["owner"], key("owned:")], client=pipe)
         elif name == "delete_group":
             guid = op["guid"]
-            pipe.hdel(*self.owner_field(guid))
+            owners, field = self.owner_field(guid)
+            self._delete_group_index(keys=[owners, self.members_key(guid)],
+                                     args=[field, key("owned:"), key("usergroups:")], client=pipe)
+            pipe.hdel(owners, field)
             pipe.delete(self.members_key(guid), self.bans_key(guid), self.overrides_key(guid))
+            pipe.srem(key("index:overrides"), guid)
         elif name == "put_member":
             pipe.hset(self.members_key(op["guid"]), op["uid"], op["scope"])
+            pipe.sadd(self.user_groups_key(op["uid"]), op["guid"])
         elif name == "delete_member":
             pipe.hdel(self.members_key(op["guid"]), op["uid"])
+            pipe.srem(self.user_groups_key(op["uid"]), op["guid"])
         elif name == "ban":
             pipe.hdel(self.members_key(op["guid"]), op["uid"])
+            pipe.srem(self.user_groups_key(op["uid"]), op["guid"])
             pipe.sadd(self.bans_key(op["guid"]), op["uid"])
         elif name == "unban":
             pipe.srem(self.bans_key(op["guid"]), op["uid"])
         elif name == "set_scope_permissions":
             values = {f"{op['scope']} {k}": json.dumps(v) for k, v in op["values"].items()}
             pipe.hset(self.overrides_key(op["guid"]), mapping=values)
+            pipe.sadd(key("index:overrides"), op["guid"])
         elif name == "unset_scope_permission":
             pipe.hdel(self.overrides_key(op["guid"]), f"{op['scope']} {op['key']}")
         else:
@@ -349,7 +486,8 @@ class RedisStore:
     def _claim(self, state: RuntimeState, loss: DataLoss, epoch: str | None, revision: int) -> DataLoss:
         """Fence writes and claim; the highest claim past the grace period writes back."""
         keys = [self.key("epoch"), self.key("rev"), self.key("recovery"), self.key("recovery-claims")]
-        found = self._claim_script(keys=keys, args=[epoch or "", revision, self.claimant, state.revision,
+        claimed = state.revision if state.whole else 0  # a working set has nothing to write back
+        found = self._claim_script(keys=keys, args=[epoch or "", revision, self.claimant, claimed,
                                                     RECOVERY_TTL_S])
         if found is None:  # Redis moved since we looked (say, another sidecar wrote back): look again
             return replace(loss, detail=f"{loss.detail}; Redis changed meanwhile, looking again")
@@ -357,18 +495,21 @@ class RedisStore:
         waited = now - since
         live = [(int(rev), who) for who, value in zip(flat[::2], flat[1::2], strict=True)
                 for rev, at in [value.split()] if now - float(at) <= RECOVERY_TTL_S]
-        best = max(live, default=(state.revision, self.claimant))
+        best = max(live, default=(claimed, self.claimant))
         if waited < self.recovery_grace_s:
             return replace(loss, detail=f"{loss.detail}; gathering claims for "
                                         f"{self.recovery_grace_s - waited:.1f}s more before writing back")
-        if best != (state.revision, self.claimant):
+        if best != (claimed, self.claimant):
             return replace(loss, detail=f"{loss.detail}; a sidecar at revision {best[0]} writes its state back")
         return self._write_back(state, loss, epoch, revision)
 
     def _write_back(self, state: RuntimeState, loss: DataLoss, epoch: str | None, revision: int) -> DataLoss:
-        """Our whole state, at our revision, under a new epoch, if Redis has not moved meanwhile."""
+        """Our whole state, at our revision, under a new epoch, if Redis has not moved meanwhile.
+        A working set (no whole state, and no sidecar that has one claimed) starts the new epoch
+        on what Redis holds, so that no revision number is issued twice within an epoch."""
         new = uuid.uuid4().hex
-        step = {"epoch": new, "parent": state.epoch, "fork": state.revision, "lost": [loss.first, loss.last],
+        fork = state.revision if state.whole else revision
+        step = {"epoch": new, "parent": state.epoch, "fork": fork, "lost": [loss.first, loss.last],
                 "at": time.time()}
         lineage = [*self.lineage, step][-LINEAGE_KEEP:]
         with self.client.pipeline(transaction=True) as pipe:
@@ -376,12 +517,13 @@ class RedisStore:
                 pipe.watch(self.key("rev"), self.key("epoch"))  # type: ignore[no-untyped-call]
                 if pipe.get(self.key("epoch")) != epoch or int(pipe.get(self.key("rev")) or 0) != revision:
                     return replace(loss, detail=f"{loss.detail}; Redis changed meanwhile, looking again")
-                stale = list(self.client.scan_iter(match=self.prefix + "*", count=10_000))
+                stale = list(self.client.scan_iter(match=self.prefix + "*", count=10_000)) if state.whole else []
                 pipe.multi()
                 if stale:
                     pipe.delete(*stale)
-                self._put_all(pipe, state)
-                pipe.set(self.key("rev"), state.revision)
+                if state.whole:
+                    self._put_all(pipe, state)
+                pipe.set(self.key("rev"), fork)
                 pipe.set(self.key("epoch"), new)
                 pipe.rpush(self.key("epochs"), *(json.dumps(s) for s in lineage))
                 pipe.publish(self.channel, json.dumps({"epoch": new, "revision": state.revision}))
@@ -389,6 +531,10 @@ class RedisStore:
             except redis.WatchError:
                 return replace(loss, detail=f"{loss.detail}; Redis changed meanwhile, looking again")
         self.lineage = lineage
+        if not state.whole:
+            return replace(loss, status="followed", new_epoch=new, restored_to=revision,
+                           detail=f"no sidecar holding the whole state claimed it back; this one (a working set) "
+                                  f"went on from what Redis holds (revision {revision}) as epoch {new}")
         return replace(loss, status="written", new_epoch=new, restored_to=state.revision,
                        detail=f"this sidecar wrote its state back (revisions up to {state.revision}) as epoch {new}")
 
@@ -436,12 +582,28 @@ class RedisStore:
         for uid, role in state.users.items():
             by_role.setdefault(role, []).append(uid)
         sets.update({key("roleusers:" + r): uids for r, uids in by_role.items()})
+        sets.update(_indexes(self, state.role_permissions, state.overrides, state.owners, state.members))
         for name, members in sets.items():
             for start in range(0, len(members), 10_000):
                 pipe.sadd(name, *members[start:start + 10_000])
+        pipe.set(key("indexed"), 1)
 
     def close(self) -> None:
         self.client.close()
+
+
+def _indexes(store: RedisStore, role_permissions: dict[str, Any], overrides: dict[str, Any],
+             owners: dict[str, str], members: dict[str, dict[str, str]]) -> dict[str, list[str]]:
+    """The index sets of a whole state: which roles have permissions and which groups
+    overrides (the policy part loads through them), a user's groups, and what they own."""
+    sets: dict[str, list[str]] = {store.key("index:roleperms"): sorted(role_permissions),
+                                  store.key("index:overrides"): sorted(overrides)}
+    for guid, uids in members.items():
+        for uid in uids:
+            sets.setdefault(store.user_groups_key(uid), []).append(guid)
+    for guid, owner in owners.items():
+        sets.setdefault(store.owned_key(owner), []).append(guid)
+    return {name: values for name, values in sets.items() if values}
 
 
 class _mapped:

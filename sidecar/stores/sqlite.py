@@ -14,15 +14,17 @@ import sqlite3
 import struct
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 from sidecar.errors import StoreError
 from sidecar.state import Op, RuntimeState, check_ops
-from sidecar.stores.base import DataLoss, Plan
+from sidecar.stores.base import DataLoss, Facts, FactsRead, Plan
 
 log = logging.getLogger("chatauthz.store")
+T = TypeVar("T")
 _U64 = struct.Struct("<Q")
 BACKSTOP_S = 0.25  # how often a reader also asks SQLite whether anything changed
 REPLACED_CODE = "ERR_STORE_REPLACED"
@@ -45,6 +47,8 @@ CREATE TABLE IF NOT EXISTS users (uid TEXT PRIMARY KEY, role TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS users_by_role ON users (role);
 CREATE TABLE IF NOT EXISTS groups (guid TEXT PRIMARY KEY, owner TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS members (guid TEXT, uid TEXT, scope TEXT NOT NULL, PRIMARY KEY (guid, uid));
+CREATE INDEX IF NOT EXISTS members_by_uid ON members (uid);
+CREATE INDEX IF NOT EXISTS groups_by_owner ON groups (owner);
 CREATE TABLE IF NOT EXISTS bans (guid TEXT, uid TEXT, PRIMARY KEY (guid, uid));
 CREATE TABLE IF NOT EXISTS overrides (guid TEXT, scope TEXT, key TEXT, value TEXT,
     PRIMARY KEY (guid, scope, key));
@@ -175,24 +179,19 @@ class SQLiteStore:
         return None
 
     def load(self) -> RuntimeState:
-        conn = self._conn()
-        try:
-            conn.execute("BEGIN")
-            try:
-                return self._read_all(conn)
-            finally:
-                conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot read the embedded store {self.path}: {exc}") from exc
+        return self._read(self._read_all)
 
-    def _read_all(self, conn: sqlite3.Connection) -> RuntimeState:
+    def _read_all(self, conn: sqlite3.Connection, entities: bool = True) -> RuntimeState:
         state = RuntimeState()
-        state.revision = conn.execute("SELECT value FROM meta WHERE key='revision'").fetchone()[0]
-        state.epoch = str(conn.execute("SELECT value FROM meta WHERE key='epoch'").fetchone()[0])
+        state.revision, state.epoch = self._revision_epoch(conn)
         state.roles = {r: json.loads(rec) for r, rec in conn.execute("SELECT role, record FROM roles")}
         for role, key, value in conn.execute("SELECT role, key, value FROM role_permissions"):
             state.role_permissions.setdefault(role, {})[key] = json.loads(value)
         state.restricted = {r: frozenset(json.loads(f)) for r, f in conn.execute("SELECT * FROM restricted")}
+        for guid, scope, key, value in conn.execute("SELECT guid, scope, key, value FROM overrides"):
+            state.overrides.setdefault(guid, {}).setdefault(scope, {})[key] = json.loads(value)
+        if not entities:
+            return state
         shared: dict[str, str] = {}  # one str object per role and scope name, not one per row
         state.users = {uid: shared.setdefault(role, role) for uid, role in conn.execute("SELECT uid, role FROM users")}
         state.owners = dict(conn.execute("SELECT guid, owner FROM groups"))
@@ -205,9 +204,56 @@ class SQLiteStore:
             group[uid] = shared.setdefault(scope, scope)
         for guid, uid in conn.execute("SELECT guid, uid FROM bans"):
             state.bans.setdefault(guid, set()).add(uid)
-        for guid, scope, key, value in conn.execute("SELECT guid, scope, key, value FROM overrides"):
-            state.overrides.setdefault(guid, {}).setdefault(scope, {})[key] = json.loads(value)
         return state
+
+    # -- EntityReader: what a working set reads ----------------------------------------------
+    def load_policy(self) -> RuntimeState:
+        return self._read(lambda conn: self._read_all(conn, entities=False))
+
+    def read_facts(self, facts: Facts) -> FactsRead:
+        def read(conn: sqlite3.Connection) -> FactsRead:
+            revision, epoch = self._revision_epoch(conn)
+            roles = [_one(conn, "SELECT role FROM users WHERE uid = ?", (uid,)) for uid in facts.users]
+            owners = [_one(conn, "SELECT owner FROM groups WHERE guid = ?", (guid,)) for guid in facts.groups]
+            pairs = [(_one(conn, "SELECT scope FROM members WHERE guid = ? AND uid = ?", pair),
+                      _one(conn, "SELECT 1 FROM bans WHERE guid = ? AND uid = ?", pair) is not None)
+                     for pair in facts.memberships]
+            return FactsRead(epoch, revision, roles, owners, pairs)
+        return self._read(read)
+
+    def members_of(self, guid: str) -> dict[str, str]:
+        return self._read(lambda conn: dict(conn.execute("SELECT uid, scope FROM members WHERE guid = ?", (guid,))))
+
+    def bans_of(self, guid: str) -> set[str]:
+        return self._read(lambda conn: {u for (u,) in conn.execute("SELECT uid FROM bans WHERE guid = ?", (guid,))})
+
+    def groups_of(self, uid: str) -> set[str]:
+        return self._read(lambda conn: {g for (g,) in conn.execute(
+            "SELECT guid FROM members WHERE uid = ? UNION SELECT guid FROM groups WHERE owner = ?", (uid, uid))})
+
+    def group_ids(self) -> list[str]:
+        return self._read(lambda conn: [g for (g,) in conn.execute("SELECT guid FROM groups ORDER BY guid")])
+
+    def users_with_role(self, role: str) -> int:
+        return int(self._read(lambda conn: conn.execute("SELECT COUNT(*) FROM users WHERE role = ?",
+                                                        (role,)).fetchone()[0]))
+
+    def _read(self, read: Callable[[sqlite3.Connection], T]) -> T:
+        """read(conn) inside one read transaction (one revision)."""
+        conn = self._conn()
+        try:
+            conn.execute("BEGIN")
+            try:
+                return read(conn)
+            finally:
+                conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read the embedded store {self.path}: {exc}") from exc
+
+    @staticmethod
+    def _revision_epoch(conn: sqlite3.Connection) -> tuple[int, str]:
+        revision = conn.execute("SELECT value FROM meta WHERE key='revision'").fetchone()[0]
+        return int(revision), str(conn.execute("SELECT value FROM meta WHERE key='epoch'").fetchone()[0])
 
     def changes_since(self, revision: int) -> list[tuple[int, list[Op]]]:
         try:
@@ -412,3 +458,9 @@ def _execute_op(conn: sqlite3.Connection, op: Op) -> None:
         params["features_json"] = json.dumps(sorted(op["features"]))
     for statement in OP_SQL[name]:
         conn.execute(statement, params)
+
+
+def _one(conn: sqlite3.Connection, sql: str, params: tuple[str, ...]) -> Any:
+    """The first column of the first row, None when there is none."""
+    row = conn.execute(sql, params).fetchone()
+    return row[0] if row is not None else None
