@@ -81,8 +81,8 @@ class Settings:
             raise ValueError(f"max_batch must be 1 or more, got {self.max_batch}")
         if not 1024 <= self.max_body_bytes <= 64 * 1024 * 1024:
             raise ValueError(f"max_body_bytes must be 1024-67108864, got {self.max_body_bytes}")
-        if self.cache_entries < 0:
-            raise ValueError(f"cache_entries must be 0 (hold the whole state) or more, got {self.cache_entries}")
+        if self.cache_entries != 0 and self.cache_entries < 1000:
+            raise ValueError(f"cache_entries must be 0 (hold the whole state) or at least 1000, got {self.cache_entries}")
         if self.server not in ("granian", "gunicorn"):
             raise ValueError(f"server must be granian or gunicorn, got {self.server!r}")
 

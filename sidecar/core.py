@@ -346,43 +346,46 @@ class Sidecar:
         reader: EntityReader = self.store  # type: ignore[assignment]
         return WorkingSet(reader.load_policy(), reader, self.cache_entries)
 
-    def _with_facts(self, run: Callable[[], T], wanted: Facts | None = None) -> T:
-        """run() under the lock. With a working set, the facts it needs and the state lacks are
-        read first, outside the lock, in one round trip: `wanted` ahead, then whatever run()
-        found missing (MissingFacts); a store that cannot answer is a StoreError."""
-        if self.cache_entries is None:
-            with self._lock:
+    def _with_facts(self, run: Callable[[], T], wanted: Facts | Callable[[], Facts] | None = None) -> T:
+        """run() under the lock. With a working set that lacks a fact run() reads (MissingFacts),
+        what it lacked and `wanted` (what the answer is known to read) are read from the store
+        outside the lock, in one round trip, and run() tried again; a store that cannot answer
+        is a StoreError. A cache hit costs nothing more than the lock."""
+        with self._lock:
+            try:
                 return run()
-        ahead = wanted
+            except MissingFacts as exc:
+                if self.cache_entries is None:
+                    raise
+                missing = exc.facts
+        ahead = wanted() if callable(wanted) else wanted
+        ahead = missing if ahead is None else Facts([*ahead.users, *missing.users], [*ahead.groups, *missing.groups],
+                                                    [*ahead.memberships, *missing.memberships])
         for _ in range(FACT_ROUNDS):
-            if ahead is not None:
-                self._read_facts(ahead)
-            with self._lock:
-                try:
-                    return run()
-                except MissingFacts as exc:
-                    ahead = exc.facts
+            try:
+                return self._read_facts(ahead, run)
+            except MissingFacts as exc:
+                ahead = exc.facts
         raise StoreError(f"the facts this answer needs kept changing in the store ({FACT_ROUNDS} reads)")
 
-    def _read_facts(self, facts: Facts) -> None:
-        """Read what the working set lacks of `facts` and absorb it at the state's revision
-        (catching up first when the store is ahead; reading again when the read is too old)."""
+    def _read_facts(self, facts: Facts, run: Callable[[], T]) -> T:
+        """Read what the working set lacks of `facts`, absorb it at the state's revision
+        (catching up first when the store is ahead; reading again when the read is too old), and
+        run() in the same hold of the lock, so nothing it read can be evicted before it is used."""
         reader: EntityReader = self.store  # type: ignore[assignment]
         with self._lock:
             state = self.state
-            if not isinstance(state, WorkingSet):
-                return
-            missing = state.missing(facts)
-        if not (missing.users or missing.groups or missing.memberships):
-            return
+            missing = state.missing(facts) if isinstance(state, WorkingSet) else Facts([], [], [])
+            if not (missing.users or missing.groups or missing.memberships):
+                return run()
         read = reader.read_facts(missing)
         for _ in range(FACT_ROUNDS):
             with self._lock:
                 state = self.state
-                outcome = state.absorb(missing, read) if isinstance(state, WorkingSet) else "ok"
-            if outcome == "ok":
-                self.facts_read += len(missing.users) + len(missing.groups) + len(missing.memberships)
-                return
+                outcome = state.absorb(missing, read, facts) if isinstance(state, WorkingSet) else "ok"
+                if outcome == "ok":
+                    self.facts_read += len(missing.users) + len(missing.groups) + len(missing.memberships)
+                    return run()
             if outcome == "behind":
                 self.catch_up()
             else:
@@ -430,7 +433,7 @@ class Sidecar:
             wanted = [facts_for(r.uid, r.guid, r.target) for r in requests]
             try:
                 self._read_facts(Facts([u for f in wanted for u in f.users], [g for f in wanted for g in f.groups],
-                                       [m for f in wanted for m in f.memberships]))
+                                       [m for f in wanted for m in f.memberships]), lambda: None)
             except StoreError:
                 pass  # each check denies with the reason
         results: list[dict[str, Any] | ChatAuthzError] = []
@@ -478,7 +481,7 @@ class Sidecar:
                 decision, epoch = decide()
         else:
             try:
-                decision, epoch = self._with_facts(decide, facts_for(request.uid, request.guid, request.target))
+                decision, epoch = self._with_facts(decide, lambda: facts_for(request.uid, request.guid, request.target))
             except StoreError as exc:  # fail closed: what the store holds could not be read
                 with self._lock:
                     decision, epoch = self._refuse(engine, request, exc.code, (
@@ -553,7 +556,7 @@ class Sidecar:
                 if len(memo) > CAPABILITIES_MEMO:
                     memo.popitem(last=False)
             return body
-        return self._with_staleness(dict(self._with_facts(answer, facts_for(uid, guid, target))), stale)
+        return self._with_staleness(dict(self._with_facts(answer, lambda: facts_for(uid, guid, target))), stale)
 
     def _with_staleness(self, body: dict[str, Any], stale: float) -> dict[str, Any]:
         if self.synced:
@@ -754,7 +757,7 @@ class Sidecar:
             try:
                 written, engine = self._write_once(plan, actor, after)
             except MissingFacts as exc:  # nothing was written: read what the plan lacked, plan again
-                self._read_facts(exc.facts)
+                self._read_facts(exc.facts, lambda: None)
                 continue
             if after is not None and written.shown is _NOT_SHOWN:
                 return self._show(written, engine, after)

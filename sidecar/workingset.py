@@ -139,25 +139,46 @@ class WorkingSet(RuntimeState):
         return self._hot.size + self._cold.size
 
     def missing(self, facts: Facts) -> Facts:
-        """Those of `facts` this state holds in neither generation."""
+        """Those of `facts` this state does not hold. Those it holds in the cold generation move
+        to the hot one, so that making room for the missing ones cannot drop them."""
         hot, cold = self._hot, self._cold
-        users = [u for u in dict.fromkeys(facts.users) if u not in hot.users and u not in cold.users]
-        groups = [g for g in dict.fromkeys(facts.groups) if g not in hot.owners and g not in cold.owners]
-        pairs = [(g, u) for g, u in facts.memberships
-                 if u not in hot.members.get(g, _EMPTY) and u not in cold.members.get(g, _EMPTY)]
+        users = []
+        for uid in dict.fromkeys(facts.users):
+            if uid not in hot.users:
+                if uid in cold.users:
+                    self._user(uid)
+                else:
+                    users.append(uid)
+        groups = []
+        for guid in dict.fromkeys(facts.groups):
+            if guid not in hot.owners:
+                if guid in cold.owners:
+                    self._owner(guid)
+                else:
+                    groups.append(guid)
+        pairs = []
+        for guid, uid in dict.fromkeys(facts.memberships):
+            if uid not in hot.members.get(guid, _EMPTY):
+                if uid in cold.members.get(guid, _EMPTY):
+                    self._code(guid, uid)
+                else:
+                    pairs.append((guid, uid))
         return Facts(users, groups, pairs)
 
-    def absorb(self, facts: Facts, read: FactsRead) -> Literal["ok", "behind", "stale"]:
+    def absorb(self, facts: Facts, read: FactsRead, keep: Facts | None = None) -> Literal["ok", "behind", "stale"]:
         """Take in what the store answered for `facts`. "behind": the read is newer than this
         state (catch up, then absorb it again); "stale": it is older than the ops kept (or of
-        another epoch): read again."""
+        another epoch): read again. Making room never drops a fact of `keep` (what the answer
+        being read for needs)."""
         if read.epoch != self.epoch or read.revision < self._recent_from:
             return "stale"
         if read.revision > self.revision:
             return "behind"
         suffix = [ops for revision, ops in self._recent if revision > read.revision]
         if self._hot.size >= self.capacity // 2:  # only here: what one answer read stays until it is used
-            self._cold, self._hot = self._hot, _Generation()
+            dropped, self._cold, self._hot = self._cold, self._hot, _Generation()
+            if keep is not None:
+                self._keep(dropped, keep)
         for uid, role in zip(facts.users, read.roles, strict=True):
             self._put("users", uid, NO_ROLE if role is None else role)
         for guid, owner in zip(facts.groups, read.owners, strict=True):
@@ -169,6 +190,19 @@ class WorkingSet(RuntimeState):
                 if op["op"] in ENTITY_OPS:
                     self._apply_entity(op)
         return "ok"
+
+    def _keep(self, dropped: _Generation, keep: Facts) -> None:
+        """Put back the facts of `keep` that a rotation just dropped."""
+        for uid in keep.users:
+            if uid in dropped.users:
+                self._put("users", uid, dropped.users[uid])
+        for guid in keep.groups:
+            if guid in dropped.owners:
+                self._put("owners", guid, dropped.owners[guid])
+        for guid, uid in keep.memberships:
+            code = dropped.members.get(guid, _EMPTY).get(uid)
+            if code is not None:
+                self._put_code(guid, uid, code)
 
     def _user(self, uid: str) -> str:
         role = self._cold.users.pop(uid, None)

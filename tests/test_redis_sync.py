@@ -1,8 +1,9 @@
 """Distributed mode end to end: real sidecar processes on one real Redis, through faults.
 
-One module-wide cluster: a Redis with AOF persistence (appendfsync always) and three sidecars on
-it: `a` (1 worker), `b` (--workers 2) and `strict` (--max-staleness 2), all with a 0.5 s sync
-interval and 0.5 s Redis timeouts. Every fault test starts and ends with every sidecar (every
+One module-wide cluster: a Redis with AOF persistence (appendfsync always) and four sidecars on
+it: `a` (1 worker), `b` (--workers 2), `strict` (--max-staleness 2) and `cached` (a working set
+of 1000 facts, --cache-entries: it holds the policy whole and reads entities from Redis on a miss),
+all with a 0.5 s sync interval and 0.5 s Redis timeouts. Every fault test starts and ends with every sidecar (every
 worker) at Redis's revision and answering a fixed set of checks the same way (`converge`), and
 checks that the writes made before the fault still decide.
 
@@ -46,13 +47,14 @@ class Cluster:
     a: SidecarProcess
     b: SidecarProcess
     strict: SidecarProcess
+    cached: SidecarProcess
     base: Path
     ids: dict[str, str] = field(default_factory=dict)
     extra: list[SidecarProcess] = field(default_factory=list)
 
     @property
     def sidecars(self) -> list[SidecarProcess]:
-        return [self.a, self.b, self.strict, *self.extra]
+        return [self.a, self.b, self.strict, self.cached, *self.extra]
 
     def redis_revision(self) -> int:
         return int(self.admin.get(self.prefix + "rev") or 0)
@@ -88,9 +90,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         a = SidecarProcess(base, server.url, name="a", prefix=prefix)
         b = SidecarProcess(base, server.url, name="b", workers=2, prefix=prefix)
         strict = SidecarProcess(base, server.url, name="strict", prefix=prefix, max_staleness=MAX_STALENESS_S)
-        sidecars += [a, b, strict]
+        cached = SidecarProcess(base, server.url, name="cached", prefix=prefix,
+                                extra_env={"CHATAUTHZ_CACHE_ENTRIES": "1000"})
+        sidecars += [a, b, strict, cached]
         start_all(sidecars)
-        c = Cluster(server, admin, prefix, a, b, strict, base)
+        c = Cluster(server, admin, prefix, a, b, strict, cached, base)
         ids = {name: unique(name) for name in ("flipper", "agent", "plain", "owner", "mod", "part", "banned",
                                                "outsider", "group", "role")}
         c.ids = ids
