@@ -16,6 +16,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
@@ -367,6 +368,15 @@ class Sidecar:
             except MissingFacts as exc:
                 ahead = exc.facts
         raise StoreError(f"the facts this answer needs kept changing in the store ({FACT_ROUNDS} reads)")
+
+    def _fetching(self) -> AbstractContextManager[None]:
+        """Under the lock, for a plan or a view: a working set reads a miss at once (one fact
+        at a time, as they find what they read) instead of raising."""
+        state = self.state
+        if isinstance(state, WorkingSet):
+            reader: EntityReader = self.store  # type: ignore[assignment]
+            return state.fetching(reader.read_facts)
+        return nullcontext()
 
     def _read_facts(self, facts: Facts, run: Callable[[], T]) -> T:
         """Read what the working set lacks of `facts`, absorb it at the state's revision
@@ -739,7 +749,10 @@ class Sidecar:
         """Run a view function on caught-up state."""
         if not self.synced:
             self.refresh()
-        return self._with_facts(lambda: view(self.policy, self.state))
+        def run() -> Any:
+            with self._fetching():
+                return view(self.policy, self.state)
+        return self._with_facts(run)
 
     # -- writes ----------------------------------------------------------------------------
     def _count_write(self, result: str) -> None:
@@ -777,7 +790,7 @@ class Sidecar:
 
             def run_plan() -> list[Op]:
                 self._catch_up_locked()
-                with self._lock:
+                with self._lock, self._fetching():
                     tx = WriteContext(self.engine, self.state)
                     ops, result = plan(tx)
                     planned.append((tx, result))
@@ -793,7 +806,7 @@ class Sidecar:
                 raise
             self._count_write("committed" if ops else "unchanged")
             tx, result = planned[-1]  # a store may run the plan again (Redis, on a conflict): the last counts
-            with self._lock:
+            with self._lock, self._fetching():
                 self._apply_entries([(revision, ops)] if ops else [])
                 done = WriteContext(tx.engine, self.state)
                 try:

@@ -22,7 +22,8 @@ this state's revision. Pure: the store is called only by the views' collection r
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, Literal, NoReturn
 
 from sidecar.state import OPS, POLICY_OPS, Op, RuntimeState
@@ -85,10 +86,26 @@ class WorkingSet(RuntimeState):
         self._recent: deque[tuple[int, list[Op]]] = deque()
         self._recent_ops = 0
         self._recent_from = base.revision  # ops after this revision are in _recent
+        self._fetch: Callable[[Facts], FactsRead] | None = None  # see fetching()
 
     @property
     def whole(self) -> bool:
         return False
+
+    @contextmanager
+    def fetching(self, fetch: Callable[[Facts], FactsRead]) -> Iterator[None]:
+        """Meanwhile a miss is read at once through fetch (a write's plan, a view: they read
+        what they find as they go), not raised; a read the state cannot take still raises."""
+        self._fetch = fetch
+        try:
+            yield
+        finally:
+            self._fetch = None
+
+    def _missed(self, facts: Facts) -> None:
+        """A fact is not held: read it now when fetching (else, or if it cannot be taken, raise)."""
+        if self._fetch is None or self.absorb(facts, self._fetch(facts), facts) != "ok":
+            raise MissingFacts(facts)
 
     # -- the accessors (RuntimeState's interface) -----------------------------------------
     def role_of(self, uid: str) -> str:
@@ -207,7 +224,8 @@ class WorkingSet(RuntimeState):
     def _user(self, uid: str) -> str:
         role = self._cold.users.pop(uid, None)
         if role is None:
-            raise MissingFacts(Facts([uid], [], []))
+            self._missed(Facts([uid], [], []))
+            return self._hot.users[uid]
         self._cold.size -= 1
         self._put("users", uid, role)
         return role
@@ -215,7 +233,8 @@ class WorkingSet(RuntimeState):
     def _owner(self, guid: str) -> str:
         owner = self._cold.owners.pop(guid, None)
         if owner is None:
-            raise MissingFacts(Facts([], [guid], []))
+            self._missed(Facts([], [guid], []))
+            return self._hot.owners[guid]
         self._cold.size -= 1
         self._put("owners", guid, owner)
         return owner
@@ -228,7 +247,8 @@ class WorkingSet(RuntimeState):
         cold = self._cold.members.get(guid)
         code = cold.pop(uid, None) if cold is not None else None
         if code is None:
-            raise MissingFacts(Facts([], [], [(guid, uid)]))
+            self._missed(Facts([], [], [(guid, uid)]))
+            return self._hot.members[guid][uid]
         self._cold.size -= 1
         if not cold:
             del self._cold.members[guid]

@@ -239,9 +239,12 @@ class SQLiteStore:
                                                         (role,)).fetchone()[0]))
 
     def _read(self, read: Callable[[sqlite3.Connection], T]) -> T:
-        """read(conn) inside one read transaction (one revision)."""
+        """read(conn) inside one read transaction (one revision): this thread's write
+        transaction when a plan reads (it sees what the write sees)."""
         conn = self._conn()
         try:
+            if conn.in_transaction:
+                return read(conn)
             conn.execute("BEGIN")
             try:
                 return read(conn)
