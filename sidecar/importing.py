@@ -371,20 +371,28 @@ class Planner:
         raise AssertionError(f"line {line_no}: the import refused {record} but the API plans it as {ops}")
 
 
-def ops_of(block: Block, codes: bytes) -> Iterator[list[Op]]:
-    """The ops of each record the block plans (codes from Planner.plan), as plan_record gives them."""
+def ops_of(block: Block, codes: bytes) -> tuple[list[Op], set[int]]:
+    """The ops the block's records plan (codes from Planner.plan), in order, as plan_record gives
+    them; and the positions of the ops that belong to the same record as the op before them (a
+    new group's owner made admin), where a batch must not be cut."""
+    ops: list[Op] = []
+    joined: set[int] = set()
+    append = ops.append
     scopes = iter(block.scopes)
     for kind, x, y, code in zip(block.kinds, block.xs, block.ys, codes, strict=True):
         scope = next(scopes) if kind == MEMBER else None
-        if code == NOTHING:
-            continue
         if code == PUT_MEMBER:
-            yield [{"op": "put_member", "guid": y, "uid": x, "scope": scope}]
+            append({"op": "put_member", "guid": y, "uid": x, "scope": scope})
+        elif code == NOTHING:
+            continue
         elif code == PUT_USER:
-            yield [{"op": "put_user", "uid": x, "role": y}]
+            append({"op": "put_user", "uid": x, "role": y})
         elif code == PUT_BAN:
-            yield [{"op": "ban", "guid": y, "uid": x}]
+            append({"op": "ban", "guid": y, "uid": x})
         elif code == PUT_GROUP:
-            yield [{"op": "put_group", "guid": x, "owner": y}]
+            append({"op": "put_group", "guid": x, "owner": y})
         else:
-            yield [{"op": "put_group", "guid": x, "owner": y}, {"op": "put_member", "guid": x, "uid": y, "scope": "admin"}]
+            append({"op": "put_group", "guid": x, "owner": y})
+            joined.add(len(ops))
+            append({"op": "put_member", "guid": x, "uid": y, "scope": "admin"})
+    return ops, joined

@@ -74,10 +74,14 @@ def fast(data: bytes, block_size: int) -> tuple[dict[int, Outcome], RuntimeState
             assert line_no not in outcomes
             outcomes[line_no] = ("error", message)
         lines = block.lines if block.lines is not None else range(first, first + len(block.kinds))
-        planned = iter(ops_of(block, codes))
+        flat, joined = ops_of(block, codes)
+        planned = iter(range(len(flat)))
         for line_no, code in zip(lines, codes, strict=True):
             if code:
-                ops: list[Op] = next(planned)
+                at = next(planned)
+                ops: list[Op] = [flat[at]]
+                if at + 1 in joined:  # the record's second op
+                    ops.append(flat[next(planned)])
                 assert line_no not in outcomes
                 outcomes[line_no] = ("ops", ops)
         assert next(planned, None) is None

@@ -31,6 +31,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import orjson
 import redis
 
 from sidecar.errors import StoreError
@@ -81,22 +82,20 @@ redis.call('HSET', KEYS[4], ARGV[3], ARGV[4] .. ' ' .. now)
 redis.call('EXPIRE', KEYS[4], ARGV[5])
 return {now, redis.call('GET', KEYS[3]), redis.call('HGETALL', KEYS[4])}
 """
-# A bulk write's commands, run inside its MULTI in one call (not one round of queueing per
-# command): ARGV is a list of commands, each its name, key, number of arguments, arguments.
+# A bulk write's commands, run inside its MULTI by one call: ARGV[1] is a JSON list of commands
+# [name, key, [arguments]] (one argument, not thousands for the client to encode one by one).
 RUN_COMMANDS = """
 local allowed = {HSET = true, HDEL = true, SADD = true, SREM = true}
-local i, n = 1, #ARGV
-while i <= n do
-  local name, count = ARGV[i], tonumber(ARGV[i + 2])
-  if not allowed[name] then return redis.error_reply('not a bulk command: ' .. name) end
-  redis.call(name, ARGV[i + 1], unpack(ARGV, i + 3, i + 2 + count))
-  i = i + 3 + count
+local commands = cjson.decode(ARGV[1])
+for _, command in ipairs(commands) do
+  if not allowed[command[1]] then return redis.error_reply('not a bulk command: ' .. tostring(command[1])) end
+  redis.call(command[1], command[2], unpack(command[3]))
 end
-return n
+return #commands
 """
 BULK_OPS = frozenset({"put_user", "put_group", "put_member", "ban"})  # write_batch's net-effect path
 BULK_ARGS = 1_000  # arguments per command in RUN_COMMANDS (Lua's unpack takes a few thousand)
-BULK_CALL_ARGS = 200_000  # ARGV per RUN_COMMANDS call
+BULK_CALL_ARGS = 200_000  # arguments per RUN_COMMANDS call
 
 
 class RedisStore:
@@ -337,8 +336,8 @@ class RedisStore:
                 calls = self._bulk_commands(pipe, ops) if bulk else []
                 revision = current + 1
                 pipe.multi()
-                for args in calls:
-                    self._run_commands(keys=[], args=args, client=pipe)
+                for commands in calls:
+                    self._run_commands(keys=[], args=[orjson.dumps(commands)], client=pipe)
                 if not bulk:
                     for op in ops:
                         self._queue(pipe, op)
@@ -349,7 +348,7 @@ class RedisStore:
         self._saw(self.epoch, revision)
         return revision
 
-    def _bulk_commands(self, pipe: Any, ops: list[Op]) -> list[list[str]]:
+    def _bulk_commands(self, pipe: Any, ops: list[Op]) -> list[list[tuple[str, str, list[str]]]]:
         """The RUN_COMMANDS calls that leave Redis as applying ops in order would (reads the
         users' current roles through pipe, under its WATCH)."""
         users: dict[tuple[str, str], str] = {}
@@ -395,15 +394,18 @@ class RedisStore:
                     if before is not None and before != role:
                         srem.setdefault(self.key("roleusers:" + before), []).append(field)
                     sadd.setdefault(self.key("roleusers:" + role), []).append(field)
-        calls: list[list[str]] = [[]]
+        calls: list[list[tuple[str, str, list[str]]]] = [[]]
+        in_call = 0
         for command, per_key, step in (("HDEL", hdel, 1), ("SREM", srem, 1), ("HSET", hset, 2), ("SADD", sadd, 1)):
             for key, args in per_key.items():
                 size = BULK_ARGS - BULK_ARGS % step
                 for start in range(0, len(args), size):
                     chunk = args[start:start + size]
-                    if len(calls[-1]) + len(chunk) > BULK_CALL_ARGS:
+                    if in_call + len(chunk) > BULK_CALL_ARGS:
                         calls.append([])
-                    calls[-1] += (command, key, str(len(chunk)), *chunk)
+                        in_call = 0
+                    calls[-1].append((command, key, chunk))
+                    in_call += len(chunk) + 2
         return [call for call in calls if call]
 
     # -- recovery --------------------------------------------------------------------------
