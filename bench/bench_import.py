@@ -6,70 +6,112 @@ start to exit, on a generated NDJSON file.
     .venv/bin/python bench/bench_import.py                 # 1,000,000 records
     .venv/bin/python bench/bench_import.py --records 300000 --store sqlite
 
-The file: users with roles (20%), groups with owners (2%), memberships (77%) and bans (1%),
-every record new (nothing is "already so"). Redis is a real redis-server on a free loopback
-port (tests/redis_support.py). Prints records/s per store, and the import's own summary line.
+The file, in the proportions of 1M users, 100k groups and 5M memberships (plus 1% bans): users
+with roles, groups with owners, then memberships of those users (about 5 groups each, listed
+group after group: every batch touches thousands of groups, the worst case for grouping writes
+per key) and bans; every record new (nothing is "already so"). Redis is a real redis-server on a
+free loopback port (tests/redis_support.py).
+
+Prints per store: records/s end to end (wall clock, process start to exit), the importer's CPU
+time (user + sys) and the records/s that gives, redis-server's CPU time, the importer's peak RSS
+(ru_maxrss from wait4), the load average (the machine may be shared: wall clock then includes
+waiting for a core), and the import's own summary line.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def generate(path: Path, records: int) -> None:
-    users, groups = records // 5, max(1, records // 50)
-    members = records - users - groups - records // 100
+    unit = records / 6_200_000  # 1M users, 100k groups, 5M memberships, 100k bans
+    users, groups, bans = max(1, round(1_000_000 * unit)), max(1, round(100_000 * unit)), round(100_000 * unit)
+    members = records - users - groups - bans
     with path.open("w", encoding="utf-8") as out:
         for i in range(users):
             out.write(json.dumps({"user": f"u{i}", "role": "support" if i % 2 else "restricted"}) + "\n")
         for g in range(groups):
             out.write(json.dumps({"group": f"g{g}", "owner": f"u{g % users}"}) + "\n")
-        for i in range(members):  # member m{i} of group g{i % groups}: all distinct
-            out.write(json.dumps({"member": f"m{i}", "group": f"g{i % groups}", "scope": "participant"}) + "\n")
-        for i in range(records // 100):
+        for i in range(members):  # the j-th member of group g: distinct within g while j < users
+            g, j = i % groups, i // groups
+            uid = (g * 9973 + j + 1) % users
+            scope = "admin" if uid == g % users else "participant"  # the owner stays admin (already so)
+            out.write(json.dumps({"member": f"u{uid}", "group": f"g{g}", "scope": scope}) + "\n")
+        for i in range(bans):
             out.write(json.dumps({"ban": f"b{i}", "group": f"g{i % groups}"}) + "\n")
 
 
-def run_import(path: Path, *store: str) -> tuple[float, str]:
-    started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "sidecar", "import", str(path), *store], cwd=ROOT,
-                          capture_output=True, text=True, timeout=1800, check=False)
-    seconds = time.perf_counter() - started
-    if done.returncode != 0:
-        raise SystemExit(f"import failed ({done.returncode}):\n{done.stderr[-2000:]}")
-    return seconds, done.stdout.strip()
+class Run(NamedTuple):
+    seconds: float
+    cpu_s: float
+    peak_rss_mb: float
+    summary: str
+
+
+def run_import(path: Path, *store: str) -> Run:
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        started = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-m", "sidecar", "import", str(path), *store], cwd=ROOT,
+                                stdout=out, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        seconds = time.perf_counter() - started
+        out.seek(0)
+        err.seek(0)
+        if proc.returncode != 0:
+            raise SystemExit(f"import failed ({proc.returncode}):\n{err.read().decode()[-2000:]}")
+        return Run(seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, out.read().decode().strip())
+
+
+def cpu_of(pid: int) -> float:
+    """User + sys seconds of a running process (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def report(name: str, records: int, run: Run, extra: str = "") -> None:
+    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"  {name}: {records / run.seconds:10,.0f} records/s end to end ({run.seconds:.1f} s)  target 200,000\n"
+          f"          importer CPU {run.cpu_s:.1f} s ({records / run.cpu_s:,.0f} records per CPU second){extra}, "
+          f"peak RSS {run.peak_rss_mb:,.0f} MB; load average {load} on {os.cpu_count()} cores\n"
+          f"          {run.summary}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--store", choices=["sqlite", "redis", "both"], default="both")
+    parser.add_argument("--batch-size", type=int, default=None, help="passed on to chatauthz import")
     args = parser.parse_args()
+    batch = ["--batch-size", str(args.batch_size)] if args.batch_size else []
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "import.ndjson"
         generate(path, args.records)
         print(f"{args.records:,} records ({path.stat().st_size / 1e6:.0f} MB of NDJSON)")
         if args.store in ("sqlite", "both"):
-            seconds, summary = run_import(path, "--data-dir", str(Path(tmp) / "data"))
-            print(f"  SQLite: {args.records / seconds:10,.0f} records/s end to end ({seconds:.1f} s)  target 200,000\n"
-                  f"          {summary}")
+            report("SQLite", args.records, run_import(path, "--data-dir", str(Path(tmp) / "data"), *batch))
         if args.store in ("redis", "both"):
             sys.path.insert(0, str(ROOT))
             from tests.redis_support import RedisServer
             server = RedisServer(Path(tmp) / "redis").start()
             try:
-                seconds, summary = run_import(path, "--redis-url", server.url)
+                assert server.proc is not None
+                before = cpu_of(server.proc.pid)
+                run = run_import(path, "--redis-url", server.url, *batch)
+                redis_cpu = cpu_of(server.proc.pid) - before
+                memory = server.client().info("memory")["used_memory"] / 1e6
             finally:
                 server.stop()
-            print(f"  Redis:  {args.records / seconds:10,.0f} records/s end to end ({seconds:.1f} s)  target 200,000\n"
-                  f"          {summary}")
+            report("Redis ", args.records, run, f", redis-server CPU {redis_cpu:.1f} s, Redis memory {memory:,.0f} MB")
 
 
 if __name__ == "__main__":

@@ -219,6 +219,8 @@ INTEGRATION_FILES = {
     "test_cli_authorize.py", "test_cli_check.py", "test_cli_export.py",
     "test_docs_walkthrough.py",  # one live server and the docs' shell commands
     "test_explain_trace.py", "test_capabilities_and_lists.py",  # properties over generated worlds: seconds
+    "test_import_bulk_write.py",  # redis-server, and properties over generated op lists
+    "test_import_differential.py",  # properties over generated files: seconds
 }
 REDIS_FILES = {"test_redis_data_loss.py", "test_redis_sync.py"}
 PROCESS_FIXTURES = {"server", "start_server", "shared_server", "live", "srv"}  # start `chatauthz serve`

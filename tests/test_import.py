@@ -148,10 +148,47 @@ def test_a_store_that_changed_under_the_import_is_not_written(tmp_path: Path) ->
     store = SQLiteStore(tmp_path / "s.db")
     try:
         store.write(lambda: [{"op": "put_user", "uid": "late", "role": "support"}], "someone")
-        planned = [[{"op": "put_user", "uid": "u1", "role": "support"}]]
+        batches = [[{"op": "put_user", "uid": "u1", "role": "support"}]]
         with pytest.raises(ConflictError, match="the store changed while the file was imported"):
-            commit(store, planned, 10, read_at=0)  # it read the store at revision 0
+            commit(store, batches, read_at=0)  # it read the store at revision 0
         assert store.load().users == {"late": "support"}
-        assert commit(store, planned, 10, read_at=1) == [2]
+        assert commit(store, batches, read_at=1) == [2]
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", pytest.param("redis", marks=REDIS)])
+def test_one_bad_line_at_the_end_of_a_big_file_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                             kind: str) -> None:
+    """60,000 good lines (dozens of batches of 2,000 ops) and one bad line last: not one batch
+    is written; with --partial all the good lines are, and the batches never split a record."""
+    records: list[Any] = [{"group": f"g{g}", "owner": f"o{g}"} for g in range(5_000)]
+    records += [{"member": f"m{i}", "group": f"g{i % 5_000}", "scope": "participant"} for i in range(55_000)]
+    records.append({"member": "late", "group": "nosuchgroup", "scope": "participant"})
+    path = write_file(tmp_path / "big.ndjson", records)
+    server = RedisServer(tmp_path / "redis").start() if kind == "redis" else None
+    where = ["--redis-url", server.url] if server is not None else ["--data-dir", str(tmp_path / "data")]
+
+    def load() -> Any:
+        store: Any = RedisStore(server.url, "chatauthz:", 5.0) if server is not None else \
+            SQLiteStore(tmp_path / "data" / "chatauthz.sqlite3")
+        try:
+            return store.load(), store.changes_since(0)
+        finally:
+            store.close()
+    try:
+        code, out, err = run(capsys, str(path), *where, "--batch-size", "2000")
+        assert code == 3 and f"{path}:60001: The group nosuchgroup does not exist" in err and out == ""
+        state, journal = load()
+        assert state.revision == 0 and state.members == {} and state.owners == {} and journal == []
+
+        code, out, err = run(capsys, str(path), *where, "--batch-size", "2000", "--partial")
+        assert code == 3 and "imported 60000 record(s)" in out
+        state, journal = load()
+        assert len(state.owners) == 5_000 and sum(map(len, state.members.values())) == 60_000
+        assert state.revision == len(journal) > 25
+        for _, ops in journal:  # a new group's put_group and its owner's admin put_member: one batch
+            assert ops[-1]["op"] != "put_group" and not (ops[0]["op"] == "put_member" and ops[0]["scope"] == "admin")
+    finally:
+        if server is not None:
+            server.stop()

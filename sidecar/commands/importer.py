@@ -12,10 +12,12 @@ Exit 0 all imported, 2 usage or a store that cannot be used, 3 bad lines.
 from __future__ import annotations
 
 import argparse
+import struct
 import sys
+import tempfile
 import time
-from collections.abc import Iterator
-from typing import IO, Any
+from collections.abc import Iterable, Iterator, Mapping
+from typing import IO, Any, NamedTuple
 
 from sidecar.commands.common import (
     EXIT_USAGE,
@@ -26,8 +28,9 @@ from sidecar.commands.common import (
     settings_from,
 )
 from sidecar.errors import ChatAuthzError, ConflictError
-from sidecar.importing import Record, parse_record, plan_record
+from sidecar.importing import Block, Planner, ops_of, parse_block, read_blocks
 from sidecar.state import Op
+from sidecar.stores.base import BulkWritable, store_changed
 
 EXIT_BAD_LINES = 3
 MAX_SHOWN = 50  # bad lines printed; the count says how many more
@@ -66,90 +69,141 @@ def import_file(args: argparse.Namespace) -> int:
     policy = policy_of(settings)
     name = "stdin" if args.file == "-" else args.file
     started = time.perf_counter()
-    records, problems = read_records(args.file, name)
+    try:
+        stream: IO[bytes] = sys.stdin.buffer if args.file == "-" else open(args.file, "rb")  # noqa: SIM115
+    except OSError as exc:
+        raise CommandError(EXIT_USAGE, f"chatauthz import: cannot read {name}: {exc.strerror}") from exc
     try:  # Redis: no seen-revision records of its own (those are a sidecar's, for its recovery)
         store = RedisStore(settings.redis_url, settings.redis_prefix, settings.redis_timeout_s) \
             if settings.redis_url else open_store(settings)
     except ChatAuthzError as exc:
+        stream.close()
         raise CommandError(EXIT_USAGE, f"chatauthz import: cannot open the store: {exc.message}") from exc
     try:
-        state = store.load()
-        read_at = state.revision
-        tx = WriteContext(Engine(policy), state)
-        planned: list[list[Op]] = []  # per good record
-        for line_no, record in records:
-            try:
-                ops = plan_record(tx, record)
-            except ChatAuthzError as exc:
-                problems.append((line_no, exc.message))
-                continue
-            for op in ops:
-                state.apply(op)
-            planned.append(ops)
-        problems.sort()
-        for line_no, message in problems[:MAX_SHOWN]:
-            print(f"{name}:{line_no}: {message}", file=sys.stderr)
-        if len(problems) > MAX_SHOWN:
-            print(f"... and {len(problems) - MAX_SHOWN} more bad lines", file=sys.stderr)
-        if problems and not args.partial:
-            print(f"chatauthz import: {len(problems)} bad line(s) in {name}; nothing was written "
-                  "(--partial writes the good lines)", file=sys.stderr)
-            return EXIT_BAD_LINES
-        revisions = commit(store, planned, args.batch_size, read_at)
+        with stream, tempfile.TemporaryFile(prefix="chatauthz-import-") as spool:
+            state = store.load()
+            read_at = state.revision
+            checked = check_file(stream, name, Planner(WriteContext(Engine(policy), state)), spool)
+            del state  # the indexes of pass 1: pass 2 needs only the spool
+            for line_no, message in checked.shown:
+                print(f"{name}:{line_no}: {message}", file=sys.stderr)
+            if checked.bad > len(checked.shown):
+                print(f"... and {checked.bad - len(checked.shown)} more bad lines", file=sys.stderr)
+            if checked.bad and not args.partial:
+                print(f"chatauthz import: {checked.bad} bad line(s) in {name}; nothing was written "
+                      "(--partial writes the good lines)", file=sys.stderr)
+                return EXIT_BAD_LINES
+            checked_at = time.perf_counter()
+            spool.seek(0)
+            counted = Counted(planned_batches(spool, args.batch_size))
+            revisions = commit(store, counted, read_at)
     except ChatAuthzError as exc:
         raise CommandError(EXIT_USAGE, f"chatauthz import: {exc.message}") from exc
     finally:
         store.close()
-    seconds = time.perf_counter() - started
-    ops_count = sum(len(ops) for ops in planned)
+    done = time.perf_counter()
+    seconds = done - started
     where = f"revisions {revisions[0]}..{revisions[-1]}" if revisions else "nothing to write: all already so"
-    print(f"imported {len(planned)} record(s) of {name} as {ops_count} op(s) in {len(revisions)} revision(s) "
-          f"({where}) in {seconds:.2f}s, {len(records) / max(seconds, 1e-9):,.0f} records/s")
-    return EXIT_BAD_LINES if problems else 0
+    print(f"imported {checked.records - checked.refused} record(s) of {name} as {counted.ops} op(s) in "
+          f"{len(revisions)} revision(s) ({where}) in {seconds:.2f}s, {checked.records / max(seconds, 1e-9):,.0f} "
+          f"records/s (read and checked in {checked_at - started:.2f}s, written in {done - checked_at:.2f}s)")
+    return EXIT_BAD_LINES if checked.bad else 0
 
 
-def read_records(file: str, name: str) -> tuple[list[tuple[int, Record]], list[tuple[int, str]]]:
-    records: list[tuple[int, Record]] = []
-    problems: list[tuple[int, str]] = []
-    try:
-        stream: IO[bytes] = sys.stdin.buffer if file == "-" else open(file, "rb")  # noqa: SIM115
-    except OSError as exc:
-        raise CommandError(EXIT_USAGE, f"chatauthz import: cannot read {name}: {exc.strerror}") from exc
-    with stream:
-        for line_no, line in enumerate(stream, start=1):
-            if not line.strip():
-                continue
-            try:
-                records.append((line_no, parse_record(line)))
-            except ChatAuthzError as exc:
-                problems.append((line_no, exc.message))
-    return records, problems
+class Checked(NamedTuple):
+    records: int  # lines that are records (well-formed), refused or not
+    refused: int  # records the plans refuse
+    bad: int      # bad lines: not records, or refused
+    shown: list[tuple[int, str]]  # the first MAX_SHOWN of them, in line order
 
 
-def batches(planned: list[list[Op]], size: int) -> Iterator[list[Op]]:
-    """About `size` ops each, never splitting one record's ops."""
+def check_file(stream: IO[bytes], name: str, planner: Planner, spool: IO[bytes]) -> Checked:
+    """Pass 1: every line read and decided (planner's state moves on as the ops would move it);
+    each block's records and decisions go to the spool, for pass 2 to write."""
+    records = refused = bad = 0
+    shown: list[tuple[int, str]] = []
+    for first, raw in read_blocks(stream):
+        block = parse_block(raw, first)
+        codes, refusals = planner.plan(block)
+        records += len(block.kinds)
+        refused += len(refusals)
+        problems = block.problems + refusals
+        bad += len(problems)
+        if len(shown) < MAX_SHOWN and problems:
+            shown += sorted(problems)[:MAX_SHOWN - len(shown)]
+        if any(codes):
+            write_spooled(spool, block, codes, planner.scopes)
+    return Checked(records, refused, bad, shown)
+
+
+SPOOL_HEADER = struct.Struct("<III")  # records, member scopes, bytes of text
+
+
+def write_spooled(spool: IO[bytes], block: Block, codes: bytes, scopes: Mapping[str, str]) -> None:
+    """One block as kinds, codes, then its ids and scopes as lines of text (ids hold no newline;
+    a scope that is not one, in a refused record, is written empty)."""
+    given = block.scopes if block.lines is None else [s if type(s) is str and s in scopes else "" for s in block.scopes]
+    text = "\n".join(block.xs + block.ys + given).encode()
+    spool.write(SPOOL_HEADER.pack(len(block.kinds), len(given), len(text)))
+    spool.write(bytes(block.kinds))
+    spool.write(codes)
+    spool.write(text)
+
+
+def planned_batches(spool: IO[bytes], size: int) -> Iterator[list[Op]]:
+    """Pass 2: the ops of every record pass 1 planned, in order, in batches of about `size` ops
+    (cut between records only)."""
     batch: list[Op] = []
-    for ops in planned:
-        batch += ops
-        if len(batch) >= size:
+    while header := spool.read(SPOOL_HEADER.size):
+        count, scopes, length = SPOOL_HEADER.unpack(header)
+        kinds, codes = list(spool.read(count)), spool.read(count)
+        text = spool.read(length).decode().split("\n")
+        block = Block(0, kinds, text[:count], text[count:2 * count], text[2 * count:], None, [])
+        assert len(block.scopes) == scopes
+        ops, joined = ops_of(block, codes)
+        start = 0
+        while len(batch) + len(ops) - start >= size:
+            cut = start + size - len(batch)
+            cut += cut in joined
+            batch += ops[start:cut]
             yield batch
-            batch = []
+            batch, start = [], cut
+        batch += ops[start:]
     if batch:
         yield batch
 
 
-def commit(store: Any, planned: list[list[Op]], size: int, read_at: int) -> list[int]:
+class Counted:
+    """Batches of ops, counted as they go by."""
+
+    def __init__(self, batches: Iterable[list[Op]]) -> None:
+        self.batches, self.ops = batches, 0
+
+    def __iter__(self) -> Iterator[list[Op]]:
+        for batch in self.batches:
+            self.ops += len(batch)
+            yield batch
+
+
+def commit(store: Any, batches: Iterable[list[Op]], read_at: int) -> list[int]:
     """Write the batches, one revision each; stop if anyone else wrote since read_at."""
     revisions: list[int] = []
     expected = read_at
-    for batch in batches(planned, size):
-        def plan(batch: list[Op] = batch, expected: int = expected) -> list[Op]:
-            if store.changes_since(expected):
-                done = f" (revisions {revisions[0]}..{revisions[-1]} were written)" if revisions else ""
-                raise ConflictError(f"the store changed while the file was imported{done}; run the import "
-                                    "again: it writes only what is still missing", code="ERR_STORE_CHANGED")
-            return batch
-        expected, _ = store.write(plan, "import")
-        revisions.append(expected)
+    try:
+        for batch in batches:
+            if isinstance(store, BulkWritable):
+                expected = store.write_batch(batch, "import", expected)
+            else:
+                def plan(batch: list[Op] = batch, expected: int = expected) -> list[Op]:
+                    if store.changes_since(expected):
+                        raise store_changed(None, expected)
+                    return batch
+                expected, _ = store.write(plan, "import")
+            revisions.append(expected)
+    except ConflictError as exc:
+        if exc.code != "ERR_STORE_CHANGED":
+            raise
+        done = f" (revisions {revisions[0]}..{revisions[-1]} were written)" if revisions else ""
+        raise ConflictError(f"the store changed while the file was imported{done}; run the import "
+                            "again: it writes only what is still missing", code="ERR_STORE_CHANGED") from exc
     return revisions
-

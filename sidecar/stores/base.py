@@ -2,7 +2,7 @@
 
 Store is what every store does. What only some can do is a capability, checked with
 isinstance, never by class: Polled (cheap "did anyone commit?", read on each request: the
-embedded file), Subscribable (tells its followers of changes: Redis), SelfChecking.
+embedded file), Subscribable (tells its followers of changes: Redis), SelfChecking, BulkWritable.
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
 
-from sidecar.errors import StoreError
+from sidecar.errors import ConflictError, StoreError
 from sidecar.state import Op, RuntimeState
 
 Plan = Callable[[], list[Op]]
@@ -138,6 +138,25 @@ class EntityReader(Protocol):
     def group_ids(self) -> list[str]: ...
 
     def users_with_role(self, role: str) -> int: ...
+
+
+@runtime_checkable
+class BulkWritable(Protocol):
+    """A store that commits a bulk load's batch in one go (`chatauthz import`)."""
+
+    def write_batch(self, ops: list[Op], actor: str, expect_revision: int) -> int:
+        """Commit ops (checked against the registry: check_ops) as one revision with its journal
+        entry, published as any write is, only if the store is still at expect_revision: else
+        ConflictError ERR_STORE_CHANGED and nothing is written. Returns the new revision (with
+        no ops, the current one). The ops may be applied in bulk, not one by one, but the
+        result is what applying them in order gives."""
+
+
+def store_changed(current: int | None, expected: int) -> ConflictError:
+    """write_batch's refusal: the store is at `current` (None: written to meanwhile), not `expected`."""
+    found = f"at revision {current}" if current is not None else "written to meanwhile"
+    return ConflictError(f"the store is {found}, not at revision {expected}: someone else wrote to it",
+                         code="ERR_STORE_CHANGED")
 
 
 @runtime_checkable

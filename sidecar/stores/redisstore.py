@@ -31,11 +31,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import orjson
 import redis
 
 from sidecar.errors import StoreError
 from sidecar.state import POLICY_OPS, Op, RuntimeState, check_ops
-from sidecar.stores.base import DataLoss, Facts, FactsRead, Follower, Plan, ResyncNeeded
+from sidecar.stores.base import DataLoss, Facts, FactsRead, Follower, Plan, ResyncNeeded, store_changed
 
 log = logging.getLogger("chatauthz.redis")
 JOURNAL_KEEP = 50_000
@@ -95,6 +96,20 @@ redis.call('HSET', KEYS[4], ARGV[3], ARGV[4] .. ' ' .. now)
 redis.call('EXPIRE', KEYS[4], ARGV[5])
 return {now, redis.call('GET', KEYS[3]), redis.call('HGETALL', KEYS[4])}
 """
+# A bulk write's commands, run inside its MULTI by one call: ARGV[1] is a JSON list of commands
+# [name, key, [arguments]] (one argument, not thousands for the client to encode one by one).
+RUN_COMMANDS = """
+local allowed = {HSET = true, HDEL = true, SADD = true, SREM = true}
+local commands = cjson.decode(ARGV[1])
+for _, command in ipairs(commands) do
+  if not allowed[command[1]] then return redis.error_reply('not a bulk command: ' .. tostring(command[1])) end
+  redis.call(command[1], command[2], unpack(command[3]))
+end
+return #commands
+"""
+BULK_OPS = frozenset({"put_user", "put_group", "put_member", "ban"})  # write_batch's net-effect path
+BULK_ARGS = 1_000  # arguments per command in RUN_COMMANDS (Lua's unpack takes a few thousand)
+BULK_CALL_ARGS = 200_000  # arguments per RUN_COMMANDS call
 
 
 class RedisStore:
@@ -120,6 +135,7 @@ class RedisStore:
         self._claim_script = self.client.register_script(CLAIM)
         self._put_group = self.client.register_script(PUT_GROUP)
         self._delete_group_index = self.client.register_script(DELETE_GROUP_INDEX)
+        self._run_commands = self.client.register_script(RUN_COMMANDS)
 
     def key(self, name: str) -> str:
         return self.prefix + name
@@ -430,6 +446,117 @@ class RedisStore:
             pipe.hdel(self.overrides_key(op["guid"]), f"{op['scope']} {op['key']}")
         else:
             raise ValueError(f"unknown op {name!r}")
+
+    # -- bulk writes (chatauthz import) -----------------------------------------------------
+    def write_batch(self, ops: list[Op], actor: str, expect_revision: int) -> int:
+        """BulkWritable. Ops of the kinds an import writes (BULK_OPS) go in as their net effect:
+        each hash field's last value (HSET, or HDEL for a member a later ban removed), grouped by
+        key, and the bans (SADD), run by RUN_COMMANDS; roleusers:<role> moves each user from the
+        role it has now (read under WATCH) to its last. Other ops are queued one by one (_queue).
+        Then _commit (revision, journal, publish), all in one MULTI; a write by anyone else since
+        expect_revision (found, or breaking the WATCH) is ERR_STORE_CHANGED."""
+        check_ops(ops)
+        with _mapped("write"), self.client.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(self.key("rev"), self.key("epoch"), self.key("recovery"))  # type: ignore[no-untyped-call]
+                raw, fenced = pipe.mget(self.key("rev"), self.key("recovery"))
+                if fenced:
+                    raise StoreError("Redis lost writes that sidecars hold and they are writing them back; "
+                                     "try again in a few seconds")
+                current = int(raw or 0)
+                if current != expect_revision:
+                    raise store_changed(current, expect_revision)
+                if not ops:
+                    pipe.unwatch()
+                    return current
+                bulk = all(op["op"] in BULK_OPS for op in ops)
+                calls = self._bulk_commands(pipe, ops) if bulk else []
+                revision = current + 1
+                pipe.multi()
+                for commands in calls:
+                    self._run_commands(keys=[], args=[orjson.dumps(commands)], client=pipe)
+                if not bulk:
+                    for op in ops:
+                        self._queue(pipe, op)
+                self._commit(pipe, revision, actor, ops)
+                pipe.execute()
+            except redis.WatchError:
+                raise store_changed(None, expect_revision) from None
+        self._saw(self.epoch, revision)
+        return revision
+
+    def _bulk_commands(self, pipe: Any, ops: list[Op]) -> list[list[tuple[str, str, list[str]]]]:
+        """The RUN_COMMANDS calls that leave Redis as applying ops in order would (reads the
+        users' current roles through pipe, under its WATCH)."""
+        users: dict[tuple[str, str], str] = {}
+        owners: dict[tuple[str, str], str] = {}
+        members: dict[tuple[str, str], str | None] = {}  # (members key, uid) -> scope; None: removed
+        bans: dict[str, list[str]] = {}
+        member_keys: dict[str, str] = {}
+        for op in ops:
+            name = op["op"]
+            if name == "put_member" or name == "ban":
+                guid = op["guid"]
+                key = member_keys.get(guid)
+                if key is None:
+                    key = member_keys[guid] = self.members_key(guid)
+                if name == "put_member":
+                    members[key, op["uid"]] = op["scope"]
+                else:
+                    members[key, op["uid"]] = None
+                    bans.setdefault(self.bans_key(guid), []).append(op["uid"])
+            elif name == "put_user":
+                users[self.user_field(op["uid"])] = op["role"]
+            else:
+                owners[self.owner_field(op["guid"])] = op["owner"]
+        hset: dict[str, list[str]] = {}
+        hdel: dict[str, list[str]] = {}
+        for table in (users, owners):
+            for (key, field), value in table.items():
+                hset.setdefault(key, []).extend((field, value))
+        sadd: dict[str, list[str]] = bans
+        srem: dict[str, list[str]] = {}
+        guid_of = {key: guid for guid, key in member_keys.items()}
+        for (key, uid), scope in members.items():  # and the index of a user's groups
+            if scope is None:
+                hdel.setdefault(key, []).append(uid)
+                srem.setdefault(self.user_groups_key(uid), []).append(guid_of[key])
+            else:
+                hset.setdefault(key, []).extend((uid, scope))
+                sadd.setdefault(self.user_groups_key(uid), []).append(guid_of[key])
+        if owners:  # owned:<uid>, as PUT_GROUP keeps it: out of the owner it had, into its last
+            by_owner_key: dict[str, list[str]] = {}
+            for key, field in owners:
+                by_owner_key.setdefault(key, []).append(field)
+            for key, guids in by_owner_key.items():
+                for field, before in zip(guids, pipe.hmget(key, guids), strict=True):
+                    owner = owners[key, field]
+                    if before is not None and before != owner:
+                        srem.setdefault(self.owned_key(before), []).append(field)
+                    sadd.setdefault(self.owned_key(owner), []).append(field)
+        if users:  # roleusers:<role>, as PUT_USER keeps it: out of the role it had, into its last
+            by_key: dict[str, list[str]] = {}
+            for key, field in users:
+                by_key.setdefault(key, []).append(field)
+            for key, uids in by_key.items():
+                for field, before in zip(uids, pipe.hmget(key, uids), strict=True):
+                    role = users[key, field]
+                    if before is not None and before != role:
+                        srem.setdefault(self.key("roleusers:" + before), []).append(field)
+                    sadd.setdefault(self.key("roleusers:" + role), []).append(field)
+        calls: list[list[tuple[str, str, list[str]]]] = [[]]
+        in_call = 0
+        for command, per_key, step in (("HDEL", hdel, 1), ("SREM", srem, 1), ("HSET", hset, 2), ("SADD", sadd, 1)):
+            for key, args in per_key.items():
+                size = BULK_ARGS - BULK_ARGS % step
+                for start in range(0, len(args), size):
+                    chunk = args[start:start + size]
+                    if in_call + len(chunk) > BULK_CALL_ARGS:
+                        calls.append([])
+                        in_call = 0
+                    calls[-1].append((command, key, chunk))
+                    in_call += len(chunk) + 2
+        return [call for call in calls if call]
 
     # -- recovery --------------------------------------------------------------------------
     def reseed(self, state: RuntimeState) -> bool:

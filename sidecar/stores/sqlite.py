@@ -6,6 +6,7 @@ write's ops under its revision, so workers catch up by replaying only what is ne
 from __future__ import annotations
 
 import errno
+import itertools
 import json
 import logging
 import mmap
@@ -15,13 +16,16 @@ import struct
 import threading
 import time
 from collections.abc import Callable
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
 
+import orjson
+
 from sidecar.errors import StoreError
 from sidecar.state import Op, RuntimeState, check_ops
-from sidecar.stores.base import DataLoss, Facts, FactsRead, Plan
+from sidecar.stores.base import DataLoss, Facts, FactsRead, Plan, store_changed
 
 log = logging.getLogger("chatauthz.store")
 T = TypeVar("T")
@@ -74,6 +78,16 @@ OP_SQL: dict[str, list[str]] = {
             "INSERT OR IGNORE INTO bans VALUES (:guid, :uid)"],
     "unban": ["DELETE FROM bans WHERE guid = :guid AND uid = :uid"],
     "unset_scope_permission": ["DELETE FROM overrides WHERE guid = :guid AND scope = :scope AND key = :key"],
+}
+
+# The ops a bulk write applies a run at a time: (row of an op, the statements over such rows).
+_OP_NAME = itemgetter("op")
+BULK_SQL: dict[str, tuple[Callable[[Op], tuple[Any, ...]], tuple[str, ...]]] = {
+    "put_user": (itemgetter("uid", "role"), ("INSERT OR REPLACE INTO users VALUES (?, ?)",)),
+    "put_group": (itemgetter("guid", "owner"), ("INSERT OR REPLACE INTO groups VALUES (?, ?)",)),
+    "put_member": (itemgetter("guid", "uid", "scope"), ("INSERT OR REPLACE INTO members VALUES (?, ?, ?)",)),
+    "ban": (itemgetter("guid", "uid"), ("DELETE FROM members WHERE guid = ? AND uid = ?",
+                                        "INSERT OR IGNORE INTO bans VALUES (?, ?)")),
 }
 
 
@@ -316,22 +330,62 @@ class SQLiteStore:
                 return revision, []
             for op in ops:
                 _execute_op(conn, op)
-            conn.execute("UPDATE meta SET value = value + 1 WHERE key='revision'")
-            revision = conn.execute("SELECT value FROM meta WHERE key='revision'").fetchone()[0]
-            conn.execute("INSERT INTO journal VALUES (?, ?, ?, ?)",
-                         (revision, time.time(), actor, json.dumps(ops, separators=(",", ":"))))
-            self._refuse_if_lost()  # last look before COMMIT: never acknowledge into a dead file
-            self._beacon.publish(revision)  # under the write lock, so it only ever grows
-            conn.execute("COMMIT")
-            self._beacon.set_failure(0)
-            return revision, ops
+            return self._commit(conn, actor, json.dumps(ops, separators=(",", ":"))), ops
         except BaseException as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.Error):
-                self._note_failure(exc)
-                raise StoreError(f"the write failed and changed nothing: {exc}") from exc
+            self._failed(conn, exc)
             raise
+
+    def write_batch(self, ops: list[Op], actor: str, expect_revision: int) -> int:
+        """BulkWritable: one transaction, each run of ops of one kind as one executemany per
+        statement (the same rows as _execute_op one by one: a run's statements touch distinct
+        tables, or are one), one journal row."""
+        self._refuse_if_lost()
+        conn = self._conn()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            self._note_failure(exc)
+            raise StoreError(f"the embedded store is busy or unavailable: {exc}") from exc
+        try:
+            check_ops(ops)
+            revision = conn.execute("SELECT value FROM meta WHERE key='revision'").fetchone()[0]
+            if revision != expect_revision:
+                raise store_changed(revision, expect_revision)
+            if not ops:
+                conn.execute("ROLLBACK")
+                return int(revision)
+            for name, run in itertools.groupby(ops, key=_OP_NAME):
+                bulk = BULK_SQL.get(name)
+                if bulk is None:
+                    for op in run:
+                        _execute_op(conn, op)
+                    continue
+                rows = list(map(bulk[0], run))
+                for statement in bulk[1]:
+                    conn.executemany(statement, rows)
+            return self._commit(conn, actor, orjson.dumps(ops).decode())
+        except BaseException as exc:
+            self._failed(conn, exc)
+            raise
+
+    def _commit(self, conn: sqlite3.Connection, actor: str, ops_json: str) -> int:
+        """Inside the write's transaction, its ops applied: a new revision, its journal row, COMMIT."""
+        conn.execute("UPDATE meta SET value = value + 1 WHERE key='revision'")
+        revision: int = conn.execute("SELECT value FROM meta WHERE key='revision'").fetchone()[0]
+        conn.execute("INSERT INTO journal VALUES (?, ?, ?, ?)", (revision, time.time(), actor, ops_json))
+        self._refuse_if_lost()  # last look before COMMIT: never acknowledge into a dead file
+        self._beacon.publish(revision)  # under the write lock, so it only ever grows
+        conn.execute("COMMIT")
+        self._beacon.set_failure(0)
+        return revision
+
+    def _failed(self, conn: sqlite3.Connection, exc: BaseException) -> None:
+        """A write raised: roll back; a SQLite error becomes a StoreError (the caller re-raises others)."""
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        if isinstance(exc, sqlite3.Error):
+            self._note_failure(exc)
+            raise StoreError(f"the write failed and changed nothing: {exc}") from exc
 
     def _note_failure(self, exc: sqlite3.Error) -> None:
         """A disk-level failure is shared with every worker (readiness says so) until a write succeeds."""
