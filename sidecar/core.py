@@ -24,12 +24,15 @@ from sidecar.background import Background
 from sidecar.engine import GROUP_RULES, OWNER, AuthzRequest, Decision, Engine
 from sidecar.errors import BadRequestError, ChatAuthzError, NotFoundError, PolicyError, StoreError
 from sidecar.policy import PolicySet
+from sidecar.readset import ReadView
 from sidecar.reload import Files
 from sidecar.state import Op, RuntimeState, with_before
 from sidecar.stores.base import (
     DataLoss,
     Follower,
+    PlanRun,
     Polled,
+    ReadTracking,
     RecoveryPending,
     ResyncNeeded,
     SelfChecking,
@@ -655,7 +658,12 @@ class Sidecar:
         """Check and change in one step: plan(tx) runs inside the store's exclusive transaction on
         caught-up state, with the engine and policy taken there, and returns (ops, result); it
         raises to refuse, and then nothing is written. after(tx, result), if given, reads the
-        state at exactly the write's revision (no other change in between) for the response."""
+        state at exactly the write's revision (no other change in between) for the response.
+
+        On a ReadTracking store (Redis) writes of this process run concurrently: the plan reads
+        through a ReadView, and the store commits it only if nothing it read changed since."""
+        if isinstance(self.store, ReadTracking):
+            return self._write_tracked(self.store, plan, actor, after)
         with self._write_lock, self._catch_up_lock:  # nothing else advances our state meanwhile
             planned: list[tuple[WriteContext, R]] = []
 
@@ -684,6 +692,49 @@ class Sidecar:
                 token = format_token(self.state.epoch, revision)
             self.last_heard = time.monotonic()
             return Written(revision, token, result, shown)
+
+    def _write_tracked(self, store: ReadTracking, plan: Callable[[WriteContext], tuple[list[Op], R]], actor: str,
+                       after: Callable[[WriteContext, R], Any] | None) -> Written[R]:
+        planned: list[tuple[WriteContext, R]] = []
+
+        def run_plan(refresh: bool) -> PlanRun:
+            self.catch_up()  # cheap when the follower is current; refresh: a commit changed what it read
+            with self._lock:
+                view = ReadView(self.state)
+                tx = WriteContext(self.engine, view.as_state())
+                ops, result = plan(tx)
+                ops = [with_before(view.as_state(), op) for op in ops]  # what `before` reads is read too
+                planned.append((tx, result))
+                return PlanRun(ops, view.reads, view.epoch, view.revision)
+        try:
+            revision, ops = store.write_tracked(run_plan, actor)
+        except StoreError:
+            self.store_errors += 1
+            self._count_write("failed")
+            raise
+        except ChatAuthzError:
+            self._count_write("refused")
+            raise
+        self._count_write("committed" if ops else "unchanged")
+        tx, result = planned[-1]  # the store may run the plan again: the last counts
+        epoch = tx.state.epoch
+        entries: list[tuple[int, list[Op]]] = []
+        if ops and self.state.epoch == epoch and self.state.revision < revision - 1:
+            try:  # others committed before us: apply them first, in order
+                entries = self.store.changes_since(self.state.revision)
+            except ResyncNeeded:
+                self.catch_up()
+        with self._lock:
+            if ops and self.state.epoch == epoch:
+                self._apply_entries([entry for entry in entries if entry[0] <= revision])
+                if self.state.revision == revision - 1:
+                    self.state.apply_all(ops, revision)
+            done = WriteContext(tx.engine, self.state)
+            shown = after(done, result) if after is not None else None  # at the write's revision, unless
+            self._apply_entries([entry for entry in entries if entry[0] > revision])  # another thread went on
+            token = format_token(self.state.epoch, revision)
+        self.last_heard = time.monotonic()
+        return Written(revision, token, result, shown)
 
 
 def _scope_in(state: RuntimeState, uid: str, guid: str | None) -> str | None:

@@ -2,18 +2,32 @@
 
 Store is what every store does. What only some can do is a capability, checked with
 isinstance, never by class: Polled (cheap "did anyone commit?", read on each request: the
-embedded file), Subscribable (tells its followers of changes: Redis), SelfChecking.
+embedded file), Subscribable (tells its followers of changes: Redis), SelfChecking,
+ReadTracking (a write conflicts only with writes to what its plan read: Redis).
 """
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
 
 from sidecar.errors import StoreError
+from sidecar.readset import Entities
 from sidecar.state import Op, RuntimeState
 
 Plan = Callable[[], list[Op]]
+
+
+class PlanRun(NamedTuple):
+    """One run of a tracked plan: its ops, the entities it read (sidecar.readset), and the
+    epoch and revision of the state it read them in."""
+    ops: list[Op]
+    reads: Entities
+    epoch: str
+    revision: int
+
+
+TrackedPlan = Callable[[bool], PlanRun]  # refresh: catch up with the store before planning
 
 
 class ResyncNeeded(Exception):
@@ -96,6 +110,18 @@ class Subscribable(Protocol):
 
     def follow(self, catch_up: Callable[[], None], interval_s: float) -> Follower:
         """A follower (not started) that calls catch_up on every change, tick and reconnect."""
+
+
+@runtime_checkable
+class ReadTracking(Protocol):
+    """A store whose writes conflict only with writes to what their plan read, so that the writes
+    of one process need not wait for each other (Sidecar.write does not serialize them)."""
+
+    def write_tracked(self, plan: TrackedPlan, actor: str) -> tuple[int, list[Op]]:
+        """As Store.write, but plan(refresh) also says what it read and at which revision: the write
+        commits only if none of those entities (nor those its ops change) was changed by a commit
+        after that revision; else the plan runs again with refresh=True (catch up first). Every
+        committed write still gets the next revision: the journal is one serial order."""
 
 
 @runtime_checkable
