@@ -285,6 +285,7 @@ class RedisStore:
     def changes_since(self, revision: int, *, remembered: bool = True) -> list[tuple[int, list[Op]]]:
         """The journal after `revision`, read from the stream in one atomic look (epoch, rev, entries)."""
         with _mapped("read the journal"):
+            seen = self.seen  # before the read: a write of this process may commit (and be seen) meanwhile
             with self.client.pipeline(transaction=True) as pipe:
                 pipe.get(self.key("epoch"))
                 pipe.get(self.key("rev"))
@@ -293,8 +294,8 @@ class RedisStore:
             current = int(raw or 0)
             if epoch != self.epoch or current < revision:
                 raise ResyncNeeded(f"Redis epoch or revision changed (revision {current}, ours {revision})")
-            if remembered and self.seen is not None and self.seen[0] == epoch and current < self.seen[1]:
-                raise ResyncNeeded(f"Redis is at revision {current}, below the {self.seen[1]} this sidecar "
+            if remembered and seen is not None and seen[0] == epoch and current < seen[1]:
+                raise ResyncNeeded(f"Redis is at revision {current}, below the {seen[1]} this sidecar "
                                    "saw before it restarted")
             found = _entries(entries)
             if [rev for rev, _ in found] != list(range(revision + 1, current + 1)):
@@ -481,6 +482,7 @@ class RedisStore:
         if state.revision == 0:
             return None  # nothing to lose
         with _mapped("check Redis for lost writes"):
+            known = self.seen  # before the read: a write of this process may commit (and be seen) meanwhile
             with self.client.pipeline(transaction=False) as pipe:
                 pipe.get(self.key("epoch"))
                 pipe.get(self.key("rev"))
@@ -488,7 +490,7 @@ class RedisStore:
                 epoch, raw_rev, raw_lineage = pipe.execute()
             revision = int(raw_rev or 0)
             if epoch == state.epoch:
-                seen = max(state.revision, self.seen[1] if self.seen and self.seen[0] == epoch else 0)
+                seen = max(state.revision, known[1] if known and known[0] == epoch else 0)
                 if revision >= seen:
                     return None  # a gap or a trimmed journal: a plain resync
                 loss = DataLoss(state.epoch, revision + 1, seen, "pending",
