@@ -698,7 +698,8 @@ class Sidecar:
         planned: list[tuple[WriteContext, R]] = []
 
         def run_plan(refresh: bool) -> PlanRun:
-            self.catch_up()  # cheap when the follower is current; refresh: a commit changed what it read
+            if refresh or self.sync is None or self.sync.status != "OK":
+                self.catch_up()  # else the follower keeps the state current, and the store checks it is
             with self._lock:
                 view = ReadView(self.state)
                 tx = WriteContext(self.engine, view.as_state())
@@ -707,7 +708,7 @@ class Sidecar:
                 planned.append((tx, result))
                 return PlanRun(ops, view.reads, view.epoch, view.revision)
         try:
-            revision, ops = store.write_tracked(run_plan, actor)
+            revision, ops, between = store.write_tracked(run_plan, actor)
         except StoreError:
             self.store_errors += 1
             self._count_write("failed")
@@ -718,21 +719,23 @@ class Sidecar:
         self._count_write("committed" if ops else "unchanged")
         tx, result = planned[-1]  # the store may run the plan again: the last counts
         epoch = tx.state.epoch
-        entries: list[tuple[int, list[Op]]] = []
-        if ops and self.state.epoch == epoch and self.state.revision < revision - 1:
-            try:  # others committed before us: apply them first, in order
-                entries = self.store.changes_since(self.state.revision)
-            except ResyncNeeded:
-                self.catch_up()
-        with self._lock:
+        with self._lock:  # what others committed since the plan's revision, then ours, in order
             if ops and self.state.epoch == epoch:
-                self._apply_entries([entry for entry in entries if entry[0] <= revision])
+                first = between[0][0] if between else revision
+                if first <= self.state.revision + 1:  # contiguous with our state
+                    self._apply_entries(between)
                 if self.state.revision == revision - 1:
                     self.state.apply_all(ops, revision)
+            behind = bool(ops) and self.state.epoch == epoch and self.state.revision < revision
+        if behind:
+            try:
+                self.catch_up()  # the store did not hand us all of them
+            except StoreError as exc:  # committed all the same: the follower applies it
+                log.warning("write %s committed, but catching up after it failed: %s", revision, exc.message)
+        with self._lock:
             done = WriteContext(tx.engine, self.state)
             shown = after(done, result) if after is not None else None  # at the write's revision, unless
-            self._apply_entries([entry for entry in entries if entry[0] > revision])  # another thread went on
-            token = format_token(self.state.epoch, revision)
+            token = format_token(self.state.epoch, revision)             # another thread went on meanwhile
         self.last_heard = time.monotonic()
         return Written(revision, token, result, shown)
 

@@ -19,6 +19,7 @@ it), several per test, written to from many threads at once:
 from __future__ import annotations
 
 import ast
+import json
 import random
 import threading
 import time
@@ -60,7 +61,7 @@ class NaiveStore(RedisStore):
     """What the test must catch: a store that watches only the keys the ops change (it is told
     the plan read nothing)."""
 
-    def write_tracked(self, plan: TrackedPlan, actor: str) -> tuple[int, list[Op]]:
+    def write_tracked(self, plan: TrackedPlan, actor: str) -> tuple[int, list[Op], list[tuple[int, list[Op]]]]:
         def blind(refresh: bool) -> PlanRun:
             run = plan(refresh)
             return PlanRun(run.ops, Entities(), run.epoch, run.revision)
@@ -143,12 +144,12 @@ def test_a_check_that_a_concurrent_write_invalidates_never_commits(cluster: Call
             return planned
     else:
         plan = join
-        original = two.store._changed  # type: ignore[attr-defined]
+        original = two.store._window  # type: ignore[attr-defined]
 
-        def late(touched: Entities, revision: int, current: int) -> bool:
+        def late(pipe: Any, touched: Entities, run: PlanRun) -> Any:
             revoke_once()  # after the WATCH of what the plan read, before the EXEC
-            return original(touched, revision, current)  # type: ignore[no-any-return]
-        two.store._changed = late  # type: ignore[attr-defined]
+            return original(pipe, touched, run)
+        two.store._window = late  # type: ignore[attr-defined]
 
     outcome: str
     try:
@@ -415,3 +416,41 @@ def follow_without_hints(a: Sidecar, b: Sidecar) -> None:
     assert loads[0] == 0, "B resynced in full instead of reading the stream from its revision"
     assert fields(b.state) == fields(a.store.load())
     assert b.state.users["last"] == "restricted" and all(b.state.users[f"quiet{n}"] == "support" for n in range(20))
+
+
+# -- the layout an older chatauthz wrote ---------------------------------------------------------
+def test_a_redis_of_the_older_layout_is_moved_to_this_one_on_load(shared_redis: RedisServer) -> None:
+    """users and owners in one hash each and a hash journal (d0e48c4 and before): the first load
+    moves them (users/owners into their buckets, the journal into the stream), then reads them."""
+    prefix = unique("old") + ":"
+    admin = shared_redis.client()
+    ops1: list[Op] = [{"op": "put_user", "uid": "u1", "role": "support"}, {"op": "put_group", "guid": "g1", "owner": "o1"}]
+    ops2: list[Op] = [{"op": "put_member", "guid": "g1", "uid": "u1", "scope": "moderator"}]
+    admin.hset(prefix + "users", "u1", "support")
+    admin.sadd(prefix + "roleusers:support", "u1")
+    admin.hset(prefix + "owners", "g1", "o1")
+    admin.hset(prefix + "members:g1", "u1", "moderator")
+    admin.set(prefix + "rev", 2)
+    admin.set(prefix + "epoch", "old-epoch")
+    admin.hset(prefix + "journal", mapping={str(r): json.dumps({"at": 1.0, "actor": "t", "ops": ops})
+                                            for r, ops in ((1, ops1), (2, ops2))})
+    store = RedisStore(shared_redis.url, prefix, timeout_s=2.0)
+    try:
+        state = store.load()
+        assert (state.revision, state.epoch) == (2, "old-epoch")
+        assert state.users == {"u1": "support"} and state.owners == {"g1": "o1"}
+        assert state.members == {"g1": {"u1": "moderator"}}
+        assert store.changes_since(0) == [(1, ops1), (2, ops2)]
+        assert admin.type(prefix + "journal") == "stream" and not admin.exists(prefix + "users", prefix + "owners")
+        assert admin.get(prefix + "layout") == "2"
+        # and it is written to as any other: the next revision, role index and all
+        sidecar = Sidecar(POLICY, store)
+        assert sidecar.write(lambda tx: m.plan_set_user_role(tx, "u1", "restricted"), "t").revision == 3
+        assert store.load().users == {"u1": "restricted"}
+        # an older sidecar writing its `users` hash again: refused, not half read
+        admin.hset(prefix + "users", "u2", "support")
+        with pytest.raises(StoreError) as refused:
+            store.load()
+        assert refused.value.code == "ERR_STORE_LAYOUT"
+    finally:
+        store.close()

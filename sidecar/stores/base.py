@@ -117,11 +117,15 @@ class ReadTracking(Protocol):
     """A store whose writes conflict only with writes to what their plan read, so that the writes
     of one process need not wait for each other (Sidecar.write does not serialize them)."""
 
-    def write_tracked(self, plan: TrackedPlan, actor: str) -> tuple[int, list[Op]]:
+    def write_tracked(self, plan: TrackedPlan, actor: str) -> tuple[int, list[Op], list[tuple[int, list[Op]]]]:
         """As Store.write, but plan(refresh) also says what it read and at which revision: the write
         commits only if none of those entities (nor those its ops change) was changed by a commit
         after that revision; else the plan runs again with refresh=True (catch up first). Every
-        committed write still gets the next revision: the journal is one serial order."""
+        committed write still gets the next revision: the journal is one serial order.
+
+        Returns (revision, ops, between): between, the commits after the plan's revision and
+        before this one, oldest first, when the store has them at hand (else fewer: the caller
+        catches up)."""
 
 
 @runtime_checkable

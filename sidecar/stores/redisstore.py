@@ -39,6 +39,7 @@ This is the only module that talks to Redis for state; its errors become StoreEr
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -57,7 +58,7 @@ import redis
 from sidecar.errors import StoreError
 from sidecar.readset import Entities, written_by
 from sidecar.state import Op, RuntimeState, check_ops
-from sidecar.stores.base import DataLoss, Follower, Plan, ResyncNeeded, TrackedPlan
+from sidecar.stores.base import DataLoss, Follower, Plan, PlanRun, ResyncNeeded, TrackedPlan
 
 log = logging.getLogger("chatauthz.redis")
 JOURNAL_KEEP = 50_000
@@ -65,6 +66,7 @@ LINEAGE_KEEP = 100
 RECOVERY_TTL_S = 30  # fence and claims outlive a claimant's retries (seconds apart), not its death
 WRITE_RETRIES = 30
 PLAN_ROUNDS = 5  # plans per attempt while commits keep changing what the plan read
+WINDOW_MAX = 1000  # commits a writer reads to see whether they changed what it read (more: catch up)
 BATCH = 500
 LAYOUT = "2"
 BUCKET_DIGITS = 3  # users:<b>, owners:<b>: the first hex digits of SHA-1(id); DELETE_ROLE_USERS does the same
@@ -97,13 +99,32 @@ return #uids
 """
 # The end of every write, inside its MULTI after its ops: the next revision, its journal entry
 # under the id <revision>-0 (so the stream is in revision order), the hint. KEYS: rev, journal,
-# epoch; ARGV: entry JSON, JOURNAL_KEEP, channel. Returns the revision.
+# epoch; ARGV: entry JSON, JOURNAL_KEEP, channel, a revision R, WINDOW_MAX. Returns {revision,
+# the entries after R and before it (none when more than WINDOW_MAX)}: what the writer applies
+# before its own write, without another look.
 COMMIT = """
 local rev = redis.call('INCR', KEYS[1])
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], rev .. '-0', 'entry', ARGV[1])
 redis.call('PUBLISH', ARGV[3], '{"epoch":' .. cjson.encode(redis.call('GET', KEYS[3]) or '') ..
            ',"revision":' .. rev .. '}')
-return rev
+local from = tonumber(ARGV[4])
+local between = {}
+if rev - 1 > from and rev - 1 - from <= tonumber(ARGV[5]) then
+  between = redis.call('XRANGE', KEYS[2], (from + 1) .. '-0', (rev - 1) .. '-0')
+end
+return {rev, between}
+"""
+# A write's look after its WATCH: KEYS epoch, rev, recovery, journal; ARGV: the revision its plan
+# read at, WINDOW_MAX. Returns {epoch, rev, fenced, the entries after that revision (none when
+# more than WINDOW_MAX: then the writer catches up)}.
+WINDOW = """
+local rev = tonumber(redis.call('GET', KEYS[2]) or '0')
+local from = tonumber(ARGV[1])
+local entries = {}
+if rev > from and rev - from <= tonumber(ARGV[2]) then
+  entries = redis.call('XRANGE', KEYS[4], (from + 1) .. '-0', rev .. '-0')
+end
+return {redis.call('GET', KEYS[1]) or '', rev, redis.call('EXISTS', KEYS[3]), entries}
 """
 # Only while Redis is still in the state the claimant found (else nil): set the fence if absent
 # (with the first claim's time), refresh it and add our claim. KEYS: epoch, rev, recovery,
@@ -148,6 +169,10 @@ class RedisStore:
         self.conflicts = 0
         self.replans = 0
         self._counting = threading.Lock()
+        # A write that conflicted retries holding this, and while it is held new writes of this
+        # process queue behind it: under contention on one entity, this process's writes go one at
+        # a time (as all of them did before), so that none keeps losing to the next
+        self._retrying = threading.Lock()
         self._seen_lock = threading.Lock()
         # The newest (epoch, revision) this sidecar has seen, kept on disk across its restarts: a
         # Redis found below it after a restart of both lost writes, though no state remembers them.
@@ -158,6 +183,7 @@ class RedisStore:
         self._delete_user = self.client.register_script(DELETE_USER)
         self._delete_role_users = self.client.register_script(DELETE_ROLE_USERS)
         self._commit_script = self.client.register_script(COMMIT)
+        self._window_script = self.client.register_script(WINDOW)
         self._claim_script = self.client.register_script(CLAIM)
 
     def key(self, name: str) -> str:
@@ -252,19 +278,59 @@ class RedisStore:
             return state
 
     def _check_layout(self) -> None:
-        """A new or emptied Redis gets an epoch and this layout; one written by an older chatauthz
-        (a `users` hash, a hash journal) is refused: its users would be read as having none."""
+        """A new or emptied Redis gets an epoch and this layout; one an older chatauthz wrote (a
+        `users` and an `owners` hash, a hash journal) is moved to this layout first (_upgrade)."""
         with self.client.pipeline(transaction=True) as pipe:
             pipe.set(self.key("epoch"), uuid.uuid4().hex, nx=True)
-            pipe.setnx(self.key("layout"), LAYOUT)
             pipe.get(self.key("layout"))
             pipe.exists(self.key("users"), self.key("owners"))
             pipe.type(self.key("journal"))
-            _, _, layout, legacy, journal = pipe.execute()
-        if layout != LAYOUT or legacy or journal not in ("stream", "none"):
-            raise StoreError(f"Redis under the prefix {self.prefix!r} holds another layout of chatauthz's "
-                             f"state (layout {layout!r}, legacy keys: {bool(legacy)}, journal: {journal}); "
-                             "see docs/distributed.md, upgrading", code="ERR_STORE_LAYOUT", status=503)
+            _, layout, legacy, journal = pipe.execute()
+        if layout == LAYOUT and not legacy and journal in ("stream", "none"):
+            return
+        if layout is None and (legacy or journal == "hash"):
+            self._upgrade()
+            return
+        if layout is None and journal == "none":
+            self.client.set(self.key("layout"), LAYOUT, nx=True)
+            return
+        raise StoreError(f"Redis under the prefix {self.prefix!r} holds chatauthz state of another layout (layout "
+                         f"{layout!r}, old users/owners hashes: {bool(legacy)}, journal: {journal}); is a sidecar "
+                         "of another version writing to it? See docs/distributed.md, upgrading",
+                         code="ERR_STORE_LAYOUT", status=503)
+
+    def _upgrade(self) -> None:
+        """Move what an older chatauthz wrote (users and owners in one hash each, the journal a
+        hash revision -> entry) to this layout, in one transaction; if anyone writes meanwhile,
+        the next load looks again. Every sidecar of the older version must be stopped first."""
+        old = [self.key(name) for name in ("users", "owners", "journal")]
+        with self.client.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(self.key("rev"), self.key("epoch"), *old)  # type: ignore[no-untyped-call]
+                users: dict[str, str] = pipe.hgetall(old[0])  # type: ignore[assignment]
+                owners: dict[str, str] = pipe.hgetall(old[1])  # type: ignore[assignment]
+                journal: dict[str, str] = pipe.hgetall(old[2]) if pipe.type(old[2]) == "hash" else {}  # type: ignore[assignment]
+                buckets: dict[str, Any] = {}
+                for uid, role in users.items():
+                    key, field = self.user_field(uid)
+                    buckets.setdefault(key, {})[field] = role
+                for guid, owner in owners.items():
+                    key, field = self.owner_field(guid)
+                    buckets.setdefault(key, {})[field] = owner
+                pipe.multi()
+                pipe.delete(*old)
+                for key, mapping in buckets.items():
+                    pipe.hset(key, mapping=mapping)
+                for revision in sorted(int(r) for r in journal):
+                    pipe.xadd(old[2], {"entry": journal[str(revision)]}, id=f"{revision}-0")
+                pipe.set(self.key("layout"), LAYOUT)
+                pipe.execute()
+                log.warning("Redis under %r held an older layout: moved %d users, %d owners and %d journal "
+                            "entries to layout %s", self.prefix, len(users), len(owners), len(journal), LAYOUT)
+            except redis.WatchError:
+                raise StoreError("Redis changed while its older layout was being moved; is a sidecar of the "
+                                 "older version still writing? Try again", code="ERR_STORE_LAYOUT",
+                                 status=503) from None
 
     def _hscan(self, name: str) -> Iterator[tuple[str, str]]:
         return self.client.hscan_iter(self.key(name), count=10_000)
@@ -341,65 +407,78 @@ class RedisStore:
                         if not ops:
                             pipe.unwatch()
                             return int(raw or 0), []
-                        return self._commit(pipe, ops, actor), ops
+                        return self._commit(pipe, ops, actor)[0], ops
                     except redis.WatchError:
                         self._count("conflicts")
                         time.sleep(random.uniform(0, min(0.05, 0.001 * 2 ** attempt)))
             raise StoreError("too many concurrent writes; try again", status=503)
 
-    def write_tracked(self, plan: TrackedPlan, actor: str) -> tuple[int, list[Op]]:
+    def write_tracked(self, plan: TrackedPlan, actor: str) -> tuple[int, list[Op], list[tuple[int, list[Op]]]]:
         """ReadTracking: commit unless a commit changed what the plan read (see the module docstring)."""
-        with _mapped("write"):
-            refresh = False
+        with _mapped("write"), contextlib.ExitStack() as serial:
+            refresh, holding = False, self._retrying.locked()
+            if holding:  # writes of this process are conflicting: queue behind them
+                serial.enter_context(self._retrying)
             for attempt in range(WRITE_RETRIES):
+                if attempt == 1 and not holding:
+                    serial.enter_context(self._retrying)  # retries of this process, one at a time
+                    holding = True
                 with self.client.pipeline(transaction=True) as pipe:
                     try:
-                        watched = {self.key("epoch"), self.key("recovery")}
-                        pipe.watch(*watched)  # type: ignore[no-untyped-call]
+                        watched: set[str] = set()
                         for _ in range(PLAN_ROUNDS):
                             run = plan(refresh)
                             ops = check_ops(run.ops)
                             touched = Entities()
                             touched.update(run.reads)
                             touched.update(written_by(ops))
-                            more = self.keys_of(touched) - watched
+                            more = ({self.key("epoch"), self.key("recovery")} | self.keys_of(touched)) - watched
                             if more:
                                 pipe.watch(*more)  # type: ignore[no-untyped-call]
                                 watched |= more
-                            # after the WATCH: any later change to those keys fails the EXEC; what
-                            # came before it and after the plan's revision, the stream shows
-                            epoch, raw, fenced = pipe.mget(self.key("epoch"), self.key("rev"), self.key("recovery"))
-                            if fenced:
-                                raise _fenced()
-                            current = int(raw or 0)
-                            refresh = epoch != run.epoch or self._changed(touched, run.revision, current)
+                            # after the WATCH any change to those keys fails the EXEC; what came before
+                            # it, after the plan's revision, the stream shows
+                            current, between = self._window(pipe, touched, run)
+                            refresh = between is None
                             if not refresh:
                                 break
                             self._count("replans")
                         else:
                             raise redis.WatchError("what the plan read kept changing")
+                        assert between is not None
                         if not ops:
                             pipe.unwatch()
-                            return run.revision, []
-                        return self._commit(pipe, ops, actor), ops
+                            return run.revision, [], []
+                        revision, later = self._commit(pipe, ops, actor, current)
+                        return revision, ops, between + later
                     except redis.WatchError:
                         self._count("conflicts")
                         refresh = True
                         time.sleep(random.uniform(0, min(0.02, 0.0005 * 2 ** attempt)))
             raise StoreError("too many concurrent writes; try again", status=503)
 
-    def _changed(self, touched: Entities, revision: int, current: int) -> bool:
-        """Did a commit after `revision` (up to `current`) change one of these entities? Yes too
-        when the stream no longer holds them all."""
-        if current <= revision:
-            return current < revision
-        entries = _entries(self.client.xrange(self.key("journal"), min=f"{revision + 1}-0", max=f"{current}-0"))
-        if [rev for rev, _ in entries] != list(range(revision + 1, current + 1)):
-            return True
-        return any(written_by(entry["ops"]).touches(touched) for _, entry in entries)
+    def _window(self, pipe: Any, touched: Entities, run: PlanRun) -> tuple[int, list[tuple[int, list[Op]]] | None]:
+        """Redis's revision and the commits after the plan's (one look, after the WATCH); None for
+        the commits when one changed an entity the plan touched, the epoch changed, or the stream
+        no longer holds them all (then: catch up and plan again). Refused while fenced."""
+        epoch, raw, fenced, found = self._window_script(
+            keys=[self.key("epoch"), self.key("rev"), self.key("recovery"), self.key("journal")],
+            args=[run.revision, WINDOW_MAX], client=pipe)
+        if int(fenced):
+            raise _fenced()
+        current = int(raw)
+        entries = _raw_entries(found) if found else []
+        if epoch != run.epoch or current < run.revision or \
+                [rev for rev, _ in entries] != list(range(run.revision + 1, current + 1)):
+            return current, None
+        if any(written_by(entry["ops"]).touches(touched) for _, entry in entries):
+            return current, None
+        return current, [(rev, entry["ops"]) for rev, entry in entries]
 
-    def _commit(self, pipe: Any, ops: list[Op], actor: str) -> int:
-        """Queue the ops and the commit script in MULTI; EXEC; the new revision."""
+    def _commit(self, pipe: Any, ops: list[Op], actor: str, current: int = 0
+                ) -> tuple[int, list[tuple[int, list[Op]]]]:
+        """Queue the ops and the commit script in MULTI; EXEC; the new revision, and the commits
+        after `current` and before it (empty when there are more than WINDOW_MAX)."""
         entry = json.dumps({"at": time.time(), "actor": actor, "ops": ops}, separators=(",", ":"))
         pipe.multi()
         for op in ops:
@@ -407,11 +486,15 @@ class RedisStore:
         if written_by(ops).policy:
             pipe.incr(self.policy_key())
         self._commit_script(keys=[self.key("rev"), self.key("journal"), self.key("epoch")],
-                            args=[entry, JOURNAL_KEEP, self.channel], client=pipe)
-        revision = int(pipe.execute()[-1])
+                            args=[entry, JOURNAL_KEEP, self.channel, current, WINDOW_MAX], client=pipe)
+        revision, found = pipe.execute()[-1]
+        revision = int(revision)
         self._saw(self.epoch, revision)
         self._handed(self.epoch, revision)
-        return revision
+        later = [(rev, e["ops"]) for rev, e in _raw_entries(found)] if found else []
+        if [rev for rev, _ in later] != list(range(current + 1, revision)):
+            later = []
+        return revision, later
 
     def _count(self, name: str) -> None:
         with self._counting:
@@ -642,6 +725,15 @@ class _mapped:
 def _entries(raw: Any) -> list[tuple[int, dict[str, Any]]]:
     """Stream entries as (revision, {at, actor, ops})."""
     return [(int(entry_id.split("-", 1)[0]), json.loads(fields["entry"])) for entry_id, fields in raw]
+
+
+def _raw_entries(raw: Any) -> list[tuple[int, dict[str, Any]]]:
+    """Stream entries as a script returns them ([[id, [field, value, ...]], ...])."""
+    out = []
+    for entry_id, flat in raw:
+        fields = dict(zip(flat[::2], flat[1::2], strict=True))
+        out.append((int(str(entry_id).split("-", 1)[0]), json.loads(fields["entry"])))
+    return out
 
 
 def _fenced() -> StoreError:
