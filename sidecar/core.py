@@ -735,7 +735,7 @@ class Sidecar:
         with self._lock:
             done = WriteContext(tx.engine, self.state)
             shown = after(done, result) if after is not None else None  # at the write's revision, unless
-            token = format_token(self.state.epoch, revision)             # another thread went on meanwhile
+            token = format_token(epoch if ops else self.state.epoch, revision)  # another thread went on
         self.last_heard = time.monotonic()
         return Written(revision, token, result, shown)
 

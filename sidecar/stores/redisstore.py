@@ -25,11 +25,13 @@ have no gap and no repeat and the stream is in revision order.
 
 A Sidecar's write (write_tracked) conflicts only on what its plan read (sidecar.readset): plan
 on the state kept current by the follower -> WATCH the keys of the entities it read and of those
-its ops change (plus epoch and recovery) -> read rev: if commits came after the revision the
-plan read at, the stream says what they changed; if any changed an entity the plan read, catch
-up and plan again -> MULTI(ops, commit script) -> EXEC, which Redis refuses if a watched key
-changed after the WATCH (then plan again). So writes to unrelated entities never conflict, and
-two writes whose checks depend on each other's entities commit only in a serial order.
+its ops change (plus epoch and recovery) -> one script (WINDOW) reads epoch, rev, the fence and
+the stream after the revision the plan read at: if a commit there changed an entity the plan
+touched, catch up and plan again -> MULTI(ops, COMMIT) -> EXEC, which Redis refuses if a watched
+key changed after the WATCH (then plan again). Three round trips; COMMIT also hands back the
+commits between, which the writer applies before its own. So writes to unrelated entities never
+conflict, and two writes whose checks depend on each other's entities commit in a serial order.
+Retries of one process go one at a time (a hot entity degrades to serial writes, not a livelock).
 A store-level write (write: the importer, the tests) reads what it likes, so it watches rev
 itself: it commits only if nobody wrote meanwhile, as every write did before.
 
@@ -174,6 +176,7 @@ class RedisStore:
         # a time (as all of them did before), so that none keeps losing to the next
         self._retrying = threading.Lock()
         self._seen_lock = threading.Lock()
+        self._pending: tuple[str, int] | None = None  # the newest (epoch, revision) to be put on disk
         # The newest (epoch, revision) this sidecar has seen, kept on disk across its restarts: a
         # Redis found below it after a restart of both lost writes, though no state remembers them.
         name = hashlib.sha256(f"{url}|{prefix}".encode()).hexdigest()[:16]
@@ -654,26 +657,34 @@ class RedisStore:
             return None
 
     def _saw(self, epoch: str | None, revision: int) -> None:
-        """Remember (epoch, revision) if newer; on disk (atomically) before a write is answered."""
+        """Remember (epoch, revision) if newer; on disk (atomically) before a write is answered.
+        Concurrent writes of this process share one file write: whoever writes, writes the newest."""
         if not epoch or (self.seen is not None and self.seen[0] == epoch and self.seen[1] >= revision):
             return
-        with self._seen_lock:  # writes of this process run concurrently: one file writer at a time
+        with self._counting:
+            pending = self._pending
+            if pending is None or pending[0] != epoch or pending[1] < revision:
+                self._pending = (epoch, revision)
+        with self._seen_lock:  # one file writer at a time
             if self.seen is not None and self.seen[0] == epoch and self.seen[1] >= revision:
-                return  # a concurrent writer got further meanwhile
+                return  # a concurrent writer wrote a newer one meanwhile
+            pending = self._pending
+            target = pending if pending is not None and pending[0] == epoch and pending[1] >= revision \
+                else (epoch, revision)
             try:
                 if self.seen_file is None:
                     return
                 on_disk = self._read_seen()  # another worker of this sidecar may be ahead: never go back
-                if on_disk is not None and on_disk[0] == epoch and on_disk[1] >= revision:
+                if on_disk is not None and on_disk[0] == epoch and on_disk[1] >= target[1]:
                     return
                 temp = self.seen_file.with_name(f".{self.seen_file.name}.{os.getpid()}")
                 try:
-                    temp.write_text(json.dumps({"epoch": epoch, "revision": revision}))
+                    temp.write_text(json.dumps({"epoch": target[0], "revision": target[1]}))
                     os.replace(temp, self.seen_file)
                 except OSError as exc:
                     log.warning("could not remember the revision seen in %s: %s", self.seen_file, exc)
             finally:  # only once on disk: a concurrent writer that finds it here may answer
-                self.seen = (epoch, revision)
+                self.seen = target
 
     def _put_all(self, pipe: Any, state: RuntimeState) -> None:
         key = self.key
