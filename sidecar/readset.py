@@ -122,16 +122,22 @@ class _Table(Mapping[str, V]):
         self._data, self._keys, self._view, self._whole = data, keys, view, whole
 
     def __getitem__(self, key: str) -> V:
-        self._keys.add(key)
+        self._note(key)
         return self._data[key]
 
     def get(self, key: str, default: Any = None) -> Any:
-        self._keys.add(key)
+        self._note(key)
         return self._data.get(key, default)
 
     def __contains__(self, key: object) -> bool:
-        self._keys.add(cast(str, key))
+        self._note(key)
         return key in self._data
+
+    def _note(self, key: object) -> None:
+        if isinstance(key, str):
+            self._keys.add(key)
+        elif key is not None:  # no entity has such an id; noted as all of the table all the same
+            self._all()
 
     def _all(self) -> None:
         setattr(self._view.reads, self._whole, True)

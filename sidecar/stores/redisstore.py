@@ -733,9 +733,30 @@ class _mapped:
             raise StoreError(f"Redis is unavailable; could not {self.doing}: {exc}") from exc
 
 
+# Parsed journal entries by revision, with their text: a process reads each entry several times
+# (its writes' windows, the commits handed back, the follower); it parses it once. Read-only.
+_PARSED: dict[int, tuple[str, dict[str, Any]]] = {}
+PARSED_KEEP = 8192
+
+
+def _parse(revision: int, text: str) -> dict[str, Any]:
+    known = _PARSED.get(revision)
+    if known is not None and known[0] == text:  # same text (another epoch or prefix reparses)
+        return known[1]
+    if len(_PARSED) >= PARSED_KEEP:
+        _PARSED.clear()
+    parsed: dict[str, Any] = json.loads(text)
+    _PARSED[revision] = (text, parsed)
+    return parsed
+
+
 def _entries(raw: Any) -> list[tuple[int, dict[str, Any]]]:
     """Stream entries as (revision, {at, actor, ops})."""
-    return [(int(entry_id.split("-", 1)[0]), json.loads(fields["entry"])) for entry_id, fields in raw]
+    out = []
+    for entry_id, fields in raw:
+        revision = int(entry_id.split("-", 1)[0])
+        out.append((revision, _parse(revision, fields["entry"])))
+    return out
 
 
 def _raw_entries(raw: Any) -> list[tuple[int, dict[str, Any]]]:
@@ -743,7 +764,8 @@ def _raw_entries(raw: Any) -> list[tuple[int, dict[str, Any]]]:
     out = []
     for entry_id, flat in raw:
         fields = dict(zip(flat[::2], flat[1::2], strict=True))
-        out.append((int(str(entry_id).split("-", 1)[0]), json.loads(fields["entry"])))
+        revision = int(str(entry_id).split("-", 1)[0])
+        out.append((revision, _parse(revision, fields["entry"])))
     return out
 
 
