@@ -25,6 +25,7 @@ from sidecar.background import Background
 from sidecar.engine import GROUP_RULES, OWNER, AuthzRequest, Decision, Engine
 from sidecar.errors import BadRequestError, ChatAuthzError, NotFoundError, PolicyError, StoreError
 from sidecar.policy import PolicySet
+from sidecar.readset import ReadView
 from sidecar.reload import Files
 from sidecar.state import Op, RuntimeState, with_before
 from sidecar.stores.base import (
@@ -32,7 +33,9 @@ from sidecar.stores.base import (
     EntityReader,
     Facts,
     Follower,
+    PlanRun,
     Polled,
+    ReadTracking,
     RecoveryPending,
     ResyncNeeded,
     SelfChecking,
@@ -765,10 +768,16 @@ class Sidecar:
         caught-up state, with the engine and policy taken there, and returns (ops, result); it
         raises to refuse, and then nothing is written. after(tx, result), if given, reads the
         state at exactly the write's revision (no other change in between) for the response;
-        with a working set that lacked what it reads, at the first revision it could."""
+        with a working set that lacked what it reads, at the first revision it could.
+
+        On a ReadTracking store (Redis) writes of this process run concurrently: the plan reads
+        through a ReadView, and the store commits it only if nothing it read changed since."""
         for _ in range(FACT_ROUNDS):
             try:
-                written, engine = self._write_once(plan, actor, after)
+                if isinstance(self.store, ReadTracking):
+                    written, engine = self._write_tracked(self.store, plan, actor, after)
+                else:
+                    written, engine = self._write_once(plan, actor, after)
             except MissingFacts as exc:  # nothing was written: read what the plan lacked, plan again
                 self._read_facts(exc.facts, lambda: None)
                 continue
@@ -816,6 +825,56 @@ class Sidecar:
                 token = format_token(self.state.epoch, revision)
             self.last_heard = time.monotonic()
             return Written(revision, token, result, shown), tx.engine
+
+
+    def _write_tracked(self, store: ReadTracking, plan: Callable[[WriteContext], tuple[list[Op], R]], actor: str,
+                       after: Callable[[WriteContext, R], Any] | None) -> tuple[Written[R], Engine]:
+        planned: list[tuple[WriteContext, R]] = []
+
+        def run_plan(refresh: bool) -> PlanRun:
+            if refresh or self.sync is None or self.sync.status != "OK":
+                self.catch_up()  # else the follower keeps the state current, and the store checks it is
+            with self._lock, self._fetching():
+                view = ReadView(self.state)
+                tx = WriteContext(self.engine, view.as_state())
+                ops, result = plan(tx)
+                ops = [with_before(view.as_state(), op) for op in ops]  # what `before` reads is read too
+                planned.append((tx, result))
+                return PlanRun(ops, view.reads, view.epoch, view.revision)
+        try:
+            revision, ops, between = store.write_tracked(run_plan, actor)
+        except StoreError:
+            self.store_errors += 1
+            self._count_write("failed")
+            raise
+        except ChatAuthzError:
+            self._count_write("refused")
+            raise
+        self._count_write("committed" if ops else "unchanged")
+        tx, result = planned[-1]  # the store may run the plan again: the last counts
+        epoch = tx.state.epoch
+        with self._lock:  # what others committed since the plan's revision, then ours, in order
+            if ops and self.state.epoch == epoch:
+                first = between[0][0] if between else revision
+                if first <= self.state.revision + 1:  # contiguous with our state
+                    self._apply_entries(between)
+                if self.state.revision == revision - 1:
+                    self.state.apply_all(ops, revision)
+            behind = bool(ops) and self.state.epoch == epoch and self.state.revision < revision
+        if behind:
+            try:
+                self.catch_up()  # the store did not hand us all of them
+            except StoreError as exc:  # committed all the same: the follower applies it
+                log.warning("write %s committed, but catching up after it failed: %s", revision, exc.message)
+        with self._lock, self._fetching():
+            done = WriteContext(tx.engine, self.state)
+            try:  # at the write's revision, unless another thread went on
+                shown = after(done, result) if after is not None else None
+            except MissingFacts:
+                shown = _NOT_SHOWN  # committed: read outside the lock, never plan again
+            token = format_token(epoch if ops else self.state.epoch, revision)
+        self.last_heard = time.monotonic()
+        return Written(revision, token, result, shown), tx.engine
 
 
 _NOT_SHOWN = object()

@@ -17,6 +17,7 @@ import casbin
 
 from sidecar.errors import BadRequestError
 from sidecar.policy import Action, PermissionDef, PolicySet
+from sidecar.readset import underlying
 from sidecar.rules import build_rules, resolve_value
 from sidecar.state import RuntimeState
 
@@ -532,14 +533,16 @@ class Engine:
         """The gate (Casbin) and the constraint values for sub in dom: cached by exactly those
         inputs, rebuilt when the policy part of the state changes."""
         key = (layer, sub, dom, action.name)
+        generation = state.policy_generation  # a write plan's ReadView notes a read of the role policy here
+        base = underlying(state)  # lines of other groups never match dom: compiled from the state itself
         compiled = self._compiled_for  # _compiled_for_state, inline: this is every decision's path
-        if compiled is not None and compiled[0] is state and compiled[1] == state.policy_generation:
+        if compiled is not None and compiled[0] is base and compiled[1] == generation:
             cached = self._answers.get(key)
             if cached is not None:
                 return cached
         with self._lock:
-            if not self._compiled_for_state(state):
-                self._compile(state)
+            if not self._compiled_for_state(base):
+                self._compile(base)
             where, matched = "no scope key gates it", None
             if layer == "role" or action.scope_key:
                 allowed, rule = self._enforcer.enforce_ex(*key)  # type: ignore[union-attr]

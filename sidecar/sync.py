@@ -1,15 +1,20 @@
 """Keeps a sidecar's state current with Redis: pub/sub hints plus a periodic revision check.
 
 A message is only a hint; on every hint, every tick and every reconnect the sidecar catches up
-from the journal (or resyncs in full), so a lost message, a dropped connection or a restarted
-Redis ends in the same state. Failures back off (bounded) and are reported, never swallowed.
+from the journal stream, from its last revision (or resyncs in full), so a lost message, a
+dropped connection or a restarted Redis ends in the same state. Hints that queued up meanwhile
+are taken together (one catch-up reads them all), and a hint for a revision the sidecar was
+already handed (its own write) is not followed. Failures back off (bounded) and are reported,
+never swallowed.
 """
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import redis
 
@@ -19,12 +24,15 @@ log = logging.getLogger("chatauthz.sync")
 
 NOT_READY, OK, DEGRADED = "NOT_READY", "OK", "DEGRADED"
 MIN_BACKOFF_S = 0.1
+DRAIN_MAX = 10_000  # hints taken together at most, before catching up
 
 
 class RedisSync:
     def __init__(self, client: redis.Redis, channel: str, catch_up: Callable[[], None], *,
-                 interval_s: float = 1.0, max_backoff_s: float = 5.0) -> None:
+                 interval_s: float = 1.0, max_backoff_s: float = 5.0,
+                 known: Callable[[], tuple[str | None, int]] | None = None) -> None:
         self.client = client
+        self.known = known  # (epoch, revision) the sidecar already has or is applying
         self.channel = channel
         self.catch_up = catch_up
         self.interval_s = interval_s
@@ -65,7 +73,13 @@ class RedisSync:
             last_check = time.monotonic()
             while not self._stop.is_set():
                 message = pubsub.get_message(timeout=min(self.interval_s, 0.5))
-                if message is not None or time.monotonic() - last_check >= self.interval_s:
+                news = message is not None and self._news(message)
+                for _ in range(DRAIN_MAX if message is not None else 0):  # what else queued meanwhile
+                    message = pubsub.get_message(timeout=0)
+                    if message is None:
+                        break
+                    news = news or self._news(message)
+                if news or time.monotonic() - last_check >= self.interval_s:
                     self.catch_up()
                     last_check = time.monotonic()
                     self.status, self.message = OK, "subscribed"
@@ -74,3 +88,14 @@ class RedisSync:
                 pubsub.close()
             except redis.RedisError:
                 pass
+
+    def _news(self, message: dict[str, Any]) -> bool:
+        """Is the hinted revision one the sidecar was not already handed?"""
+        if self.known is None:
+            return True
+        try:
+            hint = json.loads(message["data"])
+            epoch, revision = self.known()
+            return bool(hint["epoch"] != epoch or int(hint["revision"]) > revision)
+        except (ValueError, KeyError, TypeError):
+            return True

@@ -19,6 +19,7 @@ import pytest
 import redis
 from redis_support import RedisServer, SidecarProcess, start_all, unique, wait_until
 
+from sidecar.stores.redisstore import RedisStore
 from tests.http_client import check_body
 
 GRACE_S = 3.0           # CHATAUTHZ_REDIS_RECOVERY_GRACE_S: claims are gathered this long
@@ -101,8 +102,9 @@ def test_redis_restarted_from_an_older_snapshot_is_detected_and_written_back(rdb
             s.ready()[1].get("token") == f"{epoch}:{head}" for s in (a, b))
     wait_until(recovered, RECOVERY_BOUND_S, 0.1, "Redis written back and both sidecars on it")
     new_epoch = admin.get(prefix + "epoch")
-    assert admin.hlen(prefix + "users") >= len(uids) and all(admin.hget(prefix + "users", u) == "support"
-                                                             for u in uids), "acknowledged writes are still lost"
+    layout = RedisStore(server.url, prefix)  # only its key names: where each user's role lives
+    assert all(admin.hget(*layout.user_field(u)) == "support" for u in uids), "acknowledged writes are still lost"
+    layout.close()
     assert admin.sismember(prefix + f"bans:{group}", banned)
     for sidecar in (a, b):
         code, ready = sidecar.ready()

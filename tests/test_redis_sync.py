@@ -29,6 +29,7 @@ from redis_support import (
     wait_until,
 )
 
+from sidecar.stores.redisstore import RedisStore
 from tests.http_client import check_body
 
 PROPAGATION_BOUND_S = 3.0      # a write on one sidecar is decided on the others within this
@@ -420,7 +421,9 @@ def test_redis_paused_past_the_timeouts(healthy: Cluster) -> None:
     decisions = converge(c)
     assert_baseline(decisions, flipper_allowed=True)
     assert c.redis_revision() == revision, "a write refused during the pause must not apply afterwards"
-    assert c.admin.hget(c.prefix + "users", lost_uid) is None
+    layout = RedisStore(c.redis.url, c.prefix)  # only its key names: where a user's role lives
+    assert c.admin.hget(*layout.user_field(lost_uid)) is None
+    layout.close()
     for sidecar in c.sidecars:
         assert sidecar.ok("GET", f"/users/{lost_uid}")["data"]["assigned"] is False
     fresh = decide(c.strict, owner_check)

@@ -629,7 +629,7 @@ def test_changes_since_asks_for_a_resync_on_a_gap_or_a_new_epoch(shared_redis: R
     state = store.load()
     for n in range(3):
         write(store, state, [{"op": "put_user", "uid": f"u{n}", "role": "support"}])
-    admin.hdel(prefix + "journal", "2")
+    admin.xdel(prefix + "journal", "2-0")
     with pytest.raises(ResyncNeeded):
         store.changes_since(0)
     assert [rev for rev, _ in store.changes_since(2)] == [3]

@@ -2,7 +2,9 @@
 
 Store is what every store does. What only some can do is a capability, checked with
 isinstance, never by class: Polled (cheap "did anyone commit?", read on each request: the
-embedded file), Subscribable (tells its followers of changes: Redis), SelfChecking, BulkWritable.
+embedded file), Subscribable (tells its followers of changes: Redis), SelfChecking, BulkWritable,
+ReadTracking (a write conflicts only with writes to what its plan read: Redis), EntityReader (a
+working set can sit on it).
 """
 from __future__ import annotations
 
@@ -11,9 +13,22 @@ from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
 
 from sidecar.errors import ConflictError, StoreError
+from sidecar.readset import Entities
 from sidecar.state import Op, RuntimeState
 
 Plan = Callable[[], list[Op]]
+
+
+class PlanRun(NamedTuple):
+    """One run of a tracked plan: its ops, the entities it read (sidecar.readset), and the
+    epoch and revision of the state it read them in."""
+    ops: list[Op]
+    reads: Entities
+    epoch: str
+    revision: int
+
+
+TrackedPlan = Callable[[bool], PlanRun]  # refresh: catch up with the store before planning
 
 
 class ResyncNeeded(Exception):
@@ -157,6 +172,22 @@ def store_changed(current: int | None, expected: int) -> ConflictError:
     found = f"at revision {current}" if current is not None else "written to meanwhile"
     return ConflictError(f"the store is {found}, not at revision {expected}: someone else wrote to it",
                          code="ERR_STORE_CHANGED")
+
+
+@runtime_checkable
+class ReadTracking(Protocol):
+    """A store whose writes conflict only with writes to what their plan read, so that the writes
+    of one process need not wait for each other (Sidecar.write does not serialize them)."""
+
+    def write_tracked(self, plan: TrackedPlan, actor: str) -> tuple[int, list[Op], list[tuple[int, list[Op]]]]:
+        """As Store.write, but plan(refresh) also says what it read and at which revision: the write
+        commits only if none of those entities (nor those its ops change) was changed by a commit
+        after that revision; else the plan runs again with refresh=True (catch up first). Every
+        committed write still gets the next revision: the journal is one serial order.
+
+        Returns (revision, ops, between): between, the commits after the plan's revision and
+        before this one, oldest first, when the store has them at hand (else fewer: the caller
+        catches up)."""
 
 
 @runtime_checkable

@@ -5,25 +5,49 @@ Keys, all under a prefix so that several apps can share one Redis:
   epochs                     list of JSON {epoch, parent, fork, lost, at}: how each epoch began
   recovery, recovery-claims  while Redis lacks writes sidecars hold: a fence (writes refused)
                              and each such sidecar's claim (its revision); see recover()
-  journal                    hash revision -> {at, actor, ops} (the last JOURNAL_KEEP writes)
+  layout                     "2": users and owners in buckets, the journal a stream
+  journal                    stream, entry id "<revision>-0", field entry = JSON {at, actor, ops}
+                             (the last JOURNAL_KEEP writes)
+  policy                     a counter every write of the role policy bumps (what readers watch)
   roles, restricted          hashes role -> JSON        roleperms:<role>   hash key -> JSON
-  users                      hash uid -> role           roleusers:<role>   set of uids (index)
-  owners                     hash guid -> owner         members:<guid>     hash uid -> scope
+  users:<b>                  hash uid -> role           roleusers:<role>   set of uids (index)
+  owners:<b>                 hash guid -> owner         members:<guid>     hash uid -> scope
   bans:<guid>                set of uids                overrides:<guid>   hash "scope key" -> JSON
   channel                    pub/sub {"epoch", "revision"} after every write (a hint only)
+where <b> is the bucket of the id: the first 3 hex digits of its SHA-1 (4096 buckets), so that
+a write watching one user's role does not conflict with writes to every other user's.
+
 Every op is an absolute command on one entity's keys (the few that must read first are Lua
 scripts), so the ops of a write apply in order inside MULTI with no help from any sidecar's
-memory. A write is WATCH rev -> catch up -> plan -> MULTI(ops, rev, journal, PUBLISH) -> EXEC;
-it commits only if nobody wrote meanwhile (else it retries after a short random pause).
+memory. The revision comes from INCR rev inside the same MULTI, in one script that also XADDs
+the journal entry with the id <revision>-0 and publishes the hint: EXEC is atomic, so revisions
+have no gap and no repeat and the stream is in revision order.
+
+A Sidecar's write (write_tracked) conflicts only on what its plan read (sidecar.readset): plan
+on the state kept current by the follower -> WATCH the keys of the entities it read and of those
+its ops change (plus epoch and recovery) -> one script (WINDOW) reads epoch, rev, the fence and
+the stream after the revision the plan read at: if a commit there changed an entity the plan
+touched, catch up and plan again -> MULTI(ops, COMMIT) -> EXEC, which Redis refuses if a watched
+key changed after the WATCH (then plan again). Three round trips; COMMIT also hands back the
+commits between, which the writer applies before its own. So writes to unrelated entities never
+conflict, and two writes whose checks depend on each other's entities commit in a serial order.
+Retries of one process go one at a time (a hot entity degrades to serial writes, not a livelock).
+A store-level write (write: the importer, the tests) reads what it likes, so it watches rev
+itself: it commits only if nobody wrote meanwhile, as every write did before.
+
+Followers read the stream from their last revision (changes_since), woken by the pub/sub hint
+or the periodic check: a lost hint costs nothing, the next one or the tick reads from there.
 This is the only module that talks to Redis for state; its errors become StoreError.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import random
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -35,24 +59,39 @@ import orjson
 import redis
 
 from sidecar.errors import StoreError
+from sidecar.readset import Entities, written_by
 from sidecar.state import POLICY_OPS, Op, RuntimeState, check_ops
-from sidecar.stores.base import DataLoss, Facts, FactsRead, Follower, Plan, ResyncNeeded, store_changed
+from sidecar.stores.base import (
+    DataLoss,
+    Facts,
+    FactsRead,
+    Follower,
+    Plan,
+    PlanRun,
+    ResyncNeeded,
+    TrackedPlan,
+    store_changed,
+)
 
 log = logging.getLogger("chatauthz.redis")
 JOURNAL_KEEP = 50_000
 LINEAGE_KEEP = 100
 RECOVERY_TTL_S = 30  # fence and claims outlive a claimant's retries (seconds apart), not its death
 WRITE_RETRIES = 30
+PLAN_ROUNDS = 5  # plans per attempt while commits keep changing what the plan read
+WINDOW_MAX = 1000  # commits a writer reads to see whether they changed what it read (more: catch up)
 BATCH = 500
+LAYOUT = "2"
+BUCKET_DIGITS = 3  # users:<b>, owners:<b>: the first hex digits of SHA-1(id); DELETE_ROLE_USERS does the same
 
-# KEYS[1] users hash; ARGV: uid, role, roleusers key prefix
+# KEYS[1] users bucket; ARGV: uid, role, roleusers key prefix
 PUT_USER = """
 local old = redis.call('HGET', KEYS[1], ARGV[1])
 if old then redis.call('SREM', ARGV[3] .. old, ARGV[1]) end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('SADD', ARGV[3] .. ARGV[2], ARGV[1])
 """
-# KEYS[1] users hash; ARGV: uid, roleusers key prefix
+# KEYS[1] users bucket; ARGV: uid, roleusers key prefix
 DELETE_USER = """
 local old = redis.call('HGET', KEYS[1], ARGV[1])
 if old then
@@ -60,11 +99,15 @@ if old then
   redis.call('HDEL', KEYS[1], ARGV[1])
 end
 """
-# KEYS[1] users hash, KEYS[2] roleusers:<role>: the role's users go back to default
+# KEYS[1] roleusers:<role>; ARGV: users bucket key prefix, bucket digits: the role's users go
+# back to default (each uid's bucket computed as RedisStore.user_field computes it)
 DELETE_ROLE_USERS = """
-local uids = redis.call('SMEMBERS', KEYS[2])
-for i = 1, #uids do redis.call('HDEL', KEYS[1], uids[i]) end
-redis.call('DEL', KEYS[2])
+local uids = redis.call('SMEMBERS', KEYS[1])
+local digits = tonumber(ARGV[2])
+for i = 1, #uids do
+  redis.call('HDEL', ARGV[1] .. string.sub(redis.sha1hex(uids[i]), 1, digits), uids[i])
+end
+redis.call('DEL', KEYS[1])
 return #uids
 """
 # KEYS[1] the owners hash; ARGV: guid, new owner, owned-groups key prefix: the owner and its index
@@ -80,6 +123,35 @@ local old = redis.call('HGET', KEYS[1], ARGV[1])
 if old then redis.call('SREM', ARGV[2] .. old, ARGV[1]) end
 local uids = redis.call('HKEYS', KEYS[2])
 for i = 1, #uids do redis.call('SREM', ARGV[3] .. uids[i], ARGV[1]) end
+"""
+# The end of every write, inside its MULTI after its ops: the next revision, its journal entry
+# under the id <revision>-0 (so the stream is in revision order), the hint. KEYS: rev, journal,
+# epoch; ARGV: entry JSON, JOURNAL_KEEP, channel, a revision R, WINDOW_MAX. Returns {revision,
+# the entries after R and before it (none when more than WINDOW_MAX)}: what the writer applies
+# before its own write, without another look.
+COMMIT = """
+local rev = redis.call('INCR', KEYS[1])
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], rev .. '-0', 'entry', ARGV[1])
+redis.call('PUBLISH', ARGV[3], '{"epoch":' .. cjson.encode(redis.call('GET', KEYS[3]) or '') ..
+           ',"revision":' .. rev .. '}')
+local from = tonumber(ARGV[4])
+local between = {}
+if rev - 1 > from and rev - 1 - from <= tonumber(ARGV[5]) then
+  between = redis.call('XRANGE', KEYS[2], (from + 1) .. '-0', (rev - 1) .. '-0')
+end
+return {rev, between}
+"""
+# A write's look after its WATCH: KEYS epoch, rev, recovery, journal; ARGV: the revision its plan
+# read at, WINDOW_MAX. Returns {epoch, rev, fenced, the entries after that revision (none when
+# more than WINDOW_MAX: then the writer catches up)}.
+WINDOW = """
+local rev = tonumber(redis.call('GET', KEYS[2]) or '0')
+local from = tonumber(ARGV[1])
+local entries = {}
+if rev > from and rev - from <= tonumber(ARGV[2]) then
+  entries = redis.call('XRANGE', KEYS[4], (from + 1) .. '-0', rev .. '-0')
+end
+return {redis.call('GET', KEYS[1]) or '', rev, redis.call('EXISTS', KEYS[3]), entries}
 """
 # Only while Redis is still in the state the claimant found (else nil): set the fence if absent
 # (with the first claim's time), refresh it and add our claim. KEYS: epoch, rev, recovery,
@@ -112,6 +184,14 @@ BULK_ARGS = 1_000  # arguments per command in RUN_COMMANDS (Lua's unpack takes a
 BULK_CALL_ARGS = 200_000  # arguments per RUN_COMMANDS call
 
 
+def bucket(ident: str) -> str:
+    """The bucket of a user or group id (stable across processes, as DELETE_ROLE_USERS computes it)."""
+    return hashlib.sha1(ident.encode(), usedforsecurity=False).hexdigest()[:BUCKET_DIGITS]
+
+
+BUCKETS = tuple(f"{n:0{BUCKET_DIGITS}x}" for n in range(16 ** BUCKET_DIGITS))
+
+
 class RedisStore:
     def __init__(self, url: str, prefix: str = "chatauthz:", timeout_s: float = 1.0,
                  recovery_grace_s: float = 0.0, seen_dir: Path | None = None) -> None:
@@ -122,8 +202,21 @@ class RedisStore:
         self.channel = self.key("channel")
         self.epoch: str | None = None  # the epoch of the data this sidecar holds
         self.lineage: list[dict[str, Any]] = []  # how that epoch came to be (Redis's `epochs`)
+        self.position = 0  # the newest revision of self.epoch handed to this sidecar (read or written)
         self.recovery_grace_s = recovery_grace_s  # after a loss, how long claims are gathered
         self.claimant = uuid.uuid4().hex
+        self._layout_checked = False  # _check_layout ran (a load, or the first write)
+        # what writes cost: EXECs refused by a watched key, plans run again after the stream showed a
+        # commit to what they read (both: plan again); both stay near zero for unrelated writes
+        self.conflicts = 0
+        self.replans = 0
+        self._counting = threading.Lock()
+        # A write that conflicted retries holding this, and while it is held new writes of this
+        # process queue behind it: under contention on one entity, this process's writes go one at
+        # a time (as all of them did before), so that none keeps losing to the next
+        self._retrying = threading.Lock()
+        self._seen_lock = threading.Lock()
+        self._pending: tuple[str, int] | None = None  # the newest (epoch, revision) to be put on disk
         # The newest (epoch, revision) this sidecar has seen, kept on disk across its restarts: a
         # Redis found below it after a restart of both lost writes, though no state remembers them.
         name = hashlib.sha256(f"{url}|{prefix}".encode()).hexdigest()[:16]
@@ -132,6 +225,8 @@ class RedisStore:
         self._put_user = self.client.register_script(PUT_USER)
         self._delete_user = self.client.register_script(DELETE_USER)
         self._delete_role_users = self.client.register_script(DELETE_ROLE_USERS)
+        self._commit_script = self.client.register_script(COMMIT)
+        self._window_script = self.client.register_script(WINDOW)
         self._claim_script = self.client.register_script(CLAIM)
         self._put_group = self.client.register_script(PUT_GROUP)
         self._delete_group_index = self.client.register_script(DELETE_GROUP_INDEX)
@@ -142,12 +237,20 @@ class RedisStore:
 
     # Where each entity lives: the one place the layout of users, owners and groups is spelled.
     def user_field(self, uid: str) -> tuple[str, str]:
-        """(hash key, field) holding uid's role."""
-        return self.key("users"), uid
+        """(hash key, field) holding uid's role: the user's bucket."""
+        return self.key("users:" + bucket(uid)), uid
 
     def owner_field(self, guid: str) -> tuple[str, str]:
-        """(hash key, field) holding guid's owner."""
-        return self.key("owners"), guid
+        """(hash key, field) holding guid's owner: the group's bucket."""
+        return self.key("owners:" + bucket(guid)), guid
+
+    def user_keys(self) -> list[str]:
+        """Every hash that may hold a user's role."""
+        return [self.key("users:" + b) for b in BUCKETS]
+
+    def owner_keys(self) -> list[str]:
+        """Every hash that may hold a group's owner."""
+        return [self.key("owners:" + b) for b in BUCKETS]
 
     def members_key(self, guid: str) -> str:
         """Hash uid -> scope of guid's members."""
@@ -169,6 +272,27 @@ class RedisStore:
         """Set of the groups uid owns (an index)."""
         return self.key("owned:" + uid)
 
+    def policy_key(self) -> str:
+        """Bumped by every write of the role policy (roles, their permissions, restricted features)."""
+        return self.key("policy")
+
+    def keys_of(self, entities: Entities) -> set[str]:
+        """The keys holding these entities: what a write that read or changes them watches."""
+        if entities.everything:
+            return {self.key("rev")}  # every write changes it: conflicts with all, as before
+        keys = {self.user_field(uid)[0] for uid in entities.users}
+        keys.update(self.owner_field(guid)[0] for guid in entities.owners)
+        keys.update(self.members_key(guid) for guid in entities.members)
+        keys.update(self.bans_key(guid) for guid in entities.bans)
+        keys.update(self.overrides_key(guid) for guid in entities.overrides)
+        if entities.policy:
+            keys.add(self.policy_key())
+        if entities.all_users:
+            keys.update(self.user_keys())
+        if entities.all_owners:
+            keys.update(self.owner_keys())
+        return keys
+
     # -- reads -----------------------------------------------------------------------------
     def revision(self) -> int:
         with _mapped("read the revision"):
@@ -177,8 +301,7 @@ class RedisStore:
     def load(self) -> RuntimeState:
         """Everything, without blocking Redis: scan, then replay what was written meanwhile."""
         with _mapped("load the runtime state"):
-            if self.client.set(self.key("epoch"), uuid.uuid4().hex, nx=True):  # a new or emptied Redis
-                self.client.set(self.key("indexed"), 1)  # written from now on with its index sets
+            self._check_layout()
             epoch = str(self.client.get(self.key("epoch")) or "")
             lineage = [json.loads(step) for step in self.client.lrange(self.key("epochs"), 0, -1)]
             start = self.revision()
@@ -186,8 +309,10 @@ class RedisStore:
             shared: dict[str, str] = {}  # one str object per role and scope name, not one per entry
             state.roles = {r: json.loads(v) for r, v in self._hscan("roles")}
             state.restricted = {r: frozenset(json.loads(v)) for r, v in self._hscan("restricted")}
-            state.users = {uid: shared.setdefault(role, role) for uid, role in self._hscan("users")}
-            state.owners = dict(self._hscan("owners"))
+            for _, users in self._per_entity("users:", "hgetall"):
+                state.users.update((uid, shared.setdefault(role, role)) for uid, role in users.items())
+            for _, owners in self._per_entity("owners:", "hgetall"):
+                state.owners.update(owners)
             for role, perms in self._per_entity("roleperms:", "hgetall"):
                 state.role_permissions[role] = {k: json.loads(v) for k, v in perms.items()}
             for guid, members in self._per_entity("members:", "hgetall"):
@@ -200,11 +325,75 @@ class RedisStore:
                     scope, key = field.split(" ", 1)
                     scopes.setdefault(scope, {})[key] = json.loads(value)
                 state.overrides[guid] = scopes
-            self.epoch, self.lineage = epoch, lineage
+            self.epoch, self.lineage, self.position = epoch, lineage, start
             for revision, ops in self.changes_since(start, remembered=False):  # idempotent: safe to replay
                 state.apply_all(ops, revision)
             self._saw(epoch, state.revision)
             return state
+
+    def _layout_before_writing(self) -> None:
+        """A store that writes before it ever loaded (a seed, an import) sets the layout first."""
+        if not self._layout_checked:
+            with _mapped("check the key layout"):
+                self._check_layout()
+            self._layout_checked = True
+
+    def _check_layout(self) -> None:
+        """A new or emptied Redis gets an epoch and this layout; one an older chatauthz wrote (a
+        `users` and an `owners` hash, a hash journal) is moved to this layout first (_upgrade)."""
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.set(self.key("epoch"), uuid.uuid4().hex, nx=True)
+            pipe.get(self.key("layout"))
+            pipe.exists(self.key("users"), self.key("owners"))
+            pipe.type(self.key("journal"))
+            _, layout, legacy, journal = pipe.execute()
+        if layout == LAYOUT and not legacy and journal in ("stream", "none"):
+            return
+        if layout is None and (legacy or journal == "hash"):
+            self._upgrade()
+            return
+        if layout is None and journal == "none":
+            self.client.set(self.key("layout"), LAYOUT, nx=True)
+            if not legacy:  # nothing written yet: written from now on with its index sets
+                self.client.set(self.key("indexed"), 1, nx=True)
+            return
+        raise StoreError(f"Redis under the prefix {self.prefix!r} holds chatauthz state of another layout (layout "
+                         f"{layout!r}, old users/owners hashes: {bool(legacy)}, journal: {journal}); is a sidecar "
+                         "of another version writing to it? See docs/distributed.md, upgrading",
+                         code="ERR_STORE_LAYOUT", status=503)
+
+    def _upgrade(self) -> None:
+        """Move what an older chatauthz wrote (users and owners in one hash each, the journal a
+        hash revision -> entry) to this layout, in one transaction; if anyone writes meanwhile,
+        the next load looks again. Every sidecar of the older version must be stopped first."""
+        old = [self.key(name) for name in ("users", "owners", "journal")]
+        with self.client.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(self.key("rev"), self.key("epoch"), *old)  # type: ignore[no-untyped-call]
+                users: dict[str, str] = pipe.hgetall(old[0])  # type: ignore[assignment]
+                owners: dict[str, str] = pipe.hgetall(old[1])  # type: ignore[assignment]
+                journal: dict[str, str] = pipe.hgetall(old[2]) if pipe.type(old[2]) == "hash" else {}  # type: ignore[assignment]
+                buckets: dict[str, Any] = {}
+                for uid, role in users.items():
+                    key, field = self.user_field(uid)
+                    buckets.setdefault(key, {})[field] = role
+                for guid, owner in owners.items():
+                    key, field = self.owner_field(guid)
+                    buckets.setdefault(key, {})[field] = owner
+                pipe.multi()
+                pipe.delete(*old)
+                for key, mapping in buckets.items():
+                    pipe.hset(key, mapping=mapping)
+                for revision in sorted(int(r) for r in journal):
+                    pipe.xadd(old[2], {"entry": journal[str(revision)]}, id=f"{revision}-0")
+                pipe.set(self.key("layout"), LAYOUT)
+                pipe.execute()
+                log.warning("Redis under %r held an older layout: moved %d users, %d owners and %d journal "
+                            "entries to layout %s", self.prefix, len(users), len(owners), len(journal), LAYOUT)
+            except redis.WatchError:
+                raise StoreError("Redis changed while its older layout was being moved; is a sidecar of the "
+                                 "older version still writing? Try again", code="ERR_STORE_LAYOUT",
+                                 status=503) from None
 
     def _hscan(self, name: str) -> Iterator[tuple[str, str]]:
         return self.client.hscan_iter(self.key(name), count=10_000)
@@ -270,8 +459,7 @@ class RedisStore:
 
     def _ensure_indexes(self) -> None:
         """Data written before the index sets existed: build them once (a scan)."""
-        if self.client.set(self.key("epoch"), uuid.uuid4().hex, nx=True):  # a new or emptied Redis
-            self.client.set(self.key("indexed"), 1)
+        self._check_layout()
         if self.client.exists(self.key("indexed")):
             return
         log.warning("building the Redis index sets once (data from an older version)")
@@ -316,47 +504,63 @@ class RedisStore:
 
     def group_ids(self) -> list[str]:
         with _mapped("list the groups"):
-            key, _ = self.owner_field("")  # the one owners hash (a bucketed layout: every bucket)
-            return sorted(str(guid) for guid in self.client.hkeys(key))
+            with self.client.pipeline(transaction=True) as pipe:  # every bucket, at one revision
+                for key in self.owner_keys():
+                    pipe.hkeys(key)
+                return sorted(str(guid) for guids in pipe.execute() for guid in guids)
 
     def users_with_role(self, role: str) -> int:
         with _mapped("count a role's users"):
             return int(self.client.scard(self.key("roleusers:" + role)))
 
     def changes_since(self, revision: int, *, remembered: bool = True) -> list[tuple[int, list[Op]]]:
+        """The journal after `revision`, read from the stream in one atomic look (epoch, rev, entries)."""
         with _mapped("read the journal"):
-            epoch = self.client.get(self.key("epoch"))
-            current = self.revision()
+            seen = self.seen  # before the read: a write of this process may commit (and be seen) meanwhile
+            with self.client.pipeline(transaction=True) as pipe:
+                pipe.get(self.key("epoch"))
+                pipe.get(self.key("rev"))
+                pipe.xrange(self.key("journal"), min=f"{revision + 1}-0", max="+")
+                epoch, raw, entries = pipe.execute()
+            current = int(raw or 0)
             if epoch != self.epoch or current < revision:
                 raise ResyncNeeded(f"Redis epoch or revision changed (revision {current}, ours {revision})")
-            if remembered and self.seen is not None and self.seen[0] == epoch and current < self.seen[1]:
-                raise ResyncNeeded(f"Redis is at revision {current}, below the {self.seen[1]} this sidecar "
+            if remembered and seen is not None and seen[0] == epoch and current < seen[1]:
+                raise ResyncNeeded(f"Redis is at revision {current}, below the {seen[1]} this sidecar "
                                    "saw before it restarted")
-            self._saw(self.epoch, current)  # the caller applies everything up to current
-            if current == revision:
-                return []
-            wanted = list(range(revision + 1, current + 1))
-            entries = self.client.hmget(self.key("journal"), [str(r) for r in wanted])
-            if any(entry is None for entry in entries):
+            found = _entries(entries)
+            if [rev for rev, _ in found] != list(range(revision + 1, current + 1)):
                 raise ResyncNeeded(f"the journal no longer holds revisions {revision + 1}..{current}")
-            return [(rev, json.loads(str(entry))["ops"]) for rev, entry in zip(wanted, entries, strict=True)]
+            self._saw(self.epoch, current)  # the caller applies everything up to current
+            self._handed(epoch, current)
+            return [(rev, entry["ops"]) for rev, entry in found]
 
     def journal(self, since: int, offset: int, limit: int) -> tuple[int, list[dict[str, Any]]]:
         with _mapped("read the journal"):
             current = self.revision()
             oldest = max(since + 1, current - JOURNAL_KEEP + 1, 1)
-            revisions = list(range(oldest + offset, min(current, oldest + offset + limit - 1) + 1))
-            entries = self.client.hmget(self.key("journal"), [str(r) for r in revisions]) if revisions else []
-            found = [{"revision": r, **json.loads(e)} for r, e in zip(revisions, entries, strict=True) if e]
+            first, last = oldest + offset, min(current, oldest + offset + limit - 1)
+            entries = self.client.xrange(self.key("journal"), min=f"{first}-0", max=f"{last}-0") \
+                if first <= last else []
+            found = [{"revision": rev, **entry} for rev, entry in _entries(entries)]
             return max(0, current - oldest + 1), found
 
     def follow(self, catch_up: Callable[[], None], interval_s: float) -> Follower:
-        """Subscribable: pub/sub hints plus a periodic check (sidecar.sync.RedisSync)."""
+        """Subscribable: pub/sub hints plus a periodic check (sidecar.sync.RedisSync); a hint at or
+        below what this sidecar was already handed is not followed."""
         from sidecar.sync import RedisSync
-        return RedisSync(self.client, self.channel, catch_up, interval_s=interval_s)
+        return RedisSync(self.client, self.channel, catch_up, interval_s=interval_s,
+                         known=lambda: (self.epoch, self.position))
+
+    def _handed(self, epoch: str | None, revision: int) -> None:
+        if epoch == self.epoch and revision > self.position:
+            self.position = revision
 
     # -- writes ----------------------------------------------------------------------------
     def write(self, plan: Plan, actor: str) -> tuple[int, list[Op]]:
+        """A plan that reads what it likes (through changes_since): it commits only if nobody wrote
+        meanwhile (WATCH rev), else it runs again after a short random pause."""
+        self._layout_before_writing()
         with _mapped("write"):
             for attempt in range(WRITE_RETRIES):
                 with self.client.pipeline(transaction=True) as pipe:
@@ -365,31 +569,110 @@ class RedisStore:
                         ops = check_ops(plan())  # catches up (changes_since), checks; registry shapes only
                         raw, fenced = pipe.mget(self.key("rev"), self.key("recovery"))
                         if fenced:
-                            raise StoreError("Redis lost writes that sidecars hold and they are writing them "
-                                             "back; try again in a few seconds")
-                        current = int(raw or 0)
+                            raise _fenced()
                         if not ops:
                             pipe.unwatch()
-                            return current, []
-                        revision = current + 1
-                        pipe.multi()
-                        for op in ops:
-                            self._queue(pipe, op)
-                        self._commit(pipe, revision, actor, ops)
-                        pipe.execute()
-                        self._saw(self.epoch, revision)
-                        return revision, ops
+                            return int(raw or 0), []
+                        return self._commit(pipe, ops, actor)[0], ops
                     except redis.WatchError:
+                        self._count("conflicts")
                         time.sleep(random.uniform(0, min(0.05, 0.001 * 2 ** attempt)))
             raise StoreError("too many concurrent writes; try again", status=503)
 
-    def _commit(self, pipe: Any, revision: int, actor: str, ops: list[Op]) -> None:
-        pipe.set(self.key("rev"), revision)
-        entry = {"at": time.time(), "actor": actor, "ops": ops}
-        pipe.hset(self.key("journal"), str(revision), json.dumps(entry, separators=(",", ":")))
-        if revision > JOURNAL_KEEP:
-            pipe.hdel(self.key("journal"), str(revision - JOURNAL_KEEP))
-        pipe.publish(self.channel, json.dumps({"epoch": self.epoch, "revision": revision}))
+    def write_tracked(self, plan: TrackedPlan, actor: str) -> tuple[int, list[Op], list[tuple[int, list[Op]]]]:
+        """ReadTracking: commit unless a commit changed what the plan read (see the module docstring)."""
+        self._layout_before_writing()
+        with _mapped("write"), contextlib.ExitStack() as serial:
+            refresh, holding = False, self._retrying.locked()
+            if holding:  # writes of this process are conflicting: queue behind them
+                serial.enter_context(self._retrying)
+            for attempt in range(WRITE_RETRIES):
+                if attempt == 1 and not holding:
+                    serial.enter_context(self._retrying)  # retries of this process, one at a time
+                    holding = True
+                with self.client.pipeline(transaction=True) as pipe:
+                    try:
+                        watched: set[str] = set()
+                        for _ in range(PLAN_ROUNDS):
+                            run = plan(refresh)
+                            ops = check_ops(run.ops)
+                            touched = Entities()
+                            touched.update(run.reads)
+                            touched.update(written_by(ops))
+                            more = ({self.key("epoch"), self.key("recovery")} | self.keys_of(touched)) - watched
+                            if more:
+                                pipe.watch(*more)  # type: ignore[no-untyped-call]
+                                watched |= more
+                            # after the WATCH any change to those keys fails the EXEC; what came before
+                            # it, after the plan's revision, the stream shows
+                            current, between = self._window(pipe, touched, run)
+                            refresh = between is None
+                            if not refresh:
+                                break
+                            self._count("replans")
+                        else:
+                            raise redis.WatchError("what the plan read kept changing")
+                        assert between is not None
+                        if not ops:
+                            pipe.unwatch()
+                            return run.revision, [], []
+                        revision, later = self._commit(pipe, ops, actor, current)
+                        return revision, ops, between + later
+                    except redis.WatchError:
+                        self._count("conflicts")
+                        refresh = True
+                        time.sleep(random.uniform(0, min(0.02, 0.0005 * 2 ** attempt)))
+            raise StoreError("too many concurrent writes; try again", status=503)
+
+    def _window(self, pipe: Any, touched: Entities, run: PlanRun) -> tuple[int, list[tuple[int, list[Op]]] | None]:
+        """Redis's revision and the commits after the plan's (one look, after the WATCH); None for
+        the commits when one changed an entity the plan touched, the epoch changed, or the stream
+        no longer holds them all (then: catch up and plan again). Refused while fenced."""
+        epoch, raw, fenced, found = self._window_script(
+            keys=[self.key("epoch"), self.key("rev"), self.key("recovery"), self.key("journal")],
+            args=[run.revision, WINDOW_MAX], client=pipe)
+        if int(fenced):
+            raise _fenced()
+        current = int(raw)
+        entries = _raw_entries(found) if found else []
+        if epoch != run.epoch or current < run.revision or \
+                [rev for rev, _ in entries] != list(range(run.revision + 1, current + 1)):
+            return current, None
+        if any(written_by(entry["ops"]).touches(touched) for _, entry in entries):
+            return current, None
+        return current, [(rev, entry["ops"]) for rev, entry in entries]
+
+    def _commit(self, pipe: Any, ops: list[Op], actor: str, current: int = 0
+                ) -> tuple[int, list[tuple[int, list[Op]]]]:
+        """Queue the ops and the commit script in MULTI; EXEC; the new revision, and the commits
+        after `current` and before it (empty when there are more than WINDOW_MAX)."""
+        pipe.multi()
+        for op in ops:
+            self._queue(pipe, op)
+        self._queue_commit(pipe, ops, actor, current)
+        return self._committed(pipe.execute()[-1], current)
+
+    def _queue_commit(self, pipe: Any, ops: list[Op], actor: str, current: int) -> None:
+        """Queue, inside a MULTI after the ops' commands, the commit script (and the policy counter)."""
+        entry = json.dumps({"at": time.time(), "actor": actor, "ops": ops}, separators=(",", ":"))
+        if written_by(ops).policy:
+            pipe.incr(self.policy_key())
+        self._commit_script(keys=[self.key("rev"), self.key("journal"), self.key("epoch")],
+                            args=[entry, JOURNAL_KEEP, self.channel, current, WINDOW_MAX], client=pipe)
+
+    def _committed(self, answer: Any, current: int) -> tuple[int, list[tuple[int, list[Op]]]]:
+        """The commit script's answer: the new revision, and the commits after `current` before it."""
+        revision, found = int(answer[0]), answer[1]
+        self._saw(self.epoch, revision)
+        self._handed(self.epoch, revision)
+        later = [(rev, e["ops"]) for rev, e in _raw_entries(found)] if found else []
+        if [rev for rev, _ in later] != list(range(current + 1, revision)):
+            later = []
+        return revision, later
+
+    def _count(self, name: str) -> None:
+        with self._counting:
+            setattr(self, name, getattr(self, name) + 1)
 
     def _queue(self, pipe: Any, op: Op) -> None:
         """Queue one op as absolute commands on its entity's keys."""
@@ -401,7 +684,8 @@ class RedisStore:
             pipe.hdel(key("restricted"), op["role"])
             pipe.delete(key("roleperms:" + op["role"]))
             pipe.srem(key("index:roleperms"), op["role"])
-            self._delete_role_users(keys=[key("users"), key("roleusers:" + op["role"])], client=pipe)
+            self._delete_role_users(keys=[key("roleusers:" + op["role"])], args=[key("users:"), BUCKET_DIGITS],
+                                    client=pipe)
         elif name == "set_role_permissions":
             pipe.hset(key("roleperms:" + op["role"]), mapping={k: json.dumps(v) for k, v in op["values"].items()})
             pipe.sadd(key("index:roleperms"), op["role"])
@@ -455,6 +739,7 @@ class RedisStore:
         role it has now (read under WATCH) to its last. Other ops are queued one by one (_queue).
         Then _commit (revision, journal, publish), all in one MULTI; a write by anyone else since
         expect_revision (found, or breaking the WATCH) is ERR_STORE_CHANGED."""
+        self._layout_before_writing()
         check_ops(ops)
         with _mapped("write"), self.client.pipeline(transaction=True) as pipe:
             try:
@@ -471,18 +756,16 @@ class RedisStore:
                     return current
                 bulk = all(op["op"] in BULK_OPS for op in ops)
                 calls = self._bulk_commands(pipe, ops) if bulk else []
-                revision = current + 1
                 pipe.multi()
                 for commands in calls:
                     self._run_commands(keys=[], args=[orjson.dumps(commands)], client=pipe)
                 if not bulk:
                     for op in ops:
                         self._queue(pipe, op)
-                self._commit(pipe, revision, actor, ops)
-                pipe.execute()
+                self._queue_commit(pipe, ops, actor, current)
+                revision, _ = self._committed(pipe.execute()[-1], current)
             except redis.WatchError:
                 raise store_changed(None, expect_revision) from None
-        self._saw(self.epoch, revision)
         return revision
 
     def _bulk_commands(self, pipe: Any, ops: list[Op]) -> list[list[tuple[str, str, list[str]]]]:
@@ -577,6 +860,7 @@ class RedisStore:
         if state.revision == 0:
             return None  # nothing to lose
         with _mapped("check Redis for lost writes"):
+            known = self.seen  # before the read: a write of this process may commit (and be seen) meanwhile
             with self.client.pipeline(transaction=False) as pipe:
                 pipe.get(self.key("epoch"))
                 pipe.get(self.key("rev"))
@@ -584,7 +868,7 @@ class RedisStore:
                 epoch, raw_rev, raw_lineage = pipe.execute()
             revision = int(raw_rev or 0)
             if epoch == state.epoch:
-                seen = max(state.revision, self.seen[1] if self.seen and self.seen[0] == epoch else 0)
+                seen = max(state.revision, known[1] if known and known[0] == epoch else 0)
                 if revision >= seen:
                     return None  # a gap or a trimmed journal: a plain resync
                 loss = DataLoss(state.epoch, revision + 1, seen, "pending",
@@ -650,6 +934,7 @@ class RedisStore:
                     pipe.delete(*stale)
                 if state.whole:
                     self._put_all(pipe, state)
+                pipe.set(self.key("layout"), LAYOUT)
                 pipe.set(self.key("rev"), fork)
                 pipe.set(self.key("epoch"), new)
                 pipe.rpush(self.key("epochs"), *(json.dumps(s) for s in lineage))
@@ -673,28 +958,46 @@ class RedisStore:
             return None
 
     def _saw(self, epoch: str | None, revision: int) -> None:
-        """Remember (epoch, revision) if newer; on disk (atomically) before a write is answered."""
+        """Remember (epoch, revision) if newer; on disk (atomically) before a write is answered.
+        Concurrent writes of this process share one file write: whoever writes, writes the newest."""
         if not epoch or (self.seen is not None and self.seen[0] == epoch and self.seen[1] >= revision):
             return
-        self.seen = (epoch, revision)
-        if self.seen_file is None:
-            return
-        on_disk = self._read_seen()  # another worker of this sidecar may be ahead: never go back
-        if on_disk is not None and on_disk[0] == epoch and on_disk[1] >= revision:
-            return
-        temp = self.seen_file.with_name(f".{self.seen_file.name}.{os.getpid()}")
-        try:
-            temp.write_text(json.dumps({"epoch": epoch, "revision": revision}))
-            os.replace(temp, self.seen_file)
-        except OSError as exc:
-            log.warning("could not remember the revision seen in %s: %s", self.seen_file, exc)
+        with self._counting:
+            pending = self._pending
+            if pending is None or pending[0] != epoch or pending[1] < revision:
+                self._pending = (epoch, revision)
+        with self._seen_lock:  # one file writer at a time
+            if self.seen is not None and self.seen[0] == epoch and self.seen[1] >= revision:
+                return  # a concurrent writer wrote a newer one meanwhile
+            pending = self._pending
+            target = pending if pending is not None and pending[0] == epoch and pending[1] >= revision \
+                else (epoch, revision)
+            try:
+                if self.seen_file is None:
+                    return
+                on_disk = self._read_seen()  # another worker of this sidecar may be ahead: never go back
+                if on_disk is not None and on_disk[0] == epoch and on_disk[1] >= target[1]:
+                    return
+                temp = self.seen_file.with_name(f".{self.seen_file.name}.{os.getpid()}")
+                try:
+                    temp.write_text(json.dumps({"epoch": target[0], "revision": target[1]}))
+                    os.replace(temp, self.seen_file)
+                except OSError as exc:
+                    log.warning("could not remember the revision seen in %s: %s", self.seen_file, exc)
+            finally:  # only once on disk: a concurrent writer that finds it here may answer
+                self.seen = target
 
     def _put_all(self, pipe: Any, state: RuntimeState) -> None:
         key = self.key
         hashes: dict[str, dict[str, str]] = {
             key("roles"): {r: json.dumps(rec) for r, rec in state.roles.items()},
-            key("restricted"): {r: json.dumps(sorted(f)) for r, f in state.restricted.items()},
-            key("users"): state.users, key("owners"): state.owners}
+            key("restricted"): {r: json.dumps(sorted(f)) for r, f in state.restricted.items()}}
+        for uid, role in state.users.items():
+            users, field = self.user_field(uid)
+            hashes.setdefault(users, {})[field] = role
+        for guid, owner in state.owners.items():
+            owners, field = self.owner_field(guid)
+            hashes.setdefault(owners, {})[field] = owner
         hashes.update({key("roleperms:" + r): {k: json.dumps(v) for k, v in p.items()}
                        for r, p in state.role_permissions.items()})
         hashes.update({key("members:" + g): m for g, m in state.members.items()})
@@ -745,3 +1048,44 @@ class _mapped:
     def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
         if isinstance(exc, redis.RedisError) and not isinstance(exc, redis.WatchError):
             raise StoreError(f"Redis is unavailable; could not {self.doing}: {exc}") from exc
+
+
+# Parsed journal entries by revision, with their text: a process reads each entry several times
+# (its writes' windows, the commits handed back, the follower); it parses it once. Read-only.
+_PARSED: dict[int, tuple[str, dict[str, Any]]] = {}
+PARSED_KEEP = 8192
+
+
+def _parse(revision: int, text: str) -> dict[str, Any]:
+    known = _PARSED.get(revision)
+    if known is not None and known[0] == text:  # same text (another epoch or prefix reparses)
+        return known[1]
+    if len(_PARSED) >= PARSED_KEEP:
+        _PARSED.clear()
+    parsed: dict[str, Any] = json.loads(text)
+    _PARSED[revision] = (text, parsed)
+    return parsed
+
+
+def _entries(raw: Any) -> list[tuple[int, dict[str, Any]]]:
+    """Stream entries as (revision, {at, actor, ops})."""
+    out = []
+    for entry_id, fields in raw:
+        revision = int(entry_id.split("-", 1)[0])
+        out.append((revision, _parse(revision, fields["entry"])))
+    return out
+
+
+def _raw_entries(raw: Any) -> list[tuple[int, dict[str, Any]]]:
+    """Stream entries as a script returns them ([[id, [field, value, ...]], ...])."""
+    out = []
+    for entry_id, flat in raw:
+        fields = dict(zip(flat[::2], flat[1::2], strict=True))
+        revision = int(str(entry_id).split("-", 1)[0])
+        out.append((revision, _parse(revision, fields["entry"])))
+    return out
+
+
+def _fenced() -> StoreError:
+    return StoreError("Redis lost writes that sidecars hold and they are writing them back; try again in a few "
+                      "seconds")
