@@ -1,6 +1,8 @@
 """The distributed store: runtime state in Redis, shared by every sidecar on every host.
 
-Keys, all under a prefix so that several apps can share one Redis:
+Keys, all under a prefix so that several apps can share one Redis, inside one hash tag
+(prefix chatauthz: -> keys {chatauthz}:rev, ...: redisconn.keyspace) so that a cluster-mode
+Redis holds them in one slot and the transactions below run there unchanged:
   rev, epoch                 the revision counter; an id that changes if Redis loses its data
   epochs                     list of JSON {epoch, parent, fork, lost, at}: how each epoch began
   recovery, recovery-claims  while Redis lacks writes sidecars hold: a fence (writes refused)
@@ -15,7 +17,9 @@ Every op is an absolute command on one entity's keys (the few that must read fir
 scripts), so the ops of a write apply in order inside MULTI with no help from any sidecar's
 memory. A write is WATCH rev -> catch up -> plan -> MULTI(ops, rev, journal, PUBLISH) -> EXEC;
 it commits only if nobody wrote meanwhile (else it retries after a short random pause).
-This is the only module that talks to Redis for state; its errors become StoreError.
+This is the only module that talks to Redis for state; its errors become StoreError. The
+client (one URL, Sentinel's primary, a cluster) comes from sidecar.stores.redisconn, which also
+makes every transaction WAIT for redis_min_replicas after its EXEC.
 """
 from __future__ import annotations
 
@@ -32,10 +36,13 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from redis.commands.core import Script
+from redis.exceptions import RedisClusterException
 
 from sidecar.errors import StoreError
 from sidecar.state import Op, RuntimeState, check_ops
 from sidecar.stores.base import DataLoss, Follower, Plan, ResyncNeeded
+from sidecar.stores.redisconn import RedisSpec, connect, is_cluster, keyspace, unwrap
 
 log = logging.getLogger("chatauthz.redis")
 JOURNAL_KEEP = 50_000
@@ -83,13 +90,35 @@ return {now, redis.call('GET', KEYS[3]), redis.call('HGETALL', KEYS[4])}
 """
 
 
+class _Script:
+    """A Lua script called as redis-py's registered ones are (keys=, args=, client=). On one
+    Redis (or Sentinel's primary) it is EVALSHA, loaded first by the pipeline on its own
+    connection; on a cluster it is EVAL of the source, as a cluster pipeline loads nothing and
+    a NOSCRIPT inside MULTI would leave the rest of the transaction applied."""
+
+    def __init__(self, store: RedisStore, source: str) -> None:
+        self.store, self.source = store, source
+        self._registered: Script | None = None
+
+    def __call__(self, keys: list[str], args: list[Any] | None = None, client: Any = None) -> Any:
+        args = args or []
+        target = unwrap(client if client is not None else self.store.client)
+        if is_cluster(target):
+            return target.execute_command("EVAL", self.source, len(keys), *keys, *args)
+        if self._registered is None:
+            self._registered = Script(unwrap(self.store.client), self.source)
+        return self._registered(keys=keys, args=args, client=target)
+
+
 class RedisStore:
-    def __init__(self, url: str, prefix: str = "chatauthz:", timeout_s: float = 1.0,
+    def __init__(self, redis_at: str | RedisSpec, prefix: str = "chatauthz:", timeout_s: float = 1.0,
                  recovery_grace_s: float = 0.0, seen_dir: Path | None = None) -> None:
-        self.url = url
+        """redis_at: a URL, or a RedisSpec (Sentinel, cluster, min_replicas: sidecar.stores.redisconn)."""
+        self.spec = RedisSpec(url=redis_at, timeout_s=timeout_s) if isinstance(redis_at, str) else redis_at
+        self.url = self.spec.identity
         self.prefix = prefix
-        self.client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-                                           decode_responses=True, health_check_interval=5)
+        self.keyspace = keyspace(prefix)  # what every key starts with: the prefix as one hash tag
+        self.client: redis.Redis = connect(self.spec)  # or a RedisCluster (alike to this module)
         self.channel = self.key("channel")
         self.epoch: str | None = None  # the epoch of the data this sidecar holds
         self.lineage: list[dict[str, Any]] = []  # how that epoch came to be (Redis's `epochs`)
@@ -97,16 +126,20 @@ class RedisStore:
         self.claimant = uuid.uuid4().hex
         # The newest (epoch, revision) this sidecar has seen, kept on disk across its restarts: a
         # Redis found below it after a restart of both lost writes, though no state remembers them.
-        name = hashlib.sha256(f"{url}|{prefix}".encode()).hexdigest()[:16]
+        name = hashlib.sha256(f"{self.url}|{prefix}".encode()).hexdigest()[:16]
         self.seen_file = seen_dir / f"redis-seen-{name}.json" if seen_dir is not None else None
         self.seen = self._read_seen()
-        self._put_user = self.client.register_script(PUT_USER)
-        self._delete_user = self.client.register_script(DELETE_USER)
-        self._delete_role_users = self.client.register_script(DELETE_ROLE_USERS)
-        self._claim_script = self.client.register_script(CLAIM)
+        self._put_user = _Script(self, PUT_USER)
+        self._delete_user = _Script(self, DELETE_USER)
+        self._delete_role_users = _Script(self, DELETE_ROLE_USERS)
+        self._claim_script = _Script(self, CLAIM)
 
     def key(self, name: str) -> str:
-        return self.prefix + name
+        return self.keyspace + name
+
+    def pattern(self, name: str) -> str:
+        """A SCAN MATCH pattern for the keys that start with key(name)."""
+        return "".join("\\" + c if c in "*?[]\\" else c for c in self.key(name)) + "*"
 
     # Where each entity lives: the one place the layout of users, owners and groups is spelled.
     def user_field(self, uid: str) -> tuple[str, str]:
@@ -137,6 +170,7 @@ class RedisStore:
     def load(self) -> RuntimeState:
         """Everything, without blocking Redis: scan, then replay what was written meanwhile."""
         with _mapped("load the runtime state"):
+            self._refuse_the_old_layout()
             self.client.set(self.key("epoch"), uuid.uuid4().hex, nx=True)  # a new or emptied Redis
             epoch = str(self.client.get(self.key("epoch")) or "")
             lineage = [json.loads(step) for step in self.client.lrange(self.key("epochs"), 0, -1)]
@@ -165,12 +199,21 @@ class RedisStore:
             self._saw(epoch, state.revision)
             return state
 
+    def _refuse_the_old_layout(self) -> None:
+        """Keys written before the hash tag (prefix + name) would look like an empty Redis."""
+        if self.keyspace == self.prefix or self.client.exists(self.key("epoch")):
+            return
+        if self.client.exists(self.prefix + "epoch"):
+            raise StoreError(f"Redis holds this app's state in the key layout of before hash tags "
+                             f"({self.prefix}rev, ...), and none in the current one ({self.key('rev')}, ...); "
+                             "rename the keys before starting (docs/distributed.md, 'Upgrading the key layout')")
+
     def _hscan(self, name: str) -> Iterator[tuple[str, str]]:
         return self.client.hscan_iter(self.key(name), count=10_000)
 
     def _per_entity(self, kind: str, command: str) -> Iterator[tuple[str, Any]]:
         """(entity id, value) for every key prefix+kind+<id>, fetched in pipelined batches."""
-        keys = list(self.client.scan_iter(match=self.key(kind) + "*", count=10_000))
+        keys = list(self.client.scan_iter(match=self.pattern(kind), count=10_000))
         for start in range(0, len(keys), BATCH):
             batch = keys[start:start + BATCH]
             with self.client.pipeline(transaction=False) as pipe:
@@ -376,7 +419,7 @@ class RedisStore:
                 pipe.watch(self.key("rev"), self.key("epoch"))  # type: ignore[no-untyped-call]
                 if pipe.get(self.key("epoch")) != epoch or int(pipe.get(self.key("rev")) or 0) != revision:
                     return replace(loss, detail=f"{loss.detail}; Redis changed meanwhile, looking again")
-                stale = list(self.client.scan_iter(match=self.prefix + "*", count=10_000))
+                stale = list(self.client.scan_iter(match=self.pattern(""), count=10_000))
                 pipe.multi()
                 if stale:
                     pipe.delete(*stale)
@@ -454,5 +497,5 @@ class _mapped:
         return None
 
     def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
-        if isinstance(exc, redis.RedisError) and not isinstance(exc, redis.WatchError):
+        if isinstance(exc, (redis.RedisError, RedisClusterException)) and not isinstance(exc, redis.WatchError):
             raise StoreError(f"Redis is unavailable; could not {self.doing}: {exc}") from exc
