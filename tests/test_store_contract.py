@@ -866,3 +866,67 @@ def test_a_claim_on_a_stale_look_at_redis_does_not_fence_it_again(own_redis: Red
     finally:
         for store in stores:
             store.close()
+
+
+# -- Redis: hash tags, WAIT, the old layout ------------------------------------------------------
+def test_every_key_of_a_prefix_is_inside_one_hash_tag() -> None:
+    assert keyspace("chatauthz:") == "{chatauthz}:"
+    assert keyspace("app") == "{app}"
+    assert keyspace("{chatauthz}:") == "{chatauthz}:"  # spelled with its tag: taken as it is
+    assert keyspace("x{app}:") == "x{app}:"
+    assert keyspace("a}b:") == "{a}b}:" and has_hash_tag("{a}b}:")  # the tag is "a": still one slot
+    for bad in ("", ":", "}x:"):
+        with pytest.raises(ValueError):
+            keyspace(bad)
+    store = RedisStore("redis://127.0.0.1:1/0", "app1:")
+    try:
+        names = [store.key("rev"), store.user_field("u")[0], store.owner_field("g")[0], store.members_key("g"),
+                 store.bans_key("g"), store.overrides_key("g"), store.channel]
+        assert all(name.startswith("{app1}:") for name in names), names
+        assert store.pattern("members:") == "{app1}:members:*"
+        assert RedisStore("redis://127.0.0.1:1/0", "a*[b]:").pattern("") == "{a\\*\\[b\\]}:*"
+    finally:
+        store.close()
+
+
+@pytest.mark.redis
+def test_the_key_layout_of_before_hash_tags_is_refused_not_taken_for_an_empty_redis(
+        shared_redis: RedisServer) -> None:
+    old_prefix = unique("old") + ":"
+    admin = shared_redis.client()
+    admin.set(old_prefix + "epoch", "e1")
+    admin.set(old_prefix + "rev", "7")
+    store = RedisStore(shared_redis.url, old_prefix, timeout_s=0.5)
+    try:
+        with pytest.raises(StoreError) as refused:
+            store.load()
+        assert "layout" in refused.value.message and old_prefix + "rev" in refused.value.message
+        assert not admin.exists(store.key("epoch")), "the refused load wrote a new epoch"
+    finally:
+        store.close()
+
+
+@pytest.mark.redis
+def test_a_write_is_acknowledged_only_once_min_replicas_have_it(shared_redis: RedisServer,
+                                                                shared_sentinel: SentinelSetup) -> None:
+    """WAIT on the write's own connection: a Redis without replicas refuses (503, not
+    acknowledged); Sentinel's primary with its replica acknowledges, and the replica has it."""
+    key_prefix = unique("wait") + ":"
+    lonely = core(RedisStore(RedisSpec(url=shared_redis.url, timeout_s=0.3, min_replicas=1), key_prefix))
+    replicated = core(RedisStore(shared_sentinel.spec(timeout_s=0.5, min_replicas=1), key_prefix))
+    try:
+        started = time.monotonic()
+        with pytest.raises(StoreError) as refused:
+            lonely.write(lambda tx: ([{"op": "put_user", "uid": "u1", "role": "support"}], None), "t")
+        assert time.monotonic() - started < 3.0
+        assert (refused.value.status, refused.value.code) == (503, "ERR_WRITE_NOT_REPLICATED")
+        assert "0 of the 1 replica(s)" in refused.value.message and "not acknowledged" in refused.value.message
+        assert "u1" not in lonely.state.users, "a refused write was applied as if acknowledged"
+        done = replicated.write(lambda tx: ([{"op": "put_user", "uid": "u1", "role": "support"}], None), "t")
+        assert done.revision == 1
+        replica = shared_sentinel.replica().client()
+        assert replica.hget(keyspace(key_prefix) + "users", "u1") == "support"  # there before the answer
+        assert replica.get(keyspace(key_prefix) + "rev") == "1"
+    finally:
+        lonely.store.close()
+        replicated.store.close()
