@@ -94,6 +94,8 @@ class Settings:
         self._validate_redis()
 
     def _validate_redis(self) -> None:
+        if not (self.redis_enabled or self.redis_service or self.redis_cluster or self.redis_min_replicas):
+            return  # the embedded store: no Redis module is imported
         from sidecar.stores.redisconn import keyspace, parse_sentinels
         if self.redis_url and self.redis_sentinel:
             raise ValueError("redis_url and redis_sentinel are two ways to find Redis: give one of them "

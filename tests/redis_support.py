@@ -386,14 +386,14 @@ class SentinelSetup:
 
     def wait_in_sync(self, timeout: float = 10.0) -> None:
         """Bounded wait until the replica of the current primary has everything it has."""
-        def synced() -> bool:
+        def synced() -> bool:  # a probe write, then WAIT on its connection: everything before it is there
             primary = self.nodes[0] if self.master_port() is None else self.primary()
-            with redis.Redis(port=primary.port, socket_timeout=0.5, decode_responses=True) as client:
-                info = client.info("replication")
-            offset = int(info["master_repl_offset"])
-            replicas = [v for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)]
-            return bool(replicas) and all(r.get("state") == "online" and int(r["offset"]) >= offset
-                                          for r in replicas)
+            with redis.Redis(port=primary.port, socket_timeout=2, decode_responses=True,
+                             single_connection_client=True) as client:
+                if client.info("replication")["role"] != "master":
+                    return False
+                client.set("chatauthz-test:sync-probe", uuid.uuid4().hex)
+                return int(client.wait(1, 500)) >= 1
         wait_until(synced, timeout, interval=0.02, what="the replica catching up with the primary")
 
     def stop(self) -> None:
