@@ -29,6 +29,13 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--body-timeout", type=float, dest="body_timeout_s",
                        help="seconds a request body may take to arrive, else 408 (CHATAUTHZ_BODY_TIMEOUT_S, default 3)")
     serve.add_argument("--redis-url", help="keep runtime state in Redis (CHATAUTHZ_REDIS_URL)")
+    serve.add_argument("--redis-sentinel", help="find the Redis primary through these sentinels, "
+                       "host:port[,host:port...] (CHATAUTHZ_REDIS_SENTINEL; with --redis-service)")
+    serve.add_argument("--redis-service", help="the Sentinel service (master name) to follow (CHATAUTHZ_REDIS_SERVICE)")
+    serve.add_argument("--redis-cluster", action="store_const", const=True,
+                       help="--redis-url is a node of a cluster-mode Redis (CHATAUTHZ_REDIS_CLUSTER)")
+    serve.add_argument("--redis-min-replicas", type=int, help="acknowledge a write only once this many replicas "
+                       "have it, by WAIT (CHATAUTHZ_REDIS_MIN_REPLICAS, default 0)")
     serve.add_argument("--redis-prefix", help="Redis key prefix (CHATAUTHZ_REDIS_PREFIX, default chatauthz:)")
     serve.add_argument("--cache-entries", type=int, dest="cache_entries",
                        help="hold users, owners, memberships and bans as a cache of this many facts, read from "
@@ -56,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
                                      policies=args.policies, model=args.model, workers=args.workers,
                                      threads=args.threads, server=args.server,
                                      body_timeout_s=args.body_timeout_s, redis_url=args.redis_url,
+                                     redis_sentinel=args.redis_sentinel, redis_service=args.redis_service,
+                                     redis_cluster=args.redis_cluster, redis_min_replicas=args.redis_min_replicas,
                                      redis_prefix=args.redis_prefix, max_staleness_s=args.max_staleness_s,
                                      cache_entries=args.cache_entries, decision_log=args.decision_log,
                                      decision_log_deny_only=args.decision_log_deny_only,
@@ -109,8 +118,9 @@ def serve_forever(settings: Settings) -> int:
         print("chatauthz: the policy files are invalid; serving the last good policy kept in the data "
               "folder:\n  " + "\n  ".join(problems), file=sys.stderr, flush=True)
     keys = load_keys(settings.data_dir, settings.api_key, settings.authorize_key)
-    from sidecar.logs import redact
-    where = f"Redis {redact(settings.redis_url)}" if settings.redis_url else f"{settings.data_dir.resolve()}"
+    from sidecar.stores.redisconn import spec_from
+    spec = spec_from(settings)
+    where = spec.describe() if spec is not None else f"{settings.data_dir.resolve()}"
     print(f"chatauthz: listening on {f'unix://{settings.uds}' if settings.uds else f'http://{address}'} "
           f"({settings.workers} worker(s), state in {where})", flush=True)
     print(f"chatauthz: management API key from {keys.source}", flush=True)

@@ -17,9 +17,8 @@ from sidecar.core import Sidecar
 from sidecar.errors import PolicyError, StoreError
 from sidecar.policy import PolicySet, load_policy_texts
 from sidecar.reload import Files, PolicyWatcher, read_files, read_settled
-from sidecar.stores import sqlite
+from sidecar.stores import redisconn, sqlite
 from sidecar.stores.base import Store
-from sidecar.stores.redisstore import RedisStore
 from sidecar.stores.sqlite import SQLiteStore
 
 log = logging.getLogger("chatauthz.compose")
@@ -27,10 +26,10 @@ log = logging.getLogger("chatauthz.compose")
 
 def open_store(settings: Settings) -> Store:
     """Redis when configured, else the embedded SQLite file in the data folder."""
-    if settings.redis_url:
+    if settings.redis_enabled:
         settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        return RedisStore(settings.redis_url, settings.redis_prefix, settings.redis_timeout_s,
-                          recovery_grace_s=settings.redis_recovery_grace_s, seen_dir=settings.data_dir)
+        return redisconn.open_store(settings, recovery_grace_s=settings.redis_recovery_grace_s,
+                                    seen_dir=settings.data_dir)
     if settings.store_id is None:  # serve made and pinned it: a worker never makes a new one
         settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # state and keys: owner only
     return SQLiteStore(settings.data_dir / "chatauthz.sqlite3", expect=settings.store_id)
@@ -39,7 +38,7 @@ def open_store(settings: Settings) -> Store:
 def preflight(settings: Settings) -> Settings:
     """Before `serve` listens: a data folder and embedded database that work (else StoreError).
     Returns the settings with that database pinned (store_id) for the workers."""
-    store_id = sqlite.preflight(settings.data_dir, None if settings.redis_url else settings.data_dir / "chatauthz.sqlite3")
+    store_id = sqlite.preflight(settings.data_dir, None if settings.redis_enabled else settings.data_dir / "chatauthz.sqlite3")
     return replace(settings, store_id=store_id)
 
 

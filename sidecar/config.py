@@ -32,6 +32,10 @@ class Settings:
     max_batch: int = 1000
     max_body_bytes: int = 1024 * 1024  # a larger request body is a 413
     redis_url: str | None = None
+    redis_sentinel: str | None = None  # "host:port[,host:port...]": find the primary through Sentinel
+    redis_service: str | None = None  # the Sentinel service (master name) to follow
+    redis_cluster: bool = False  # redis_url is a node of a cluster-mode Redis
+    redis_min_replicas: int = 0  # acknowledge a write only once this many replicas have it (WAIT)
     redis_prefix: str = "chatauthz:"
     redis_timeout_s: float = 1.0
     sync_interval_s: float = 1.0
@@ -44,6 +48,11 @@ class Settings:
     decision_log_sample: float = 1.0
     cache_entries: int = 0  # > 0: hold users, owners, memberships and bans as a cache of this many facts
     store_id: str | None = None  # "dev:inode" of the embedded database: serve pins it for its workers
+
+    @property
+    def redis_enabled(self) -> bool:
+        """Runtime state in Redis (a URL or Sentinel), else in the embedded SQLite file."""
+        return bool(self.redis_url or self.redis_sentinel)
 
     @property
     def model_path(self) -> Path:
@@ -85,6 +94,35 @@ class Settings:
             raise ValueError(f"cache_entries must be 0 (hold the whole state) or at least 1000, got {self.cache_entries}")
         if self.server not in ("granian", "gunicorn"):
             raise ValueError(f"server must be granian or gunicorn, got {self.server!r}")
+        self._validate_redis()
+
+    def _validate_redis(self) -> None:
+        if not (self.redis_enabled or self.redis_service or self.redis_cluster or self.redis_min_replicas):
+            return  # the embedded store: no Redis module is imported
+        from sidecar.stores.redisconn import keyspace, parse_sentinels
+        if self.redis_url and self.redis_sentinel:
+            raise ValueError("redis_url and redis_sentinel are two ways to find Redis: give one of them "
+                             "(--redis-url, or --redis-sentinel with --redis-service)")
+        if self.redis_sentinel:
+            parse_sentinels(self.redis_sentinel)
+            if not self.redis_service:
+                raise ValueError("redis_sentinel needs redis_service, the name of the primary Sentinel "
+                                 "watches (--redis-service)")
+        elif self.redis_service:
+            raise ValueError("redis_service names a primary watched by Sentinel: it needs redis_sentinel "
+                             "(--redis-sentinel host:port[,host:port...])")
+        if self.redis_cluster and not self.redis_url:
+            raise ValueError("redis_cluster needs redis_url, the address of one node of the cluster "
+                             "(Sentinel and cluster mode do not mix)")
+        if self.redis_min_replicas < 0:
+            raise ValueError(f"redis_min_replicas must be 0 or more, got {self.redis_min_replicas}")
+        if self.redis_min_replicas and not self.redis_enabled:
+            raise ValueError("redis_min_replicas counts Redis replicas: it needs redis_url or redis_sentinel "
+                             "(the embedded store has no replicas)")
+        if self.redis_enabled:
+            keyspace(self.redis_prefix)
+            if not 0 < self.redis_timeout_s <= 60:
+                raise ValueError(f"redis_timeout_s must be in (0, 60], got {self.redis_timeout_s}")
 
 
 def _convert(name: str, raw: str) -> Any:

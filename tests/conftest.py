@@ -212,8 +212,8 @@ INTEGRATION_FILES = {
     "test_decision_log.py", "test_fuzz_schemathesis.py", "test_guard_rails.py", "test_hostile_input.py",
     "test_http_api.py", "test_http_durability.py", "test_http_scope_table.py", "test_http_workers.py",
     "test_logging.py", "test_metrics.py", "test_policy_reload.py", "test_policy_settle.py",
-    "test_redis_data_loss.py", "test_redis_sync.py", "test_redis_writes.py", "test_serve_process.py",
-    "test_slow_clients.py",
+    "test_redis_data_loss.py", "test_redis_failover.py", "test_redis_sync.py", "test_redis_writes.py",
+    "test_serve_process.py", "test_slow_clients.py",
     "test_differential_authorize_write.py",  # in-process too, but property runs over generated worlds: seconds
     "test_unit_reload.py",  # in-process, but waits for files to settle: real seconds
     # in-process through sidecar.cli.main, but each runs a whole command (policy load, suites, store):
@@ -223,7 +223,7 @@ INTEGRATION_FILES = {
     "test_import_bulk_write.py",  # redis-server, and properties over generated op lists
     "test_import_differential.py",  # properties over generated files: seconds
 }
-REDIS_FILES = {"test_redis_data_loss.py", "test_redis_sync.py", "test_redis_writes.py"}
+REDIS_FILES = {"test_redis_data_loss.py", "test_redis_failover.py", "test_redis_sync.py", "test_redis_writes.py"}
 PROCESS_FIXTURES = {"server", "start_server", "shared_server", "live", "srv"}  # start `chatauthz serve`
 REDIS_FIXTURES = {"redis_server", "shared_redis", "own_redis"}  # start redis-server
 

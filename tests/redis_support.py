@@ -5,8 +5,13 @@
 answers, and can be SIGKILLed, restarted on the same port and folder (optionally wiped, as a
 Redis that lost its data), paused (SIGSTOP) and resumed (SIGCONT).
 
-`SidecarProcess` (alias `Sidecar`) runs `python -m sidecar serve --redis-url ...` in its own
-process group with CHATAUTHZ_* taken only from what it is given (short sync interval and Redis
+`SentinelSetup` runs a primary, a replica and three sentinels (short `down-after-milliseconds`
+and `failover-timeout`, so a failover takes seconds) and `ClusterSetup` a 3-node cluster-mode
+Redis (every slot on a primary, no replicas); each gives the RedisSpec a store is built from
+and the flags a sidecar is started with.
+
+`SidecarProcess` (alias `Sidecar`) runs `python -m sidecar serve --redis-url ...` (or the given
+`redis_args`, say Sentinel's) in its own process group with CHATAUTHZ_* taken only from what it is given (short sync interval and Redis
 timeout by default), waits (bounded) for /health/live and talks to it with `requests`, a new
 connection per request (so with --workers 2 either worker may answer).
 
@@ -55,9 +60,33 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def free_cluster_port() -> int:
+    """A free port P <= 55535 whose cluster bus port P + 10000 is free too (Redis 6 has no cluster-port)."""
+    import random
+    for _ in range(200):
+        port = random.randint(20000, 29999)
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as one, \
+                    socket.socket(socket.AF_INET, socket.SOCK_STREAM) as bus:
+                one.bind(("127.0.0.1", port))
+                bus.bind(("127.0.0.1", port + 10000))
+        except OSError:
+            continue
+        return port
+    raise HelperError("no free port pair for a cluster node")
+
+
 def unique(prefix: str) -> str:
     """A fresh alpha-dash id, so tests sharing servers never collide."""
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def redis_cli_binary() -> str:
+    """`redis-cli` next to the redis-server in use."""
+    path = os.path.join(os.path.dirname(redis_server_binary()), "redis-cli")
+    if not os.path.exists(path):
+        raise HelperError(f"no redis-cli at {path}")
+    return path
 
 
 def redis_server_binary() -> str:
@@ -103,12 +132,13 @@ class RedisServer:
     """One redis-server process on 127.0.0.1:<port>, in its own process group."""
 
     def __init__(self, base_dir: Path | str | None = None, *, persistent: bool = False,
-                 port: int | None = None) -> None:
+                 port: int | None = None, extra_args: Iterable[str] = ()) -> None:
         self._own_dir = base_dir is None
         self.base_dir = Path(base_dir) if base_dir is not None else Path(tempfile.mkdtemp(prefix="redis-"))
         self.data_dir = self.base_dir / "redis-data"
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.persistent = persistent
+        self.extra_args = list(extra_args)
         self.port = port or free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.paused = False
@@ -129,7 +159,7 @@ class RedisServer:
             cmd += ["--appendonly", "yes", "--appendfsync", "always"]
         else:
             cmd += ["--appendonly", "no"]
-        return cmd
+        return cmd + self.extra_args
 
     def start(self) -> RedisServer:
         if self.running:
@@ -150,8 +180,7 @@ class RedisServer:
                     raise HelperError(f"redis-server exited with {self.proc.returncode}: {self.log()}")
                 try:
                     if probe.ping():
-                        # with AOF, Redis answers LOADING until the file is read: wait for real data
-                        probe.dbsize()
+                        self._ready(probe)
                         return self
                 except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
                     pass
@@ -165,6 +194,9 @@ class RedisServer:
                 time.sleep(0.02)
         finally:
             probe.close()
+
+    def _ready(self, probe: redis.Redis) -> None:
+        probe.dbsize()  # with AOF, Redis answers LOADING until the file is read: wait for real data
 
     def log(self) -> str:
         return self._log.read_text(errors="replace") if self._log and self._log.exists() else ""
@@ -238,6 +270,193 @@ class RedisServer:
         return client
 
 
+# -- Sentinel: a primary, a replica, three sentinels ----------------------------------------
+class SentinelServer(RedisServer):
+    """`redis-server <conf> --sentinel` watching `service` (quorum 2), fast failover timings."""
+
+    def __init__(self, base_dir: Path | str, service: str, primary_port: int, *, down_after_ms: int,
+                 failover_timeout_ms: int) -> None:
+        super().__init__(base_dir)
+        self.conf = self.base_dir / f"sentinel-{self.port}.conf"
+        self.conf.write_text(
+            f"port {self.port}\nbind 127.0.0.1\ndaemonize no\ndir {self.data_dir}\n"
+            f"sentinel monitor {service} 127.0.0.1 {primary_port} 2\n"
+            f"sentinel down-after-milliseconds {service} {down_after_ms}\n"
+            f"sentinel failover-timeout {service} {failover_timeout_ms}\n"
+            f"sentinel parallel-syncs {service} 1\n")
+
+    @property
+    def command(self) -> list[str]:
+        return [redis_server_binary(), str(self.conf), "--sentinel", "--loglevel", "notice"]
+
+    def _ready(self, probe: redis.Redis) -> None:
+        return None  # a sentinel has no data to load
+
+
+class SentinelSetup:
+    """A primary and its replica (no persistence) watched by three sentinels on loopback.
+
+    The sentinels' `down-after-milliseconds` (default 1000) and `failover-timeout` are short, so
+    a killed primary is replaced in a few seconds. `nodes[0]` starts as the primary; after a
+    failover, primary() and replica() say which is which (as the sentinels do)."""
+
+    def __init__(self, base_dir: Path | str, *, service: str | None = None, down_after_ms: int = 1000,
+                 failover_timeout_ms: int = 3000) -> None:
+        self.base_dir = Path(base_dir)
+        self.service = service or unique("svc")
+        first = RedisServer(self.base_dir / "node0")
+        second = RedisServer(self.base_dir / "node1", extra_args=["--replicaof", "127.0.0.1", str(first.port)])
+        self.nodes = [first, second]
+        self.sentinels = [SentinelServer(self.base_dir / f"sentinel{n}", self.service, first.port,
+                                         down_after_ms=down_after_ms, failover_timeout_ms=failover_timeout_ms)
+                          for n in range(3)]
+
+    @property
+    def addresses(self) -> str:
+        return ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
+
+    def spec(self, timeout_s: float = 0.5, min_replicas: int = 0) -> Any:
+        from sidecar.stores.redisconn import RedisSpec
+        return RedisSpec(sentinels=tuple(("127.0.0.1", s.port) for s in self.sentinels), service=self.service,
+                         timeout_s=timeout_s, min_replicas=min_replicas)
+
+    def redis_args(self, min_replicas: int = 0) -> list[str]:
+        args = ["--redis-sentinel", self.addresses, "--redis-service", self.service]
+        return args + (["--redis-min-replicas", str(min_replicas)] if min_replicas else [])
+
+    def start(self) -> SentinelSetup:
+        try:
+            for node in self.nodes:
+                node.start()
+            self.wait_in_sync(REDIS_START_TIMEOUT_S)
+            for sentinel in self.sentinels:
+                sentinel.start()
+            wait_until(self._sentinels_see_everyone, 20.0, interval=0.1,
+                       what="every sentinel knowing the primary, its replica and the two other sentinels")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _sentinels_see_everyone(self) -> bool:
+        for sentinel in self.sentinels:
+            with redis.Redis(port=sentinel.port, socket_timeout=1, decode_responses=True) as client:
+                state = client.sentinel_master(self.service)
+                if int(state["num-slaves"]) < 1 or int(state["num-other-sentinels"]) < 2:
+                    return False
+        return True
+
+    def master_port(self) -> int | None:
+        """The primary's port as most sentinels say (None while they disagree or cannot be asked)."""
+        seen: dict[int, int] = {}
+        for sentinel in self.sentinels:
+            if not sentinel.running or sentinel.paused:
+                continue
+            try:
+                with redis.Redis(port=sentinel.port, socket_timeout=0.5, decode_responses=True) as client:
+                    address = client.sentinel_get_master_addr_by_name(self.service)
+            except redis.RedisError:
+                continue
+            if address:
+                seen[int(address[1])] = seen.get(int(address[1]), 0) + 1
+        port, votes = max(seen.items(), key=lambda item: item[1], default=(None, 0))
+        return port if votes >= 2 else None
+
+    def primary(self) -> RedisServer:
+        port = self.master_port()
+        for node in self.nodes:
+            if node.port == port:
+                return node
+        raise HelperError(f"the sentinels name no known primary (port {port})")
+
+    def replica(self) -> RedisServer:
+        primary = self.primary()
+        return next(node for node in self.nodes if node is not primary)
+
+    def wait_failover(self, old: RedisServer, timeout: float = 20.0) -> RedisServer:
+        """Bounded wait until the sentinels name another primary and it says it is one."""
+        def promoted() -> RedisServer | None:
+            port = self.master_port()
+            if port is None or port == old.port:
+                return None
+            node = next(n for n in self.nodes if n.port == port)
+            with redis.Redis(port=port, socket_timeout=0.5, decode_responses=True) as client:
+                return node if client.info("replication")["role"] == "master" else None
+        return wait_until(promoted, timeout, interval=0.05, what="a failover to the replica")
+
+    def wait_in_sync(self, timeout: float = 10.0) -> None:
+        """Bounded wait until the replica of the current primary has everything it has."""
+        def synced() -> bool:  # a probe write, then WAIT on its connection: everything before it is there
+            primary = self.nodes[0] if self.master_port() is None else self.primary()
+            with redis.Redis(port=primary.port, socket_timeout=2, decode_responses=True,
+                             single_connection_client=True) as client:
+                if client.info("replication")["role"] != "master":
+                    return False
+                client.set("chatauthz-test:sync-probe", uuid.uuid4().hex)
+                return int(client.wait(1, 500)) >= 1
+        wait_until(synced, timeout, interval=0.02, what="the replica catching up with the primary")
+
+    def stop(self) -> None:
+        for server in [*self.sentinels, *self.nodes]:
+            server.resume()
+            server.stop()
+
+
+# -- a cluster-mode Redis ----------------------------------------------------------------------
+class ClusterSetup:
+    """Three cluster-mode redis-server nodes on loopback, every slot on a primary, no replicas."""
+
+    def __init__(self, base_dir: Path | str, size: int = 3) -> None:
+        self.base_dir = Path(base_dir)
+        self.nodes = [RedisServer(self.base_dir / f"cnode{n}", port=free_cluster_port(), extra_args=[
+            "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000"])
+            for n in range(size)]
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.nodes[0].port}"
+
+    def spec(self, timeout_s: float = 0.5, min_replicas: int = 0) -> Any:
+        from sidecar.stores.redisconn import RedisSpec
+        return RedisSpec(url=self.url, cluster=True, timeout_s=timeout_s, min_replicas=min_replicas)
+
+    def redis_args(self) -> list[str]:
+        return ["--redis-url", self.url, "--redis-cluster"]
+
+    def start(self) -> ClusterSetup:
+        try:
+            for node in self.nodes:
+                node.start()
+            create = [redis_cli_binary(), "--cluster", "create", *[f"127.0.0.1:{n.port}" for n in self.nodes],
+                      "--cluster-replicas", "0", "--cluster-yes"]
+            done = subprocess.run(create, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+            if done.returncode != 0:
+                raise HelperError(f"redis-cli --cluster create failed: {done.stdout}\n{done.stderr}")
+            wait_until(self._healthy, 20.0, interval=0.1, what="cluster_state:ok on every node")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _healthy(self) -> bool:
+        for node in self.nodes:
+            with redis.Redis(port=node.port, socket_timeout=1, decode_responses=True) as client:
+                info = client.execute_command("CLUSTER INFO")
+                text = info if isinstance(info, str) else str(info)
+                if "cluster_state:ok" not in text and not (isinstance(info, dict) and info.get("cluster_state") == "ok"):
+                    return False
+        return True
+
+    def client(self) -> Any:
+        """A RedisCluster client for the test itself (decoded strings); close it."""
+        from redis.cluster import RedisCluster
+        return RedisCluster.from_url(self.url, decode_responses=True, socket_timeout=5)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
 # -- finding one process's connections in CLIENT LIST ---------------------------------------
 def local_tcp_ports(pids: Iterable[int]) -> set[int]:
     """Local ports of the TCP sockets the given processes hold open (Linux /proc)."""
@@ -292,12 +511,13 @@ class SidecarProcess(ApiClient):
     api_key = TEST_API_KEY
     http_timeout_s = HTTP_TIMEOUT_S
 
-    def __init__(self, base_dir: Path | str, redis_url: str, *, workers: int = 1,
+    def __init__(self, base_dir: Path | str, redis_url: str | None, *, workers: int = 1,
                  max_staleness: float | None = None, prefix: str | None = None,
                  sync_interval_s: float = 0.5, redis_timeout_s: float = 0.5,
                  extra_env: Mapping[str, str] | None = None, port: int | None = None,
-                 name: str = "sidecar") -> None:
+                 name: str = "sidecar", redis_args: Iterable[str] | None = None) -> None:
         self.base_dir = Path(base_dir)
+        self.redis_args = list(redis_args) if redis_args is not None else ["--redis-url", str(redis_url)]
         self.name = name
         self.data_dir = self.base_dir / f"{name}-data"
         self.log_dir = self.base_dir / f"{name}-logs"
@@ -323,7 +543,7 @@ class SidecarProcess(ApiClient):
     @property
     def command(self) -> list[str]:
         cmd = [sys.executable, "-m", "sidecar", "serve", "--host", "127.0.0.1", "--port", str(self.port),
-               "--redis-url", self.redis_url, "--workers", str(self.workers), "--data-dir", str(self.data_dir)]
+               *self.redis_args, "--workers", str(self.workers), "--data-dir", str(self.data_dir)]
         if self.max_staleness is not None:
             cmd += ["--max-staleness", str(self.max_staleness)]
         return cmd

@@ -30,7 +30,7 @@ WRITES_AFTER_SNAPSHOT = 300
 @pytest.fixture
 def rdb_cluster(tmp_path: Path) -> Iterator[tuple[RedisServer, redis.Redis, str, SidecarProcess, SidecarProcess]]:
     server = RedisServer(tmp_path)  # --appendonly no: only an explicit SAVE persists (an RDB file)
-    prefix = unique("loss") + ":"
+    prefix = "{" + unique("loss") + "}:"  # with its hash tag: prefix + name is the key
     env = {"CHATAUTHZ_REDIS_RECOVERY_GRACE_S": str(GRACE_S)}
     a = SidecarProcess(tmp_path, server.url, name="a", prefix=prefix, extra_env=env)
     b = SidecarProcess(tmp_path, server.url, name="b", prefix=prefix, extra_env=env)

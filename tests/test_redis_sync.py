@@ -83,7 +83,7 @@ def fixed_checks(ids: dict[str, str]) -> list[dict[str, Any]]:
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     base = tmp_path_factory.mktemp("redis-sync")
     server = RedisServer(base, persistent=True)
-    prefix = unique("sync") + ":"
+    prefix = "{" + unique("sync") + "}:"  # with its hash tag: prefix + name is the key
     sidecars: list[SidecarProcess] = []
     try:
         server.start()

@@ -421,8 +421,9 @@ def follow_without_hints(a: Sidecar, b: Sidecar) -> None:
 # -- the layout an older chatauthz wrote ---------------------------------------------------------
 def test_a_redis_of_the_older_layout_is_moved_to_this_one_on_load(shared_redis: RedisServer) -> None:
     """users and owners in one hash each and a hash journal (d0e48c4 and before): the first load
-    moves them (users/owners into their buckets, the journal into the stream), then reads them."""
-    prefix = unique("old") + ":"
+    moves them (users/owners into their buckets, the journal into the stream), then reads them.
+    (Keys already renamed under their hash tag, as docs/distributed.md says to do first.)"""
+    prefix = "{" + unique("old") + "}:"
     admin = shared_redis.client()
     ops1: list[Op] = [{"op": "put_user", "uid": "u1", "role": "support"}, {"op": "put_group", "guid": "g1", "owner": "o1"}]
     ops2: list[Op] = [{"op": "put_member", "guid": "g1", "uid": "u1", "scope": "moderator"}]

@@ -1,5 +1,7 @@
-"""One store contract, run against both stores: the embedded SQLite file and Redis (a real
-redis-server on a free port, one per module; tests that kill, pause or flush it get their own).
+"""One store contract, run against every store: the embedded SQLite file, Redis (a real
+redis-server on a free port, one per module; tests that kill, pause or flush it get their own),
+Redis found through Sentinel (a primary, a replica and three sentinels) and a cluster-mode Redis
+(three nodes): the `kit` fixture runs each contract test once per kind.
 
 The contract, for every store: a write commits all its ops or none and bumps the one revision
 counter by one, with who and when in the journal; a plan that raises, or an op that fails, leaves
@@ -10,7 +12,8 @@ changes nothing; concurrent writers on two sidecars never lose an update.
 
 Then what only one store does. SQLite: the shared counter behind changed() and the data_version
 backstop. Redis: key prefixes isolate apps on one Redis, a write publishes {epoch, revision},
-WATCH/MULTI retries, a write while Redis is down or hung fails with StoreError (503) and changes
+WATCH/MULTI retries, every key is inside the prefix's one hash tag (one cluster slot), a write
+while Redis is down or hung fails with StoreError (503) and changes
 nothing, a gap or a new epoch asks for a resync, and a sidecar that holds state writes it back
 after Redis lost its data (reseed, recovery from an older snapshot).
 """
@@ -26,7 +29,7 @@ from typing import Any
 
 import pytest
 import redis
-from redis_support import RedisServer, unique
+from redis_support import ClusterSetup, RedisServer, SentinelSetup, unique
 
 from sidecar import metrics
 from sidecar.core import Sidecar, WriteContext
@@ -35,6 +38,7 @@ from sidecar.errors import ChatAuthzError, StoreError
 from sidecar.policy import load_policy
 from sidecar.state import Op, RuntimeState
 from sidecar.stores.base import DataLoss, RecoveryPending, ResyncNeeded, Store
+from sidecar.stores.redisconn import RedisSpec, has_hash_tag, keyspace
 from sidecar.stores.redisstore import RedisStore
 from sidecar.stores.sqlite import SQLiteStore
 from sidecar.validation import Token
@@ -107,17 +111,26 @@ class SQLiteKit(StoreKit):
 
 
 class RedisKit(StoreKit):
+    """A Redis of any kind: one server (its URL), Sentinel-fronted or a cluster (a RedisSpec);
+    `admin` makes a client of the test's own onto the same data (the primary, or the cluster)."""
+
     name = "redis"
 
-    def __init__(self, server: RedisServer, key_prefix: str) -> None:
+    def __init__(self, target: str | RedisSpec, admin: Callable[[], Any], key_prefix: str) -> None:
         super().__init__()
-        self.server, self.prefix = server, key_prefix
+        self.target, self.admin, self.prefix = target, admin, key_prefix
 
     def _open(self) -> RedisStore:
-        return RedisStore(self.server.url, self.prefix, timeout_s=0.5)
+        return RedisStore(self.target, self.prefix, timeout_s=0.5)
 
     def dump(self) -> dict[str, Any]:
-        return dump(self.server.client(), self.prefix)
+        client = self.admin()
+        try:
+            found = dump(client, self.prefix)
+            assert all(has_hash_tag(key) for key in found)
+            return found
+        finally:
+            client.close()
 
     def revision(self, store: RedisStore) -> int:
         return store.revision()
@@ -140,6 +153,24 @@ def shared_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         server.stop()
 
 
+@pytest.fixture(scope="module")
+def shared_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelSetup]:
+    setup = SentinelSetup(tmp_path_factory.mktemp("sentinel-store"))
+    try:
+        yield setup.start()
+    finally:
+        setup.stop()
+
+
+@pytest.fixture(scope="module")
+def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterSetup]:
+    setup = ClusterSetup(tmp_path_factory.mktemp("cluster-store"))
+    try:
+        yield setup.start()
+    finally:
+        setup.stop()
+
+
 @pytest.fixture
 def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
     """A Redis of the test's own, for tests that kill, pause or flush it."""
@@ -153,14 +184,27 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
 
 @pytest.fixture
 def prefix() -> str:
-    return unique("t") + ":"
+    """A prefix spelled with its hash tag, so `prefix + name` is the key (keyspace takes it as is)."""
+    return "{" + unique("t") + "}:"
 
 
-@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+def redis_kit(request: pytest.FixtureRequest, kind: str) -> RedisKit:
+    key_prefix = unique("t") + ":"  # as an operator spells it: the store puts it in a hash tag
+    if kind == "redis":
+        server: RedisServer = request.getfixturevalue("shared_redis")
+        return RedisKit(server.url, lambda: server.client(), key_prefix)
+    if kind == "sentinel":
+        setup: SentinelSetup = request.getfixturevalue("shared_sentinel")
+        return RedisKit(setup.spec(timeout_s=0.5), lambda: setup.primary().client(), key_prefix)
+    cluster: ClusterSetup = request.getfixturevalue("shared_cluster")
+    return RedisKit(cluster.spec(timeout_s=0.5), cluster.client, key_prefix)
+
+
+@pytest.fixture(params=["sqlite", *[pytest.param(kind, marks=pytest.mark.redis)
+                                    for kind in ("redis", "sentinel", "cluster")]])
 def kit(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreKit]:
-    """Each contract test runs once per store; Redis starts only when a Redis case runs."""
-    made: StoreKit = (SQLiteKit(tmp_path / "state.db") if request.param == "sqlite"
-                      else RedisKit(request.getfixturevalue("shared_redis"), unique("t") + ":"))
+    """Each contract test runs once per store; a Redis starts only when a case of its kind runs."""
+    made: StoreKit = SQLiteKit(tmp_path / "state.db") if request.param == "sqlite" else redis_kit(request, request.param)
     yield made
     made.close()
 
@@ -211,9 +255,11 @@ def dump_tables(db: Path) -> dict[str, list[tuple[Any, ...]]]:
 
 
 def dump(client: redis.Redis, key_prefix: str) -> dict[str, Any]:
-    """Every key under the prefix with its value (the channel is not a key)."""
+    """Every key under the prefix (inside its hash tag) with its value (the channel is not a key)."""
     out: dict[str, Any] = {}
-    for key in sorted(client.scan_iter(match=key_prefix + "*", count=1000)):
+    space = keyspace(key_prefix)
+    pattern = "".join("\\" + c if c in "*?[]\\" else c for c in space) + "*"
+    for key in sorted(client.scan_iter(match=pattern, count=1000)):
         kind = client.type(key)
         if kind == "hash":
             out[key] = client.hgetall(key)
@@ -542,11 +588,13 @@ def test_key_prefixes_isolate_two_apps_on_one_redis(shared_redis: RedisServer, o
                                                       {"op": "put_group", "guid": "g1", "owner": "u1"}], 2))
     new_keys = set(admin.scan_iter(count=1000)) - keys_before
     assert new_keys, "the writes created no keys"
-    assert all(k.startswith((first_prefix, second_prefix)) for k in new_keys), new_keys
-    assert {k for k in new_keys if k.startswith(first_prefix)} and {k for k in new_keys if k.startswith(second_prefix)}
+    first_space, second_space = first.key(""), second.key("")
+    assert (first_space, second_space) == ("{" + first_prefix[:-1] + "}:", "{" + second_prefix[:-1] + "}:")
+    assert all(k.startswith((first_space, second_space)) for k in new_keys), new_keys
+    assert {k for k in new_keys if k.startswith(first_space)} and {k for k in new_keys if k.startswith(second_space)}
     assert first.channel != second.channel
     # flushing one app's keys leaves the other whole
-    admin.delete(*[k for k in new_keys if k.startswith(first_prefix)])
+    admin.delete(*[k for k in new_keys if k.startswith(first_space)])
     assert fields(second.load()) == fields(second_state)
 
 
@@ -818,3 +866,67 @@ def test_a_claim_on_a_stale_look_at_redis_does_not_fence_it_again(own_redis: Red
     finally:
         for store in stores:
             store.close()
+
+
+# -- Redis: hash tags, WAIT, the old layout ------------------------------------------------------
+def test_every_key_of_a_prefix_is_inside_one_hash_tag() -> None:
+    assert keyspace("chatauthz:") == "{chatauthz}:"
+    assert keyspace("app") == "{app}"
+    assert keyspace("{chatauthz}:") == "{chatauthz}:"  # spelled with its tag: taken as it is
+    assert keyspace("x{app}:") == "x{app}:"
+    assert keyspace("a}b:") == "{a}b}:" and has_hash_tag("{a}b}:")  # the tag is "a": still one slot
+    for bad in ("", ":", "}x:"):
+        with pytest.raises(ValueError):
+            keyspace(bad)
+    store = RedisStore("redis://127.0.0.1:1/0", "app1:")
+    try:
+        names = [store.key("rev"), store.user_field("u")[0], store.owner_field("g")[0], store.members_key("g"),
+                 store.bans_key("g"), store.overrides_key("g"), store.channel]
+        assert all(name.startswith("{app1}:") for name in names), names
+        assert store.pattern("members:") == "{app1}:members:*"
+        assert RedisStore("redis://127.0.0.1:1/0", "a*[b]:").pattern("") == "{a\\*\\[b\\]}:*"
+    finally:
+        store.close()
+
+
+@pytest.mark.redis
+def test_the_key_layout_of_before_hash_tags_is_refused_not_taken_for_an_empty_redis(
+        shared_redis: RedisServer) -> None:
+    old_prefix = unique("old") + ":"
+    admin = shared_redis.client()
+    admin.set(old_prefix + "epoch", "e1")
+    admin.set(old_prefix + "rev", "7")
+    store = RedisStore(shared_redis.url, old_prefix, timeout_s=0.5)
+    try:
+        with pytest.raises(StoreError) as refused:
+            store.load()
+        assert "layout" in refused.value.message and old_prefix + "rev" in refused.value.message
+        assert not admin.exists(store.key("epoch")), "the refused load wrote a new epoch"
+    finally:
+        store.close()
+
+
+@pytest.mark.redis
+def test_a_write_is_acknowledged_only_once_min_replicas_have_it(shared_redis: RedisServer,
+                                                                shared_sentinel: SentinelSetup) -> None:
+    """WAIT on the write's own connection: a Redis without replicas refuses (503, not
+    acknowledged); Sentinel's primary with its replica acknowledges, and the replica has it."""
+    key_prefix = unique("wait") + ":"
+    lonely = core(RedisStore(RedisSpec(url=shared_redis.url, timeout_s=0.3, min_replicas=1), key_prefix))
+    replicated = core(RedisStore(shared_sentinel.spec(timeout_s=0.5, min_replicas=1), key_prefix))
+    try:
+        started = time.monotonic()
+        with pytest.raises(StoreError) as refused:
+            lonely.write(lambda tx: ([{"op": "put_user", "uid": "u1", "role": "support"}], None), "t")
+        assert time.monotonic() - started < 3.0
+        assert (refused.value.status, refused.value.code) == (503, "ERR_WRITE_NOT_REPLICATED")
+        assert "0 of the 1 replica(s)" in refused.value.message and "not acknowledged" in refused.value.message
+        assert "u1" not in lonely.state.users, "a refused write was applied as if acknowledged"
+        done = replicated.write(lambda tx: ([{"op": "put_user", "uid": "u1", "role": "support"}], None), "t")
+        assert done.revision == 1
+        replica = shared_sentinel.replica().client()
+        assert replica.hget(*replicated.store.user_field("u1")) == "support"  # there before the answer
+        assert replica.get(keyspace(key_prefix) + "rev") == "1"
+    finally:
+        lonely.store.close()
+        replicated.store.close()

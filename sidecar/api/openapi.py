@@ -156,7 +156,7 @@ def errors(*, full_access: bool = True, body: bool = False, store: bool = True,
         merged.setdefault(400, []).append(BAD)
         merged[413] = ["ERR_PAYLOAD_TOO_LARGE"]
     if store:
-        merged[503] = [STORE, "ERR_STORE_REPLACED"]
+        merged[503] = [STORE, "ERR_STORE_REPLACED", "ERR_WRITE_NOT_REPLICATED"]
     for key, codes in by_status.items():
         status = int(key.removeprefix("s"))
         merged[status] = list(dict.fromkeys([*merged.get(status, []), *codes]))

@@ -47,7 +47,7 @@ class Embedded(WriteHelpers[WriteToken]):
     def __init__(self, policies: str | Path | None = None, *, data_dir: str | Path | None = None,
                  redis_url: str | None = None, model: str | Path | None = None, fail_closed: bool = False,
                  actor: str = "embedded", **settings: Any) -> None:
-        if data_dir is None and redis_url is None:
+        if data_dir is None and redis_url is None and not settings.get("redis_sentinel"):
             raise ValueError("Embedded needs data_dir (the SQLite data folder) or redis_url")
         self._temp = Path(tempfile.mkdtemp(prefix="chatauthz-embedded-")) if data_dir is None else None
         self.settings = Settings(policies=Path(policies) if policies is not None else DEFAULT_POLICIES,

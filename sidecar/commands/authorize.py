@@ -19,6 +19,7 @@ from sidecar.commands.common import (
     add_policy_options,
     add_store_options,
     policy_of,
+    redis_flags,
     report_error,
     settings_from,
     state_of,
@@ -60,8 +61,8 @@ def run(args: argparse.Namespace) -> int:
                                None if args.guid is None else cli_id(args.guid, "guid"),
                                None if args.target is None else cli_id(args.target, "target"),
                                parse_context(args.context))
-        settings = settings_from(data_dir=args.data_dir, redis_url=args.redis_url,
-                                 redis_prefix=args.redis_prefix, policies=args.policies, model=args.model)
+        settings = settings_from(data_dir=args.data_dir, policies=args.policies, model=args.model,
+                                 **redis_flags(args))
         policy = policy_of(settings)
         state = world_state(Path(args.world), policy) if args.world else state_of(settings)[0]
         try:

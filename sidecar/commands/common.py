@@ -33,9 +33,26 @@ def add_store_options(parser: argparse.ArgumentParser, *, world: bool) -> None:
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--data-dir", help=f"read the embedded store <data-dir>/{STORE_FILE} (CHATAUTHZ_DATA_DIR)")
     where.add_argument("--redis-url", help="read the runtime state from Redis (CHATAUTHZ_REDIS_URL)")
+    where.add_argument("--redis-sentinel", help="find the Redis primary through these sentinels, host:port[,...] "
+                       "(CHATAUTHZ_REDIS_SENTINEL; with --redis-service)")
     if world:
         where.add_argument("--world", help="read a YAML world in the policy test suites' format")
+    add_redis_options(parser)
+
+
+def add_redis_options(parser: argparse.ArgumentParser) -> None:
+    """The Redis flags besides the URL (and Sentinel): prefix, service, cluster mode."""
     parser.add_argument("--redis-prefix", help="Redis key prefix (CHATAUTHZ_REDIS_PREFIX, default chatauthz:)")
+    parser.add_argument("--redis-service", help="the Sentinel service (master name) to follow (CHATAUTHZ_REDIS_SERVICE)")
+    parser.add_argument("--redis-cluster", action="store_const", const=True,
+                        help="--redis-url is a node of a cluster-mode Redis (CHATAUTHZ_REDIS_CLUSTER)")
+
+
+def redis_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The Redis flags of add_store_options, for settings_from."""
+    return {"redis_url": args.redis_url, "redis_sentinel": getattr(args, "redis_sentinel", None),
+            "redis_service": args.redis_service, "redis_cluster": args.redis_cluster,
+            "redis_prefix": args.redis_prefix}
 
 
 def settings_from(**flags: Any) -> Settings:
@@ -57,16 +74,15 @@ def policy_of(settings: Settings) -> PolicySet:
 
 def state_of(settings: Settings) -> tuple[RuntimeState, str]:
     """The runtime state from Redis or the embedded store (never created here), and its origin."""
-    if settings.redis_url:
-        from sidecar.logs import redact
-        from sidecar.stores.redisstore import RedisStore
-        store: Any = RedisStore(settings.redis_url, settings.redis_prefix, settings.redis_timeout_s)
-        origin = f"Redis {redact(settings.redis_url)} (prefix {settings.redis_prefix})"
+    if settings.redis_enabled:
+        from sidecar.stores import redisconn
+        store: Any = redisconn.open_store(settings)
+        origin = f"{store.spec.describe()} (prefix {settings.redis_prefix})"
     else:
         path = Path(settings.data_dir) / STORE_FILE
         if not path.is_file():
             raise CommandError(EXIT_USAGE, f"chatauthz: no embedded store at {path}; pass the sidecar's "
-                               "--data-dir, or --redis-url")
+                               "--data-dir, or --redis-url (or --redis-sentinel)")
         from sidecar.stores.sqlite import SQLiteStore
         store, origin = SQLiteStore(path), str(path)
     try:

@@ -17,6 +17,7 @@ from sidecar.commands.common import (
     add_policy_options,
     add_store_options,
     policy_of,
+    redis_flags,
     report_error,
     settings_from,
     state_of,
@@ -37,8 +38,8 @@ def add_parser(commands: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        settings = settings_from(data_dir=args.data_dir, redis_url=args.redis_url,
-                                 redis_prefix=args.redis_prefix, policies=args.policies, model=args.model)
+        settings = settings_from(data_dir=args.data_dir, policies=args.policies, model=args.model,
+                                 **redis_flags(args))
         policy = policy_of(settings)
         state, origin = state_of(settings)
         roles, overrides = roles_yaml(policy, state, origin), group_overrides_yaml(state, origin)

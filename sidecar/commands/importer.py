@@ -23,7 +23,9 @@ from sidecar.commands.common import (
     EXIT_USAGE,
     CommandError,
     add_policy_options,
+    add_redis_options,
     policy_of,
+    redis_flags,
     report_error,
     settings_from,
 )
@@ -43,7 +45,11 @@ def add_parser(commands: Any) -> None:
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--data-dir", help="the embedded store's data folder (CHATAUTHZ_DATA_DIR, default data)")
     where.add_argument("--redis-url", help="import into Redis (CHATAUTHZ_REDIS_URL)")
-    parser.add_argument("--redis-prefix", help="Redis key prefix (CHATAUTHZ_REDIS_PREFIX, default chatauthz:)")
+    where.add_argument("--redis-sentinel", help="import into the Redis primary these sentinels name, host:port[,...] "
+                       "(CHATAUTHZ_REDIS_SENTINEL; with --redis-service)")
+    add_redis_options(parser)
+    parser.add_argument("--redis-min-replicas", type=int, help="a batch counts only once this many replicas have "
+                        "it (CHATAUTHZ_REDIS_MIN_REPLICAS)")
     add_policy_options(parser)
     parser.add_argument("--partial", action="store_true", help="write the good lines even if some are bad")
     parser.add_argument("--batch-size", type=int, default=20_000, help="ops per revision (default 20000)")
@@ -63,9 +69,9 @@ def import_file(args: argparse.Namespace) -> int:
     from sidecar.compose import open_store
     from sidecar.core import WriteContext
     from sidecar.engine import Engine
-    from sidecar.stores.redisstore import RedisStore
-    settings = settings_from(data_dir=args.data_dir, redis_url=args.redis_url, redis_prefix=args.redis_prefix,
-                             policies=args.policies, model=args.model)
+    from sidecar.stores import redisconn
+    settings = settings_from(data_dir=args.data_dir, policies=args.policies, model=args.model,
+                             redis_min_replicas=args.redis_min_replicas, **redis_flags(args))
     policy = policy_of(settings)
     name = "stdin" if args.file == "-" else args.file
     started = time.perf_counter()
@@ -74,8 +80,7 @@ def import_file(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise CommandError(EXIT_USAGE, f"chatauthz import: cannot read {name}: {exc.strerror}") from exc
     try:  # Redis: no seen-revision records of its own (those are a sidecar's, for its recovery)
-        store = RedisStore(settings.redis_url, settings.redis_prefix, settings.redis_timeout_s) \
-            if settings.redis_url else open_store(settings)
+        store = redisconn.open_store(settings) if settings.redis_enabled else open_store(settings)
     except ChatAuthzError as exc:
         stream.close()
         raise CommandError(EXIT_USAGE, f"chatauthz import: cannot open the store: {exc.message}") from exc

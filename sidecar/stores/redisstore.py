@@ -1,6 +1,8 @@
 """The distributed store: runtime state in Redis, shared by every sidecar on every host.
 
-Keys, all under a prefix so that several apps can share one Redis:
+Keys, all under a prefix so that several apps can share one Redis, inside one hash tag
+(prefix chatauthz: -> keys {chatauthz}:rev, ...: redisconn.keyspace) so that a cluster-mode
+Redis holds them in one slot and the transactions below run there unchanged:
   rev, epoch                 the revision counter; an id that changes if Redis loses its data
   epochs                     list of JSON {epoch, parent, fork, lost, at}: how each epoch began
   recovery, recovery-claims  while Redis lacks writes sidecars hold: a fence (writes refused)
@@ -37,7 +39,9 @@ itself: it commits only if nobody wrote meanwhile, as every write did before.
 
 Followers read the stream from their last revision (changes_since), woken by the pub/sub hint
 or the periodic check: a lost hint costs nothing, the next one or the tick reads from there.
-This is the only module that talks to Redis for state; its errors become StoreError.
+This is the only module that talks to Redis for state; its errors become StoreError. The
+client (one URL, Sentinel's primary, a cluster) comes from sidecar.stores.redisconn, which also
+makes every transaction WAIT for redis_min_replicas after its EXEC.
 """
 from __future__ import annotations
 
@@ -57,6 +61,8 @@ from typing import Any
 
 import orjson
 import redis
+from redis.commands.core import Script
+from redis.exceptions import RedisClusterException
 
 from sidecar.errors import StoreError
 from sidecar.readset import Entities, written_by
@@ -72,6 +78,7 @@ from sidecar.stores.base import (
     TrackedPlan,
     store_changed,
 )
+from sidecar.stores.redisconn import RedisSpec, connect, is_cluster, keyspace, unwrap
 
 log = logging.getLogger("chatauthz.redis")
 JOURNAL_KEEP = 50_000
@@ -192,13 +199,35 @@ def bucket(ident: str) -> str:
 BUCKETS = tuple(f"{n:0{BUCKET_DIGITS}x}" for n in range(16 ** BUCKET_DIGITS))
 
 
+class _Script:
+    """A Lua script called as redis-py's registered ones are (keys=, args=, client=). On one
+    Redis (or Sentinel's primary) it is EVALSHA, loaded first by the pipeline on its own
+    connection; on a cluster it is EVAL of the source, as a cluster pipeline loads nothing and
+    a NOSCRIPT inside MULTI would leave the rest of the transaction applied."""
+
+    def __init__(self, store: RedisStore, source: str) -> None:
+        self.store, self.source = store, source
+        self._registered: Script | None = None
+
+    def __call__(self, keys: list[str], args: list[Any] | None = None, client: Any = None) -> Any:
+        args = args or []
+        target = unwrap(client if client is not None else self.store.client)
+        if is_cluster(target):
+            return target.execute_command("EVAL", self.source, len(keys), *keys, *args)
+        if self._registered is None:
+            self._registered = Script(unwrap(self.store.client), self.source)
+        return self._registered(keys=keys, args=args, client=target)
+
+
 class RedisStore:
-    def __init__(self, url: str, prefix: str = "chatauthz:", timeout_s: float = 1.0,
+    def __init__(self, redis_at: str | RedisSpec, prefix: str = "chatauthz:", timeout_s: float = 1.0,
                  recovery_grace_s: float = 0.0, seen_dir: Path | None = None) -> None:
-        self.url = url
+        """redis_at: a URL, or a RedisSpec (Sentinel, cluster, min_replicas: sidecar.stores.redisconn)."""
+        self.spec = RedisSpec(url=redis_at, timeout_s=timeout_s) if isinstance(redis_at, str) else redis_at
+        self.url = self.spec.identity
         self.prefix = prefix
-        self.client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-                                           decode_responses=True, health_check_interval=5)
+        self.keyspace = keyspace(prefix)  # what every key starts with: the prefix as one hash tag
+        self.client: redis.Redis = connect(self.spec)  # or a RedisCluster (alike to this module)
         self.channel = self.key("channel")
         self.epoch: str | None = None  # the epoch of the data this sidecar holds
         self.lineage: list[dict[str, Any]] = []  # how that epoch came to be (Redis's `epochs`)
@@ -219,21 +248,25 @@ class RedisStore:
         self._pending: tuple[str, int] | None = None  # the newest (epoch, revision) to be put on disk
         # The newest (epoch, revision) this sidecar has seen, kept on disk across its restarts: a
         # Redis found below it after a restart of both lost writes, though no state remembers them.
-        name = hashlib.sha256(f"{url}|{prefix}".encode()).hexdigest()[:16]
+        name = hashlib.sha256(f"{self.url}|{prefix}".encode()).hexdigest()[:16]
         self.seen_file = seen_dir / f"redis-seen-{name}.json" if seen_dir is not None else None
         self.seen = self._read_seen()
-        self._put_user = self.client.register_script(PUT_USER)
-        self._delete_user = self.client.register_script(DELETE_USER)
-        self._delete_role_users = self.client.register_script(DELETE_ROLE_USERS)
-        self._commit_script = self.client.register_script(COMMIT)
-        self._window_script = self.client.register_script(WINDOW)
-        self._claim_script = self.client.register_script(CLAIM)
-        self._put_group = self.client.register_script(PUT_GROUP)
-        self._delete_group_index = self.client.register_script(DELETE_GROUP_INDEX)
-        self._run_commands = self.client.register_script(RUN_COMMANDS)
+        self._put_user = _Script(self, PUT_USER)
+        self._delete_user = _Script(self, DELETE_USER)
+        self._delete_role_users = _Script(self, DELETE_ROLE_USERS)
+        self._commit_script = _Script(self, COMMIT)
+        self._window_script = _Script(self, WINDOW)
+        self._claim_script = _Script(self, CLAIM)
+        self._put_group = _Script(self, PUT_GROUP)
+        self._delete_group_index = _Script(self, DELETE_GROUP_INDEX)
+        self._run_commands = _Script(self, RUN_COMMANDS)
 
     def key(self, name: str) -> str:
-        return self.prefix + name
+        return self.keyspace + name
+
+    def pattern(self, name: str) -> str:
+        """A SCAN MATCH pattern for the keys that start with key(name)."""
+        return "".join("\\" + c if c in "*?[]\\" else c for c in self.key(name)) + "*"
 
     # Where each entity lives: the one place the layout of users, owners and groups is spelled.
     def user_field(self, uid: str) -> tuple[str, str]:
@@ -331,6 +364,15 @@ class RedisStore:
             self._saw(epoch, state.revision)
             return state
 
+    def _refuse_the_old_layout(self) -> None:
+        """Keys written before the hash tag (prefix + name) would look like an empty Redis."""
+        if self.keyspace == self.prefix or self.client.exists(self.key("epoch")):
+            return
+        if self.client.exists(self.prefix + "epoch"):
+            raise StoreError(f"Redis holds this app's state in the key layout of before hash tags "
+                             f"({self.prefix}rev, ...), and none in the current one ({self.key('rev')}, ...); "
+                             "rename the keys before starting (docs/distributed.md, 'Upgrading the key layout')")
+
     def _layout_before_writing(self) -> None:
         """A store that writes before it ever loaded (a seed, an import) sets the layout first."""
         if not self._layout_checked:
@@ -341,6 +383,7 @@ class RedisStore:
     def _check_layout(self) -> None:
         """A new or emptied Redis gets an epoch and this layout; one an older chatauthz wrote (a
         `users` and an `owners` hash, a hash journal) is moved to this layout first (_upgrade)."""
+        self._refuse_the_old_layout()
         with self.client.pipeline(transaction=True) as pipe:
             pipe.set(self.key("epoch"), uuid.uuid4().hex, nx=True)
             pipe.get(self.key("layout"))
@@ -400,7 +443,7 @@ class RedisStore:
 
     def _per_entity(self, kind: str, command: str) -> Iterator[tuple[str, Any]]:
         """(entity id, value) for every key prefix+kind+<id>, fetched in pipelined batches."""
-        keys = list(self.client.scan_iter(match=self.key(kind) + "*", count=10_000))
+        keys = list(self.client.scan_iter(match=self.pattern(kind), count=10_000))
         for start in range(0, len(keys), BATCH):
             batch = keys[start:start + BATCH]
             with self.client.pipeline(transaction=False) as pipe:
@@ -758,7 +801,7 @@ class RedisStore:
                 calls = self._bulk_commands(pipe, ops) if bulk else []
                 pipe.multi()
                 for commands in calls:
-                    self._run_commands(keys=[], args=[orjson.dumps(commands)], client=pipe)
+                    self._run_commands(keys=[self.key("rev")], args=[orjson.dumps(commands)], client=pipe)
                 if not bulk:
                     for op in ops:
                         self._queue(pipe, op)
@@ -928,7 +971,7 @@ class RedisStore:
                 pipe.watch(self.key("rev"), self.key("epoch"))  # type: ignore[no-untyped-call]
                 if pipe.get(self.key("epoch")) != epoch or int(pipe.get(self.key("rev")) or 0) != revision:
                     return replace(loss, detail=f"{loss.detail}; Redis changed meanwhile, looking again")
-                stale = list(self.client.scan_iter(match=self.prefix + "*", count=10_000)) if state.whole else []
+                stale = list(self.client.scan_iter(match=self.pattern(""), count=10_000)) if state.whole else []
                 pipe.multi()
                 if stale:
                     pipe.delete(*stale)
@@ -1046,7 +1089,7 @@ class _mapped:
         return None
 
     def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
-        if isinstance(exc, redis.RedisError) and not isinstance(exc, redis.WatchError):
+        if isinstance(exc, (redis.RedisError, RedisClusterException)) and not isinstance(exc, redis.WatchError):
             raise StoreError(f"Redis is unavailable; could not {self.doing}: {exc}") from exc
 
 
@@ -1072,6 +1115,8 @@ def _entries(raw: Any) -> list[tuple[int, dict[str, Any]]]:
     out = []
     for entry_id, fields in raw:
         revision = int(entry_id.split("-", 1)[0])
+        if not isinstance(fields, dict):  # a cluster pipeline answers XRANGE unparsed: [field, value, ...]
+            fields = dict(zip(fields[::2], fields[1::2], strict=True))
         out.append((revision, _parse(revision, fields["entry"])))
     return out
 
