@@ -6,9 +6,10 @@ bounded cache (--cache-entries), a Zipf-distributed check workload. Prints what 
 
 World: user i holds role `support` (1 in 10) or `default`; it is a member of L groups, one per
 layer j: group `g<j>-<block>` of `--group-size` members, placed by a permutation of the users
-per layer, the first of each block its owner (admin), the next two moderators. Seeded straight
-into Redis in the store's own layout (RedisStore's layout helpers and index sets; the journal
-holds one seed revision), which is what `chatauthz import` produces, at Redis's speed.
+per layer, the first of each block its owner (admin), the next two moderators. Generated inside
+Redis (Lua, chunk by chunk) in the store's own layout, with its index sets, and checked by
+sampling against RedisStore's layout helpers: what `chatauthz import` writes, at Redis's speed
+(the journal holds one seed revision).
 
 Workload: a user drawn from Zipf(s) over the N users (hot users spread over the id space); 70%
 sendMessage in one of their groups, 20% createGroup (app-wide), 10% kickMembers of another
@@ -46,7 +47,7 @@ from redis_support import TEST_API_KEY, RedisServer, SidecarProcess  # noqa: E40
 from sidecar.core import Sidecar  # noqa: E402
 from sidecar.engine import AuthzRequest  # noqa: E402
 from sidecar.policy import load_policy  # noqa: E402
-from sidecar.stores.redisstore import RedisStore  # noqa: E402
+from sidecar.stores.redisstore import BUCKET_DIGITS, RedisStore  # noqa: E402
 
 MULTIPLIERS = (7919, 104729, 1299709, 15485863, 32452843, 49979687, 67867967, 86028121)
 TEXT = {"messageType": "text", "receiverType": "group"}
@@ -80,59 +81,83 @@ class World:
             yield f"g{layer}-{block}", members
 
 
+# Server-side seeding: one EVAL per chunk of users/groups, the same layout as the store spells it
+# (checked by sampling afterwards against RedisStore's helpers: see check_seed).
+SEED_USERS = """
+local first, last, users, layers, size = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local ks, digits = ARGV[6], tonumber(ARGV[7])
+for uid = first, last do
+  local name = 'u' .. uid
+  local role = (uid % 10 == 0) and 'support' or 'default'
+  redis.call('HSET', ks .. 'users:' .. string.sub(redis.sha1hex(name), 1, digits), name, role)
+  redis.call('SADD', ks .. 'roleusers:' .. role, name)
+  for j = 0, layers - 1 do
+    local pos = (uid * tonumber(ARGV[8 + j]) + tonumber(ARGV[8 + layers + j])) % users
+    redis.call('SADD', ks .. 'usergroups:' .. name, 'g' .. j .. '-' .. math.floor(pos / size))
+  end
+end
+return last - first + 1
+"""
+SEED_GROUPS = """
+local layer, first, last, users, size = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local ks, digits, inverse, offset = ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
+for block = first, last do
+  local guid = 'g' .. layer .. '-' .. block
+  local args = {}
+  local owner
+  for k = 0, size - 1 do
+    local uid = ((block * size + k - offset) * inverse) % users
+    local name = 'u' .. uid
+    if k == 0 then owner = name end
+    args[#args + 1] = name
+    args[#args + 1] = (k == 0) and 'admin' or ((k < 3) and 'moderator' or 'participant')
+  end
+  redis.call('HSET', ks .. 'members:' .. guid, unpack(args))
+  redis.call('HSET', ks .. 'owners:' .. string.sub(redis.sha1hex(guid), 1, digits), guid, owner)
+  redis.call('SADD', ks .. 'owned:' .. owner, guid)
+end
+return last - first + 1
+"""
+
+
 def seed(url: str, prefix: str, world: World) -> float:
-    """The world, straight into Redis in the store's layout; returns seconds taken."""
+    """The world, generated inside Redis in the store's layout; returns seconds taken."""
     started = time.perf_counter()
     store = RedisStore(url, prefix, timeout_s=300.0)
-    client = store.client
     store.write(lambda: [{"op": "put_user", "uid": "seed-marker", "role": "default"}], "bench seed")
-    pipe = client.pipeline(transaction=False)
-    queued = 0
-
-    def flush(force: bool = False) -> None:
-        nonlocal pipe, queued
-        if queued >= 2000 or (force and queued):
-            pipe.execute()
-            pipe = client.pipeline(transaction=False)
-            queued = 0
-    by_key: dict[str, dict[str, str]] = {}
-    roleusers: dict[str, list[str]] = {}
-    for uid in range(world.users):
-        role = "support" if uid % 10 == 0 else "default"
-        key, field = store.user_field(f"u{uid}")
-        by_key.setdefault(key, {})[field] = role
-        roleusers.setdefault(role, []).append(f"u{uid}")
-        pipe.sadd(store.user_groups_key(f"u{uid}"), *(world.group_of(j, uid) for j in range(world.layers)))
-        queued += 1
-        if uid % 10_000 == 9_999:
-            for key, mapping in by_key.items():
-                pipe.hset(key, mapping=mapping)
-            for role, uids in roleusers.items():
-                pipe.sadd(store.key("roleusers:" + role), *uids)
-            by_key, roleusers = {}, {}
-            queued += 2
-        flush()
-    for key, mapping in by_key.items():
-        pipe.hset(key, mapping=mapping)
-    for role, uids in roleusers.items():
-        pipe.sadd(store.key("roleusers:" + role), *uids)
-    owners: dict[str, dict[str, str]] = {}
+    client = store.client
+    keyspace = store.key("")
+    users_script, groups_script = client.register_script(SEED_USERS), client.register_script(SEED_GROUPS)
+    chunk = 20_000
+    for first in range(0, world.users, chunk):
+        users_script(keys=[store.key("rev")], args=[first, min(world.users, first + chunk) - 1, world.users,
+                                                     world.layers, world.size, keyspace, BUCKET_DIGITS,
+                                                     *world.mult, *world.offset])
+    blocks = world.users // world.size
     for layer in range(world.layers):
-        for guid, members in world.blocks(layer):
-            pipe.hset(store.members_key(guid), mapping=dict(members))
-            key, field = store.owner_field(guid)
-            owners.setdefault(key, {})[field] = members[0][0]
-            pipe.sadd(store.owned_key(members[0][0]), guid)
-            queued += 2
-            if len(owners.get(key, ())) >= 10_000:
-                pipe.hset(key, mapping=owners.pop(key))
-            flush()
-    for key, mapping in owners.items():
-        pipe.hset(key, mapping=mapping)
-    flush(force=True)
-    pipe.execute()
+        for first in range(0, blocks, chunk // world.size):
+            groups_script(keys=[store.key("rev")], args=[layer, first, min(blocks, first + chunk // world.size) - 1,
+                                                          world.users, world.size, keyspace, BUCKET_DIGITS,
+                                                          world.inverse[layer], world.offset[layer]])
+    check_seed(store, world)
     store.close()
     return time.perf_counter() - started
+
+
+def check_seed(store: RedisStore, world: World, samples: int = 2000) -> None:
+    """The seeded layout is the store's: sampled users and groups read back through its helpers."""
+    rng = random.Random(3)
+    for _ in range(samples):
+        uid = rng.randrange(world.users)
+        role = "support" if uid % 10 == 0 else "default"
+        assert store.client.hget(*store.user_field(f"u{uid}")) == role, uid
+        groups = {world.group_of(j, uid) for j in range(world.layers)}
+        assert store.groups_of(f"u{uid}") >= groups, uid
+        guid = world.group_of(rng.randrange(world.layers), uid)
+        members = store.members_of(guid)
+        assert f"u{uid}" in members and len(members) == world.size, guid
+        owner = next(u for u, scope in members.items() if scope == "admin")
+        assert store.client.hget(*store.owner_field(guid)) == owner, guid
 
 
 class Zipf:
