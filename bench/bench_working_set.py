@@ -214,10 +214,12 @@ def descendants(pid: int) -> list[int]:
     return children + [g for c in children for g in descendants(c)]
 
 
-def in_process(url: str, prefix: str, world: World, args: argparse.Namespace) -> dict[str, Any]:
+def in_process(url: str, prefix: str, world: World, args: argparse.Namespace,
+               cache_entries: int | None) -> dict[str, Any]:
+    """One Sidecar on the RedisStore (a working set, or with None the whole state)."""
     policy = load_policy(ROOT / "policies", ROOT / "model.conf")
     started = time.perf_counter()
-    sidecar = Sidecar(policy, RedisStore(url, prefix, timeout_s=5.0), cache_entries=args.cache_entries)
+    sidecar = Sidecar(policy, RedisStore(url, prefix, timeout_s=300.0), cache_entries=cache_entries)
     start_s = time.perf_counter() - started
     rng = random.Random(1)
     zipf = Zipf(world.users, args.zipf, rng)
@@ -327,8 +329,14 @@ def whole_state(url: str, args: argparse.Namespace, base: Path) -> dict[str, Any
         assert working.proc is not None
         ws_rss = [round(rss_mb(pid)) for pid in [working.proc.pid, *descendants(working.proc.pid)]]
         working.stop()
+        sidecar.stop()
+        same = argparse.Namespace(**{**vars(args), "warm": min(args.warm, 200_000)})
+        whole = in_process(url, prefix, world, same, None)  # the same workload on the whole state
+        cached = in_process(url, prefix, world, same, args.cache_entries)
         return {"users": args.compare_users, "seed_s": seeded, "whole_ready_s": ready, "whole_rss_mb": rss,
-                "working_set_ready_s": ws_ready, "working_set_rss_mb_before_load": ws_rss}
+                "working_set_ready_s": ws_ready, "working_set_rss_mb_before_load": ws_rss,
+                "whole_in_process": {k: round(v, 2) for k, v in whole.items() if isinstance(v, float)},
+                "working_set_in_process": {k: round(v, 2) for k, v in cached.items() if isinstance(v, float)}}
     finally:
         sidecar.stop()
 
@@ -361,7 +369,7 @@ def main() -> None:
         seeded = seed(server.url, "chatauthz:", world)
         info = server.client().info("memory")
         print(f"seeded in {seeded:.0f}s; Redis holds {info['used_memory'] / 2**20:,.0f} MB", flush=True)
-        local = in_process(server.url, "chatauthz:", world, args)
+        local = in_process(server.url, "chatauthz:", world, args, args.cache_entries)
         print("in process:", json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in local.items()}),
               flush=True)
         remote = over_http(server.url, "chatauthz:", world, args, base)
