@@ -56,6 +56,7 @@ SCAN_LIMIT = 10_000  # candidates a list question looks at per call; nextCursor 
 CAPABILITIES_MEMO = 512  # capabilities answers kept per process (~15 kB each), each valid for one revision
 FACT_ROUNDS = 8  # reads from the store one answer may make (a working set; each learns what was missing)
 T = TypeVar("T")
+W = TypeVar("W", bound=tuple[Any, ...])  # a store's commit: (revision, ops, ...)
 
 
 @dataclass(frozen=True)
@@ -804,16 +805,7 @@ class Sidecar:
                     ops, result = plan(tx)
                     planned.append((tx, result))
                     return [with_before(self.state, op) for op in ops]
-            try:
-                revision, ops = self.store.write(run_plan, actor)
-            except StoreError:
-                self.store_errors += 1
-                self._count_write("failed")
-                raise
-            except ChatAuthzError:
-                self._count_write("refused")
-                raise
-            self._count_write("committed" if ops else "unchanged")
+            revision, ops = self._counted(lambda: self.store.write(run_plan, actor))
             tx, result = planned[-1]  # a store may run the plan again (Redis, on a conflict): the last counts
             with self._lock, self._fetching():
                 self._apply_entries([(revision, ops)] if ops else [])
@@ -826,6 +818,19 @@ class Sidecar:
             self.last_heard = time.monotonic()
             return Written(revision, token, result, shown), tx.engine
 
+    def _counted(self, commit: Callable[[], W]) -> W:
+        """The store's commit, counted: committed, unchanged (no ops), refused or failed."""
+        try:
+            done = commit()
+        except StoreError:
+            self.store_errors += 1
+            self._count_write("failed")
+            raise
+        except ChatAuthzError:
+            self._count_write("refused")
+            raise
+        self._count_write("committed" if done[1] else "unchanged")
+        return done
 
     def _write_tracked(self, store: ReadTracking, plan: Callable[[WriteContext], tuple[list[Op], R]], actor: str,
                        after: Callable[[WriteContext, R], Any] | None) -> tuple[Written[R], Engine]:
@@ -841,16 +846,7 @@ class Sidecar:
                 ops = [with_before(view.as_state(), op) for op in ops]  # what `before` reads is read too
                 planned.append((tx, result))
                 return PlanRun(ops, view.reads, view.epoch, view.revision)
-        try:
-            revision, ops, between = store.write_tracked(run_plan, actor)
-        except StoreError:
-            self.store_errors += 1
-            self._count_write("failed")
-            raise
-        except ChatAuthzError:
-            self._count_write("refused")
-            raise
-        self._count_write("committed" if ops else "unchanged")
+        revision, ops, between = self._counted(lambda: store.write_tracked(run_plan, actor))
         tx, result = planned[-1]  # the store may run the plan again: the last counts
         epoch = tx.state.epoch
         with self._lock:  # what others committed since the plan's revision, then ours, in order

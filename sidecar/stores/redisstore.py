@@ -91,8 +91,9 @@ BATCH = 500
 LAYOUT = "2"
 BUCKET_DIGITS = 3  # users:<b>, owners:<b>: the first hex digits of SHA-1(id); DELETE_ROLE_USERS does the same
 
-# KEYS[1] users bucket; ARGV: uid, role, roleusers key prefix
-PUT_USER = """
+# KEYS[1] a hash (a users or owners bucket); ARGV: field, value, index key prefix: the field set,
+# and moved from the index set of its old value to that of its new (roleusers:<role>, owned:<uid>)
+PUT_INDEXED = """
 local old = redis.call('HGET', KEYS[1], ARGV[1])
 if old then redis.call('SREM', ARGV[3] .. old, ARGV[1]) end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
@@ -116,13 +117,6 @@ for i = 1, #uids do
 end
 redis.call('DEL', KEYS[1])
 return #uids
-"""
-# KEYS[1] the owners hash; ARGV: guid, new owner, owned-groups key prefix: the owner and its index
-PUT_GROUP = """
-local old = redis.call('HGET', KEYS[1], ARGV[1])
-if old then redis.call('SREM', ARGV[3] .. old, ARGV[1]) end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('SADD', ARGV[3] .. ARGV[2], ARGV[1])
 """
 # KEYS[1] the owners hash, KEYS[2] members:<guid>; ARGV: guid, owned prefix, user-groups prefix
 DELETE_GROUP_INDEX = """
@@ -251,13 +245,12 @@ class RedisStore:
         name = hashlib.sha256(f"{self.url}|{prefix}".encode()).hexdigest()[:16]
         self.seen_file = seen_dir / f"redis-seen-{name}.json" if seen_dir is not None else None
         self.seen = self._read_seen()
-        self._put_user = _Script(self, PUT_USER)
+        self._put_indexed = _Script(self, PUT_INDEXED)
         self._delete_user = _Script(self, DELETE_USER)
         self._delete_role_users = _Script(self, DELETE_ROLE_USERS)
         self._commit_script = _Script(self, COMMIT)
         self._window_script = _Script(self, WINDOW)
         self._claim_script = _Script(self, CLAIM)
-        self._put_group = _Script(self, PUT_GROUP)
         self._delete_group_index = _Script(self, DELETE_GROUP_INDEX)
         self._run_commands = _Script(self, RUN_COMMANDS)
 
@@ -738,13 +731,13 @@ class RedisStore:
             pipe.hset(key("restricted"), op["role"], json.dumps(sorted(op["features"])))
         elif name == "put_user":
             users, uid = self.user_field(op["uid"])
-            self._put_user(keys=[users], args=[uid, op["role"], key("roleusers:")], client=pipe)
+            self._put_indexed(keys=[users], args=[uid, op["role"], key("roleusers:")], client=pipe)
         elif name == "delete_user":
             users, uid = self.user_field(op["uid"])
             self._delete_user(keys=[users], args=[uid, key("roleusers:")], client=pipe)
         elif name == "put_group":
             owners, guid = self.owner_field(op["guid"])
-            self._put_group(keys=[owners], args=[guid, op["owner"], key("owned:")], client=pipe)
+            self._put_indexed(keys=[owners], args=[guid, op["owner"], key("owned:")], client=pipe)
         elif name == "delete_group":
             guid = op["guid"]
             owners, field = self.owner_field(guid)
@@ -850,7 +843,7 @@ class RedisStore:
             else:
                 hset.setdefault(key, []).extend((uid, scope))
                 sadd.setdefault(self.user_groups_key(uid), []).append(guid_of[key])
-        if owners:  # owned:<uid>, as PUT_GROUP keeps it: out of the owner it had, into its last
+        if owners:  # owned:<uid>, as PUT_INDEXED keeps it: out of the owner it had, into its last
             by_owner_key: dict[str, list[str]] = {}
             for key, field in owners:
                 by_owner_key.setdefault(key, []).append(field)
@@ -860,7 +853,7 @@ class RedisStore:
                     if before is not None and before != owner:
                         srem.setdefault(self.owned_key(before), []).append(field)
                     sadd.setdefault(self.owned_key(owner), []).append(field)
-        if users:  # roleusers:<role>, as PUT_USER keeps it: out of the role it had, into its last
+        if users:  # roleusers:<role>, as PUT_INDEXED keeps it: out of the role it had, into its last
             by_key: dict[str, list[str]] = {}
             for key, field in users:
                 by_key.setdefault(key, []).append(field)

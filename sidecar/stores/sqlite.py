@@ -314,7 +314,8 @@ class SQLiteStore:
         self._local.data_version = version
         return True
 
-    def write(self, plan: Plan, actor: str) -> tuple[int, list[Op]]:
+    def _begin_write(self) -> sqlite3.Connection:
+        """This thread's connection, in an exclusive (BEGIN IMMEDIATE) transaction."""
         self._refuse_if_lost()
         conn = self._conn()
         try:
@@ -322,6 +323,10 @@ class SQLiteStore:
         except sqlite3.Error as exc:
             self._note_failure(exc)
             raise StoreError(f"the embedded store is busy or unavailable: {exc}") from exc
+        return conn
+
+    def write(self, plan: Plan, actor: str) -> tuple[int, list[Op]]:
+        conn = self._begin_write()
         try:
             ops = check_ops(plan())  # the registry's shapes only: nothing else is persisted
             if not ops:
@@ -339,13 +344,7 @@ class SQLiteStore:
         """BulkWritable: one transaction, each run of ops of one kind as one executemany per
         statement (the same rows as _execute_op one by one: a run's statements touch distinct
         tables, or are one), one journal row."""
-        self._refuse_if_lost()
-        conn = self._conn()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            self._note_failure(exc)
-            raise StoreError(f"the embedded store is busy or unavailable: {exc}") from exc
+        conn = self._begin_write()
         try:
             check_ops(ops)
             revision = conn.execute("SELECT value FROM meta WHERE key='revision'").fetchone()[0]
