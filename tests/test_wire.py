@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -91,3 +92,32 @@ def test_every_route_refuses_duplicate_keys(shared_server: Server, method: str, 
     error = response.json()["error"]
     assert error["code"] == "ERR_BAD_REQUEST" and "twice" in error["message"], error
     assert shared_server.get("/users/dupe").json()["data"]["role"] == "default"  # nothing written
+
+
+# -- every answer leaves as one chunk ----------------------------------------------------------
+def test_every_answer_is_one_chunk_so_kept_alive_clients_never_wait_on_nagle(tmp_path: Path) -> None:
+    """Given an iterator, granian writes the headers and each chunk apart, and a kept-alive
+    client's delayed ACK then held a Flask answer ~40 ms: every management call (every write of
+    sidecar.client) took 44 ms. The WSGI app hands granian one chunk for every route."""
+    from io import BytesIO
+
+    from sidecar.api import create_app
+    from sidecar.compose import build_sidecar
+    from sidecar.config import Settings
+    key = "test-chunk-key-0123456789"
+    settings = Settings(data_dir=tmp_path, api_key=key, policy_watch_s=0)
+    core = build_sidecar(settings, start_threads=False)
+    try:
+        app = create_app(settings, sidecar=core)
+        for method, path, body in [("PUT", "/users/u1", b'{"role": "support"}'), ("GET", "/roles", b""),
+                                   ("GET", "/openapi.json", b""), ("GET", "/nowhere", b""),
+                                   ("POST", "/authorize", b'{"uid": "u1", "action": "createGroup"}')]:
+            environ = {"REQUEST_METHOD": method, "PATH_INFO": path, "SERVER_NAME": "t", "SERVER_PORT": "1",
+                       "wsgi.url_scheme": "http", "wsgi.input": BytesIO(body), "CONTENT_LENGTH": str(len(body)),
+                       "CONTENT_TYPE": "application/json", "HTTP_APIKEY": key, "SERVER_PROTOCOL": "HTTP/1.1"}
+            statuses: list[str] = []
+            answer = app.wsgi_app(environ, lambda status, headers, *_, seen=statuses: seen.append(status))
+            assert type(answer) is list and len(answer) == 1 and isinstance(answer[0], bytes), (path, type(answer))
+            assert statuses and answer[0], path
+    finally:
+        core.store.close()
