@@ -13,7 +13,7 @@ sampling against RedisStore's layout helpers: what `chatauthz import` writes, at
 
 Workload: a user drawn from Zipf(s) over the N users (hot users spread over the id space); 70%
 sendMessage in one of their groups, 20% createGroup (app-wide), 10% kickMembers of another
-Zipf user in that group. Measured:
+member of that group. Measured:
   1. in process (one Sidecar on the RedisStore, as a worker runs it): start-up (policy part
      only), then per decision time split into hits (no fact read) and misses, and the hit rate
      (decisions that read nothing), after a warm-up;
@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from redis_support import TEST_API_KEY, RedisServer, SidecarProcess  # noqa: E402
 
-from sidecar.core import Sidecar  # noqa: E402
+from sidecar.core import Sidecar, facts_for  # noqa: E402
 from sidecar.engine import AuthzRequest  # noqa: E402
 from sidecar.policy import load_policy  # noqa: E402
 from sidecar.stores.redisstore import BUCKET_DIGITS, RedisStore  # noqa: E402
@@ -180,11 +180,14 @@ def requests_for(world: World, zipf: Zipf, rng: random.Random, count: int) -> li
         if roll < 0.2:
             found.append(AuthzRequest(f"u{uid}", "createGroup"))
             continue
-        guid = world.group_of(rng.randrange(world.layers), uid)
+        layer = rng.randrange(world.layers)
+        guid = world.group_of(layer, uid)
         if roll < 0.9:
             found.append(AuthzRequest(f"u{uid}", "sendMessage", guid, None, TEXT))
-        else:
-            found.append(AuthzRequest(f"u{uid}", "kickMembers", guid, f"u{zipf.draw()}"))
+        else:  # another member of that group
+            block = world.position(layer, uid) // world.size
+            other = world.uid_at(layer, block * world.size + rng.randrange(world.size))
+            found.append(AuthzRequest(f"u{uid}", "kickMembers", guid, f"u{other}"))
     return found
 
 
@@ -218,6 +221,7 @@ def in_process(url: str, prefix: str, world: World, args: argparse.Namespace,
                cache_entries: int | None) -> dict[str, Any]:
     """One Sidecar on the RedisStore (a working set, or with None the whole state)."""
     policy = load_policy(ROOT / "policies", ROOT / "model.conf")
+    rss_at_start = rss_mb(os.getpid())
     started = time.perf_counter()
     sidecar = Sidecar(policy, RedisStore(url, prefix, timeout_s=300.0), cache_entries=cache_entries)
     start_s = time.perf_counter() - started
@@ -228,8 +232,12 @@ def in_process(url: str, prefix: str, world: World, args: argparse.Namespace,
     hits: list[float] = []
     misses: list[float] = []
     clock = time.perf_counter_ns
+    needed = 0
+    read_before = sidecar.facts_read
     for request in requests_for(world, zipf, rng, args.checks):
         read = sidecar.facts_read
+        facts = facts_for(request.uid, request.guid, request.target)
+        needed += len(facts.users) + len(facts.groups) + len(facts.memberships)
         t0 = clock()
         sidecar.decide(request)
         elapsed = (clock() - t0) / 1000
@@ -237,8 +245,10 @@ def in_process(url: str, prefix: str, world: World, args: argparse.Namespace,
     state = sidecar.state
     result = {"start_s": start_s, "hit_p50_us": pct(hits, 0.5), "hit_p99_us": pct(hits, 0.99),
               "miss_p50_us": pct(misses, 0.5), "miss_p99_us": pct(misses, 0.99),
-              "hit_rate": len(hits) / max(1, len(hits) + len(misses)), "checks": len(hits) + len(misses),
-              "facts_held": getattr(state, "size", None)}
+              "hit_rate": len(hits) / max(1, len(hits) + len(misses)),
+              "fact_hit_rate": 1 - (sidecar.facts_read - read_before) / max(1, needed),
+              "checks": len(hits) + len(misses), "facts_held": getattr(state, "size", None),
+              "rss_mb": rss_mb(os.getpid()), "rss_mb_at_start": rss_at_start}
     sidecar.store.close()
     return result
 
@@ -253,6 +263,17 @@ def over_http(url: str, prefix: str, world: World, args: argparse.Namespace, bas
             ready.append(start_to_ready(sidecar))
         rng = random.Random(2)
         zipf = Zipf(world.users, args.zipf, rng)
+        for sidecar in sidecars:  # fill each cache as a day of traffic would (batches of 1000)
+            conn = http.client.HTTPConnection("127.0.0.1", sidecar.port, timeout=300)
+            for _ in range(args.http_warm // 1000):
+                batch = json.dumps({"checks": [body_of(r) for r in requests_for(world, zipf, rng, 1000)]})
+                conn.request("POST", "/authorize/batch", batch,
+                             {"Content-Type": "application/json", "apikey": TEST_API_KEY})
+                answer = conn.getresponse()
+                answer.read()
+                if answer.status != 200:
+                    raise SystemExit(f"batch: HTTP {answer.status}")
+            conn.close()
         bodies = [json.dumps(body_of(r)).encode() for r in requests_for(world, zipf, rng, args.http_checks)]
         latencies: list[float] = []
         lock = threading.Lock()
@@ -353,12 +374,13 @@ def main() -> None:
     parser.add_argument("--sidecars", type=int, default=3)
     parser.add_argument("--clients", type=int, default=6)
     parser.add_argument("--http-checks", type=int, default=60_000)
+    parser.add_argument("--http-warm", type=int, default=1_500_000, help="checks per sidecar before measuring")
     parser.add_argument("--compare-users", type=int, default=1_000_000,
                         help="also a whole-state sidecar on a world this big (0: skip)")
     parser.add_argument("--quick", action="store_true", help="small warm-up and counts (a smoke run)")
     args = parser.parse_args()
     if args.quick:
-        args.warm, args.checks, args.http_checks, args.compare_users = 50_000, 20_000, 6_000, 0
+        args.warm, args.checks, args.http_checks, args.compare_users, args.http_warm = 50_000, 20_000, 6_000, 0, 10_000
     base = Path(tempfile.mkdtemp(prefix="bench-ws-"))
     server = RedisServer(base)
     server.start()
@@ -377,7 +399,7 @@ def main() -> None:
                                         round(v, 1) if isinstance(v, float) else v for k, v in remote.items()}),
               flush=True)
         if args.compare_users:
-            server.client().flushall()
+            server.client(socket_timeout=600).flushall()
             compared = whole_state(server.url, args, base)
             print("whole state vs working set at", f"{args.compare_users:,} users:", json.dumps(
                 {k: round(v, 2) if isinstance(v, float) else v for k, v in compared.items()}), flush=True)
