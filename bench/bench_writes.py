@@ -57,12 +57,27 @@ USERS_PER_WRITER = 50
 
 class HConn(Conn):
     """A connection per request ("Connection: close"), with extra headers (onBehalfOf). Not kept
-    alive: on a kept-alive connection every answer from a Flask route (every write) stalls ~40 ms
-    here (the answer leaves in two segments: Nagle's algorithm meets the client's delayed ACK),
-    for either tree, which would hide what the store does; POST /authorize answers in one."""
+    alive by default: on a kept-alive connection every answer from a Flask route (every write)
+    stalled ~40 ms in trees before 2026-12-01 (the answer left in two segments: Nagle's algorithm
+    met the client's delayed ACK), which would hide what the store does. --keep-alive keeps one
+    connection per writer (for trees with the fix)."""
+
+    keep_alive = False
 
     def call(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None) -> tuple[int, Any]:
         data = json.dumps(body).encode() if body is not None else None
+        if self.keep_alive:
+            for attempt in range(2):
+                try:
+                    self.conn.request(method, path, body=data, headers={
+                        "apikey": TEST_API_KEY, "Content-Type": "application/json", **(headers or {})})
+                    response = self.conn.getresponse()
+                    return response.status, json.loads(response.read() or b"null")
+                except (http.client.HTTPException, ConnectionError):
+                    self.conn.close()
+                    self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+                    if attempt:
+                        raise
         sent = {"apikey": TEST_API_KEY, "Content-Type": "application/json", "Connection": "close", **(headers or {})}
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
         try:
@@ -96,6 +111,7 @@ class TreeSidecar(SidecarProcess):
 def client_main(spec: dict[str, Any]) -> None:
     """Run in a child process: the writers of one sidecar; prints their records as JSON."""
     port, seconds, writers = spec["port"], spec["seconds"], spec["writers"]
+    HConn.keep_alive = bool(spec.get("keep_alive"))
     start_at = spec["start_at"]
     records: list[list[Any]] = [[] for _ in writers]
     errors: list[str] = []
@@ -359,7 +375,7 @@ def run_tree(label: str, tree: Path, args: argparse.Namespace) -> dict[str, Any]
         start_at = time.time() + 2.0  # every client process is up by then
         children = []
         for n, sidecar in enumerate(sidecars):
-            spec = {"port": sidecar.port, "seconds": args.seconds, "start_at": start_at,
+            spec = {"port": sidecar.port, "seconds": args.seconds, "start_at": start_at, "keep_alive": args.keep_alive,
                     "writers": [w for i, w in enumerate(writers) if i % len(sidecars) == n]}
             children.append(subprocess.Popen([sys.executable, __file__, "--client", json.dumps(spec)],
                                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -497,6 +513,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds of writing per tree (default 10)")
     parser.add_argument("--writers", type=int, default=24)
+    parser.add_argument("--keep-alive", action="store_true", help="one kept-alive connection per writer")
     parser.add_argument("--sidecars", type=int, default=3)
     parser.add_argument("--threads", type=int, default=8, help="CHATAUTHZ_THREADS of each sidecar (default 8)")
     parser.add_argument("--propagation", type=int, default=300, help="probe writes on the idle cluster (default 300)")

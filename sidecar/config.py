@@ -111,6 +111,9 @@ class Settings:
         elif self.redis_service:
             raise ValueError("redis_service names a primary watched by Sentinel: it needs redis_sentinel "
                              "(--redis-sentinel host:port[,host:port...])")
+        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"redis_url must start with redis://, rediss:// or unix://, got {self.redis_url!r} "
+                             "(for example redis://127.0.0.1:6379/0)")
         if self.redis_cluster and not self.redis_url:
             raise ValueError("redis_cluster needs redis_url, the address of one node of the cluster "
                              "(Sentinel and cluster mode do not mix)")

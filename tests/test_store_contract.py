@@ -872,10 +872,11 @@ def test_a_claim_on_a_stale_look_at_redis_does_not_fence_it_again(own_redis: Red
 def test_every_key_of_a_prefix_is_inside_one_hash_tag() -> None:
     assert keyspace("chatauthz:") == "{chatauthz}:"
     assert keyspace("app") == "{app}"
-    assert keyspace("{chatauthz}:") == "{chatauthz}:"  # spelled with its tag: taken as it is
-    assert keyspace("x{app}:") == "x{app}:"
-    assert keyspace("a}b:") == "{a}b}:" and has_hash_tag("{a}b}:")  # the tag is "a": still one slot
-    for bad in ("", ":", "}x:"):
+    assert keyspace("{chatauthz}:") == "{chatauthz}:"  # spelled with its tag: the same keys
+    assert keyspace("app:eu-1:") == "{app:eu-1}:" and has_hash_tag(keyspace("app:eu-1:"))
+    # found by an outside attack: a tag followed by more overlapped another app's keys
+    # ('{chatauthz}:members:epoch' is app chatauthz's group 'epoch'); braces anywhere else likewise
+    for bad in ("", ":", "}x:", "{chatauthz}:members:", "x{app}:", "a}b:", "{a", "a}b{", "{}:", "a::b", "ü:"):
         with pytest.raises(ValueError):
             keyspace(bad)
     store = RedisStore("redis://127.0.0.1:1/0", "app1:")
@@ -884,7 +885,8 @@ def test_every_key_of_a_prefix_is_inside_one_hash_tag() -> None:
                  store.bans_key("g"), store.overrides_key("g"), store.channel]
         assert all(name.startswith("{app1}:") for name in names), names
         assert store.pattern("members:") == "{app1}:members:*"
-        assert RedisStore("redis://127.0.0.1:1/0", "a*[b]:").pattern("") == "{a\\*\\[b\\]}:*"
+        with pytest.raises(ValueError):  # glob characters never reach a SCAN pattern
+            RedisStore("redis://127.0.0.1:1/0", "a*[b]:")
     finally:
         store.close()
 
@@ -904,6 +906,28 @@ def test_the_key_layout_of_before_hash_tags_is_refused_not_taken_for_an_empty_re
         assert not admin.exists(store.key("epoch")), "the refused load wrote a new epoch"
     finally:
         store.close()
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("cache_entries", [None, 1000])
+def test_min_replicas_refuses_writes_never_decisions(shared_redis: RedisServer, cache_entries: int | None) -> None:
+    """Found by an outside attack: with no replica, a sidecar with --redis-min-replicas could not
+    even load (the layout look of a load WAITed) and denied every decision. Only a commit waits."""
+    key_prefix = unique("wait-load") + ":"
+    RedisStore(shared_redis.url, key_prefix).write(lambda: [{"op": "put_user", "uid": "u1", "role": "support"}],
+                                                   "seed")
+    lonely = Sidecar(POLICY, RedisStore(RedisSpec(url=shared_redis.url, timeout_s=0.3, min_replicas=1), key_prefix),
+                     cache_entries=cache_entries)
+    try:
+        assert lonely.loaded and lonely.state.revision == 1
+        body = lonely.decide(AuthzRequest("u1", "sendMessage", context={"messageType": "text",
+                                                                       "receiverType": "user"}))
+        assert body["allowed"] and body["role"] == "support", body
+        with pytest.raises(StoreError) as refused:
+            lonely.write(lambda tx: ([{"op": "put_user", "uid": "u2", "role": "support"}], None), "t")
+        assert refused.value.code == "ERR_WRITE_NOT_REPLICATED"
+    finally:
+        lonely.store.close()
 
 
 @pytest.mark.redis

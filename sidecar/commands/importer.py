@@ -81,9 +81,10 @@ def import_file(args: argparse.Namespace) -> int:
         raise CommandError(EXIT_USAGE, f"chatauthz import: cannot read {name}: {exc.strerror}") from exc
     try:  # Redis: no seen-revision records of its own (those are a sidecar's, for its recovery)
         store = redisconn.open_store(settings) if settings.redis_enabled else open_store(settings)
-    except ChatAuthzError as exc:
+    except (ChatAuthzError, OSError) as exc:
         stream.close()
-        raise CommandError(EXIT_USAGE, f"chatauthz import: cannot open the store: {exc.message}") from exc
+        why = exc.message if isinstance(exc, ChatAuthzError) else f"{exc.strerror or exc}: {exc.filename or ''}"
+        raise CommandError(EXIT_USAGE, f"chatauthz import: cannot open the store: {why}") from exc
     try:
         with stream, tempfile.TemporaryFile(prefix="chatauthz-import-") as spool:
             state = store.load()
@@ -103,7 +104,7 @@ def import_file(args: argparse.Namespace) -> int:
             counted = Counted(planned_batches(spool, args.batch_size))
             revisions = commit(store, counted, read_at)
     except ChatAuthzError as exc:
-        raise CommandError(EXIT_USAGE, f"chatauthz import: {exc.message}") from exc
+        raise CommandError(EXIT_USAGE, f"chatauthz import: {exc.message} ({exc.code})") from exc
     finally:
         store.close()
     done = time.perf_counter()

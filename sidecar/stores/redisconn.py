@@ -16,7 +16,8 @@ open_store(settings) the RedisStore. This is the one place a Redis client is con
   The client is made on first use (it must reach a node to learn the slots), so a sidecar
   starts while the cluster is down, as it does on one Redis.
 
-min_replicas (`--redis-min-replicas N`): every transaction (a write, a write-back) is followed,
+min_replicas (`--redis-min-replicas N`): every transaction that commits (a write, a write-back,
+marked with confirm(pipe); never a read, nor the layout look of a load) is followed,
 on the very connection that ran EXEC, by `WAIT N timeout`; fewer acknowledgements within the
 timeout and the write is refused with 503 ERR_WRITE_NOT_REPLICATED instead of acknowledged.
 WAIT must run on the connection of the write (it waits for that connection's last write), so
@@ -26,6 +27,7 @@ EXEC without the WATCH); the write's own retry loop starts it again from WATCH i
 """
 from __future__ import annotations
 
+import re
 import threading
 import types
 from collections.abc import Callable
@@ -109,17 +111,23 @@ def has_hash_tag(key: str) -> bool:
 
 def keyspace(prefix: str) -> str:
     """What every key of `prefix` starts with: the prefix inside one hash tag, so all of one
-    app's keys are in one cluster slot. 'chatauthz:' -> '{chatauthz}:', 'app' -> '{app}'. A
-    prefix that already holds a tag ('{chatauthz}:', 'x{app}:') is taken as it is (so
-    'chatauthz:' and '{chatauthz}:' name the same keys)."""
-    if has_hash_tag(prefix):
+    app's keys are in one cluster slot. 'chatauthz:' -> '{chatauthz}:', 'app' -> '{app}'; the
+    tagged spelling names the same keys ('{chatauthz}:' -> '{chatauthz}:'). Nothing else is
+    taken: a tag followed by more ('{chatauthz}:members:') would share the keys of another app
+    (its 'epoch' would be that app's group 'epoch'), so two prefixes never overlap."""
+    tagged = _TAGGED.fullmatch(prefix)
+    if tagged is not None:
         return prefix
+    if _PLAIN.fullmatch(prefix) is None:
+        raise ValueError(f"redis_prefix {prefix!r} cannot make a hash tag; use letters, digits, '_', '-', '.' "
+                         "and ':' (for example chatauthz:), or that inside braces ({chatauthz}:)")
     tag, colon = (prefix[:-1], ":") if prefix.endswith(":") else (prefix, "")
-    spaced = "{" + tag + "}" + colon
-    if not tag or not has_hash_tag(spaced):
-        raise ValueError(f"redis_prefix {prefix!r} cannot make a hash tag; use letters, digits and ':' "
-                         "(for example chatauthz:)")
-    return spaced
+    return "{" + tag + "}" + colon
+
+
+_NAME = r"[A-Za-z0-9_.\-]+(?::[A-Za-z0-9_.\-]+)*"
+_PLAIN = re.compile(_NAME + ":?")
+_TAGGED = re.compile(r"\{" + _NAME + r"\}:?")
 
 
 def spec_from(settings: Settings) -> RedisSpec | None:
@@ -162,6 +170,17 @@ def connect(spec: RedisSpec) -> Any:
     return client
 
 
+def confirm(pipe: Any) -> Any:
+    """Mark a transaction pipeline as one that commits a write: its EXEC is followed by WAIT
+    (with min_replicas). Reads, and the layout look a load makes, are never made to wait."""
+    pipe.chatauthz_confirm = True
+    return pipe
+
+
+def confirming(pipe: Any) -> bool:
+    return bool(getattr(pipe, "chatauthz_confirm", False))
+
+
 def confirm_replicated(connection: Any, min_replicas: int, timeout_s: float) -> None:
     """WAIT on the connection that just ran EXEC; StoreError unless min_replicas acknowledged.
 
@@ -191,7 +210,8 @@ class _WaitingPipeline(redis.client.Pipeline):
 
     def _execute_transaction(self, connection: Any, commands: Any, raise_on_error: Any) -> Any:
         data = super()._execute_transaction(connection, commands, raise_on_error)
-        confirm_replicated(connection, self.min_replicas, self.timeout_s)
+        if confirming(self):
+            confirm_replicated(connection, self.min_replicas, self.timeout_s)
         return data
 
 
@@ -233,7 +253,7 @@ class _ClusterTransaction(TransactionStrategy):
 
     def _execute_transaction(self, stack: Any, raise_on_error: bool) -> Any:
         data = super()._execute_transaction(stack, raise_on_error)
-        if self.min_replicas > 0:
+        if self.min_replicas > 0 and confirming(self._pipe):
             confirm_replicated(self._transaction_connection, self.min_replicas, self.timeout_s)
         return data
 

@@ -78,7 +78,7 @@ from sidecar.stores.base import (
     TrackedPlan,
     store_changed,
 )
-from sidecar.stores.redisconn import RedisSpec, connect, is_cluster, keyspace, unwrap
+from sidecar.stores.redisconn import RedisSpec, confirm, connect, is_cluster, keyspace, unwrap
 
 log = logging.getLogger("chatauthz.redis")
 JOURNAL_KEEP = 50_000
@@ -686,7 +686,7 @@ class RedisStore:
         for op in ops:
             self._queue(pipe, op)
         self._queue_commit(pipe, ops, actor, current)
-        return self._committed(pipe.execute()[-1], current)
+        return self._committed(confirm(pipe).execute()[-1], current)
 
     def _queue_commit(self, pipe: Any, ops: list[Op], actor: str, current: int) -> None:
         """Queue, inside a MULTI after the ops' commands, the commit script (and the policy counter)."""
@@ -799,7 +799,7 @@ class RedisStore:
                     for op in ops:
                         self._queue(pipe, op)
                 self._queue_commit(pipe, ops, actor, current)
-                revision, _ = self._committed(pipe.execute()[-1], current)
+                revision, _ = self._committed(confirm(pipe).execute()[-1], current)
             except redis.WatchError:
                 raise store_changed(None, expect_revision) from None
         return revision
@@ -975,7 +975,7 @@ class RedisStore:
                 pipe.set(self.key("epoch"), new)
                 pipe.rpush(self.key("epochs"), *(json.dumps(s) for s in lineage))
                 pipe.publish(self.channel, json.dumps({"epoch": new, "revision": state.revision}))
-                pipe.execute()
+                confirm(pipe).execute()
             except redis.WatchError:
                 return replace(loss, detail=f"{loss.detail}; Redis changed meanwhile, looking again")
         self.lineage = lineage
