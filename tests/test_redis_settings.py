@@ -46,6 +46,8 @@ def test_settings_build_the_spec_of_each_kind() -> None:
     ({"redis_url": "redis://r", "redis_min_replicas": -1}, "0 or more"),
     ({"redis_url": "redis://r", "redis_prefix": ""}, "hash tag"),
     ({"redis_sentinel": "s", "redis_service": "m"}, "host:port"),
+    ({"redis_url": "notaurl"}, "must start with redis://"),
+    ({"redis_url": "redis://r", "redis_prefix": "{chatauthz}:members:"}, "hash tag"),
 ])
 def test_bad_mixes_are_refused(values: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -62,6 +64,8 @@ def test_bad_mixes_are_refused(values: dict[str, object], message: str) -> None:
     (["authorize", "--uid", "u", "--action", "createGroup", "--policies", POLICIES, "--redis-service", "m"],
      "needs redis_sentinel"),
     (["import", "-", "--policies", POLICIES, "--redis-min-replicas", "1"], "needs redis_url or redis_sentinel"),
+    (["serve", "--redis-url", "notaurl"], "must start with redis://"),  # a traceback in a worker, exit 1, before
+    (["import", "-", "--policies", POLICIES, "--redis-url", "notaurl"], "must start with redis://"),
 ])
 def test_the_cli_refuses_bad_mixes_with_exit_2_and_no_traceback(argv: list[str], message: str,
                                                                 capsys: pytest.CaptureFixture[str]) -> None:
@@ -74,3 +78,15 @@ def test_url_and_sentinel_flags_exclude_each_other_in_the_subcommands(capsys: py
     with pytest.raises(SystemExit) as ended:
         cli.main(["export", "--redis-url", "redis://r", "--redis-sentinel", "s:26379", "--redis-service", "m"])
     assert ended.value.code == 2 and "not allowed with" in capsys.readouterr().err
+
+
+def test_import_into_a_data_folder_that_cannot_be_one_is_exit_2_and_no_traceback(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Found by an outside attack: a FileNotFoundError / FileExistsError traceback, exit 1."""
+    records = tmp_path / "ok.ndjson"
+    records.write_text('{"user": "u1", "role": "support"}\n')
+    (tmp_path / "afile").write_text("")
+    for folder in ("/proc/nope", str(tmp_path / "afile")):
+        assert cli.main(["import", str(records), "--policies", POLICIES, "--data-dir", folder]) == 2
+        err = capsys.readouterr().err
+        assert "cannot open the store" in err and "Traceback" not in err, err
