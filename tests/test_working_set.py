@@ -157,7 +157,7 @@ def rss_bytes() -> int:
     raise AssertionError("no VmRSS")
 
 
-@pytest.mark.integration  # about 10 s
+@pytest.mark.integration  # about 20 s
 def test_a_million_checks_for_ids_that_do_not_exist_stay_within_the_bound(tmp_path: Path) -> None:
     path = tmp_path / "db.sqlite3"
     SQLiteStore(path).write(lambda: [{"op": "put_group", "guid": "g", "owner": "o"}], "seed")
@@ -166,20 +166,20 @@ def test_a_million_checks_for_ids_that_do_not_exist_stay_within_the_bound(tmp_pa
     rng = random.Random(7)
 
     def flood(count: int) -> None:
-        for _ in range(count // 1000):
+        for batch in range(count // 2000):
             checks: list[Any] = []
-            for _ in range(1000):
+            for n in range(2000):
                 uid = f"ghost-{rng.getrandbits(48):012x}"
-                request = AuthzRequest(uid, "sendMessage", "g") if rng.random() < 0.1 else \
+                request = AuthzRequest(uid, "sendMessage", f"nowhere-{batch}-{n % 7}") if n % 50 == 0 else \
                     AuthzRequest(uid, "createGroup")
                 checks.append((request, None))
             for body in sidecar.decide_many(checks):
                 assert isinstance(body, dict) and not (body["allowed"] and body["layer"] == "store"), body
-    flood(100_000)  # the cache is full and the allocator has its pools
+    flood(60_000)  # the cache is full and the allocator has its pools
     before = rss_bytes()
     flood(1_000_000)
     grown = rss_bytes() - before
     state = sidecar.state
-    assert isinstance(state, WorkingSet) and state.size <= capacity + 3 * 1000
+    assert isinstance(state, WorkingSet) and state.size <= capacity + 3 * 2000
     assert sidecar.facts_read >= 1_000_000  # every id was new: each was read, cached, evicted
     assert grown < 16 * 1024 * 1024, f"RSS grew {grown / 1e6:.1f} MB over a million ids that do not exist"
