@@ -804,6 +804,21 @@ class RedisStore:
                 raise store_changed(None, expect_revision) from None
         return revision
 
+    @staticmethod
+    def _move_indexed(pipe: Any, table: dict[tuple[str, str], str], index_key: Callable[[str], str],
+                      srem: dict[str, list[str]], sadd: dict[str, list[str]]) -> None:
+        """For each (hash key, field) -> its last value: the field leaves the index set of the
+        value it has now (read through pipe, under its WATCH) and joins that of its last."""
+        by_key: dict[str, list[str]] = {}
+        for key, field in table:
+            by_key.setdefault(key, []).append(field)
+        for key, fields in by_key.items():
+            for field, before in zip(fields, pipe.hmget(key, fields), strict=True):
+                value = table[key, field]
+                if before is not None and before != value:
+                    srem.setdefault(index_key(before), []).append(field)
+                sadd.setdefault(index_key(value), []).append(field)
+
     def _bulk_commands(self, pipe: Any, ops: list[Op]) -> list[list[tuple[str, str, list[str]]]]:
         """The RUN_COMMANDS calls that leave Redis as applying ops in order would (reads the
         users' current roles through pipe, under its WATCH)."""
@@ -843,26 +858,9 @@ class RedisStore:
             else:
                 hset.setdefault(key, []).extend((uid, scope))
                 sadd.setdefault(self.user_groups_key(uid), []).append(guid_of[key])
-        if owners:  # owned:<uid>, as PUT_INDEXED keeps it: out of the owner it had, into its last
-            by_owner_key: dict[str, list[str]] = {}
-            for key, field in owners:
-                by_owner_key.setdefault(key, []).append(field)
-            for key, guids in by_owner_key.items():
-                for field, before in zip(guids, pipe.hmget(key, guids), strict=True):
-                    owner = owners[key, field]
-                    if before is not None and before != owner:
-                        srem.setdefault(self.owned_key(before), []).append(field)
-                    sadd.setdefault(self.owned_key(owner), []).append(field)
-        if users:  # roleusers:<role>, as PUT_INDEXED keeps it: out of the role it had, into its last
-            by_key: dict[str, list[str]] = {}
-            for key, field in users:
-                by_key.setdefault(key, []).append(field)
-            for key, uids in by_key.items():
-                for field, before in zip(uids, pipe.hmget(key, uids), strict=True):
-                    role = users[key, field]
-                    if before is not None and before != role:
-                        srem.setdefault(self.key("roleusers:" + before), []).append(field)
-                    sadd.setdefault(self.key("roleusers:" + role), []).append(field)
+        # owned:<uid> and roleusers:<role>, as PUT_INDEXED keeps them: out of the value a field has, into its last
+        self._move_indexed(pipe, owners, self.owned_key, srem, sadd)
+        self._move_indexed(pipe, users, lambda role: self.key("roleusers:" + role), srem, sadd)
         calls: list[list[tuple[str, str, list[str]]]] = [[]]
         in_call = 0
         for command, per_key, step in (("HDEL", hdel, 1), ("SREM", srem, 1), ("HSET", hset, 2), ("SADD", sadd, 1)):
