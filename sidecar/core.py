@@ -8,6 +8,7 @@ plan inside the store's exclusive transaction on caught-up state, then apply the
 from __future__ import annotations
 
 import bisect
+import functools
 import itertools
 import logging
 import os
@@ -482,20 +483,14 @@ class Sidecar:
         engine = self.engine
         timed = self.on_decision is not None
         started = time.perf_counter() if timed else 0.0
-
-        def decide() -> tuple[Decision, str]:
-            untrusted = self._untrusted(stale) if not self.loaded or self.max_staleness_s is not None else None
-            if untrusted is not None:
-                return self._refuse(engine, request, *untrusted), self.state.epoch
-            if at_least_revision is not None and not self.reached(at_least_revision):
-                raise self._not_reached(at_least_revision)  # a resync swapped the state meanwhile
-            return engine.decide(request, self.state), self.state.epoch
-        if self.cache_entries is None:
+        if self.cache_entries is None:  # the hot path: no closure, no fact bookkeeping
             with self._lock:
-                decision, epoch = decide()
+                decision, epoch = self._decide_locked(engine, request, stale, at_least_revision)
         else:
             try:
-                decision, epoch = self._with_facts(decide, lambda: facts_for(request.uid, request.guid, request.target))
+                decision, epoch = self._with_facts(
+                    functools.partial(self._decide_locked, engine, request, stale, at_least_revision),
+                    lambda: facts_for(request.uid, request.guid, request.target))
             except StoreError as exc:  # fail closed: what the store holds could not be read
                 with self._lock:
                     decision, epoch = self._refuse(engine, request, exc.code, (
@@ -510,6 +505,16 @@ class Sidecar:
         if self.decision_log is not None:
             self.decision_log.record(request, body)
         return body
+
+    def _decide_locked(self, engine: Engine, request: AuthzRequest, stale: float,
+                       at_least_revision: int | Token | None) -> tuple[Decision, str]:
+        """The decision and its epoch, under the lock (fail closed on untrusted state)."""
+        untrusted = self._untrusted(stale) if not self.loaded or self.max_staleness_s is not None else None
+        if untrusted is not None:
+            return self._refuse(engine, request, *untrusted), self.state.epoch
+        if at_least_revision is not None and not self.reached(at_least_revision):
+            raise self._not_reached(at_least_revision)  # a resync swapped the state meanwhile
+        return engine.decide(request, self.state), self.state.epoch
 
     def _untrusted(self, stale: float) -> tuple[str, str] | None:
         """(code, reason) when the state cannot be trusted to decide: fail closed."""
