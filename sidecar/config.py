@@ -114,6 +114,13 @@ class Settings:
         if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError(f"redis_url must start with redis://, rediss:// or unix://, got {self.redis_url!r} "
                              "(for example redis://127.0.0.1:6379/0)")
+        if self.redis_url:
+            from redis.connection import parse_url  # the parser the connection uses: one truth
+            try:
+                parse_url(self.redis_url)
+            except ValueError as exc:
+                raise ValueError(f"redis_url {self.redis_url!r} is not a Redis URL: {exc} "
+                                 "(for example redis://127.0.0.1:6379/0)") from None
         if self.redis_cluster and not self.redis_url:
             raise ValueError("redis_cluster needs redis_url, the address of one node of the cluster "
                              "(Sentinel and cluster mode do not mix)")

@@ -47,6 +47,9 @@ def test_settings_build_the_spec_of_each_kind() -> None:
     ({"redis_url": "redis://r", "redis_prefix": ""}, "hash tag"),
     ({"redis_sentinel": "s", "redis_service": "m"}, "host:port"),
     ({"redis_url": "notaurl"}, "must start with redis://"),
+    ({"redis_url": "redis://127.0.0.1:notaport"}, "is not a Redis URL: Port could not be cast"),
+    ({"redis_url": "redis://127.0.0.1:99999/0"}, "is not a Redis URL: Port out of range"),
+    ({"redis_url": "unix:///tmp/r.sock?db=x"}, "is not a Redis URL: Invalid value for 'db'"),
     ({"redis_url": "redis://r", "redis_prefix": "{chatauthz}:members:"}, "hash tag"),
 ])
 def test_bad_mixes_are_refused(values: dict[str, object], message: str) -> None:
@@ -66,6 +69,9 @@ def test_bad_mixes_are_refused(values: dict[str, object], message: str) -> None:
     (["import", "-", "--policies", POLICIES, "--redis-min-replicas", "1"], "needs redis_url or redis_sentinel"),
     (["serve", "--redis-url", "notaurl"], "must start with redis://"),  # a traceback in a worker, exit 1, before
     (["import", "-", "--policies", POLICIES, "--redis-url", "notaurl"], "must start with redis://"),
+    # a traceback in every worker, then granian's crash loop and exit 1, before
+    (["serve", "--redis-url", "redis://127.0.0.1:notaport"], "is not a Redis URL"),
+    (["export", "--policies", POLICIES, "--redis-url", "redis://127.0.0.1:99999"], "is not a Redis URL"),
 ])
 def test_the_cli_refuses_bad_mixes_with_exit_2_and_no_traceback(argv: list[str], message: str,
                                                                 capsys: pytest.CaptureFixture[str]) -> None:
