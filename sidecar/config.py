@@ -117,7 +117,7 @@ class Settings:
         if self.redis_url:
             from redis.connection import parse_url  # the parser the connection uses: one truth
             try:
-                parse_url(self.redis_url)
+                parse_url(self.redis_url)  # type: ignore[no-untyped-call]
             except ValueError as exc:
                 raise ValueError(f"redis_url {self.redis_url!r} is not a Redis URL: {exc} "
                                  "(for example redis://127.0.0.1:6379/0)") from None
