@@ -432,11 +432,25 @@ class Sidecar:
     def decide(self, request: AuthzRequest, at_least_revision: int | Token | None = None) -> dict[str, Any]:
         """One decision as the API's body. With at_least_revision, answer only from state at
         least that new: wait (bounded) for it, else refuse (ChatAuthzError)."""
+        self._prepare_one(at_least_revision)
+        return self._decide_prepared(request, at_least_revision)
+
+    def decided(self, request: AuthzRequest, at_least_revision: int | Token | None = None
+                ) -> tuple[Decision, str, str]:
+        """decide() before it is a body (Embedded): the decision, its token and its decision id.
+        The metrics and the decision log, when set, see the body decide() would answer."""
+        self._prepare_one(at_least_revision)
+        decision, epoch, stale, started = self._decision(request, at_least_revision)
+        token, decision_id = format_token(epoch, decision.revision), self._next_decision_id()
+        if self.on_decision is not None or self.decision_log is not None:
+            self._observe(request, self._body(decision, token, decision_id, stale), started)
+        return decision, token, decision_id
+
+    def _prepare_one(self, at_least_revision: int | Token | None) -> None:
         if self._polled is not None:
             self._refresh_or_warn()
         if at_least_revision is not None and not self.reached(at_least_revision) and not self._never(at_least_revision):
             self.wait_for_revision(at_least_revision)
-        return self._decide_prepared(request, at_least_revision)
 
     def decide_many(self, checks: Sequence[Check | ChatAuthzError]) -> list[dict[str, Any] | ChatAuthzError]:
         """A batch: one look at the store and one bounded wait for all its checks; each answer
@@ -477,12 +491,19 @@ class Sidecar:
             log.warning("store unreadable; deciding from revision %s", self.state.revision)
 
     def _decide_prepared(self, request: AuthzRequest, at_least_revision: int | Token | None) -> dict[str, Any]:
+        decision, epoch, stale, started = self._decision(request, at_least_revision)
+        body = self._body(decision, format_token(epoch, decision.revision), self._next_decision_id(), stale)
+        self._observe(request, body, started)
+        return body
+
+    def _decision(self, request: AuthzRequest, at_least_revision: int | Token | None
+                  ) -> tuple[Decision, str, float, float]:
+        """(decision, epoch, staleness, perf_counter at the start when timed) on prepared state."""
         if at_least_revision is not None and not self.reached(at_least_revision):
             raise self._not_reached(at_least_revision)
         stale = self.staleness_s() if self.synced else 0.0
         engine = self.engine
-        timed = self.on_decision is not None
-        started = time.perf_counter() if timed else 0.0
+        started = time.perf_counter() if self.on_decision is not None else 0.0
         if self.cache_entries is None:  # the hot path: no closure, no fact bookkeeping
             with self._lock:
                 decision, epoch = self._decide_locked(engine, request, stale, at_least_revision)
@@ -496,15 +517,23 @@ class Sidecar:
                     decision, epoch = self._refuse(engine, request, exc.code, (
                         f"this sidecar could not read the facts of this request from its store ({exc.message}); "
                         "it denies until it can")), self.state.epoch
-        body = self.decision_body(decision)
-        body["token"] = format_token(epoch, decision.revision)
-        if timed:
-            self.on_decision(body, time.perf_counter() - started)  # type: ignore[misc]
+        return decision, epoch, stale, started
+
+    def _body(self, decision: Decision, token: str, decision_id: str, stale: float) -> dict[str, Any]:
+        """The API's decision body."""
+        body = decision.to_dict()
+        body["decisionId"] = decision_id
+        body["token"] = token
         if self.synced:
             body["stalenessSeconds"] = round(stale, 3)
+        return body
+
+    def _observe(self, request: AuthzRequest, body: dict[str, Any], started: float) -> None:
+        """The decision's metrics and its decision log line (whichever is set)."""
+        if self.on_decision is not None:
+            self.on_decision(body, time.perf_counter() - started)
         if self.decision_log is not None:
             self.decision_log.record(request, body)
-        return body
 
     def _decide_locked(self, engine: Engine, request: AuthzRequest, stale: float,
                        at_least_revision: int | Token | None) -> tuple[Decision, str]:
@@ -686,8 +715,11 @@ class Sidecar:
 
     def decision_body(self, decision: Decision) -> dict[str, Any]:
         body = decision.to_dict()
-        body["decisionId"] = f"{self._id_prefix}-{next(self._ids)}"
+        body["decisionId"] = self._next_decision_id()
         return body
+
+    def _next_decision_id(self) -> str:
+        return f"{self._id_prefix}-{next(self._ids)}"
 
     def reached(self, wanted: Wanted) -> bool:
         """Is the state at least as new as `wanted`? An integer means "in the current epoch"; a

@@ -111,6 +111,9 @@ class Decision(NamedTuple):
         return body
 
 
+_new_decision = tuple.__new__  # Decision(...) builds a tuple of all 8 fields in half the time: every decision's
+
+
 class _Refusal(Exception):
     """A denial, with what the refusing step shows: the key looked at, its value and source."""
 
@@ -209,12 +212,12 @@ class Engine:
         except _Refusal as refusal:
             if trace is not None:
                 trace.append(refusal.step)
-            return Decision(False, refusal.reason, refusal.layer, role, refusal.code, scope,
-                            state.revision, self.policy.content_hash)
+            return _new_decision(Decision, (False, refusal.reason, refusal.layer, role, refusal.code, scope,
+                                            state.revision, self.policy.content_hash))
 
     def _allow(self, state: RuntimeState, role: str, scope: str | None, layer: str, reason: str) -> Decision:
-        return Decision(True, "allowed: " + reason, layer, role, None, scope, state.revision,
-                        self.policy.content_hash)
+        return _new_decision(Decision, (True, "allowed: " + reason, layer, role, None, scope, state.revision,
+                                        self.policy.content_hash))
 
     # -- layers ----------------------------------------------------------------------------
     def _role_layer(self, action: Action, request: AuthzRequest, state: RuntimeState, role: str,

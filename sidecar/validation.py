@@ -27,7 +27,9 @@ def canonical_id(value: Any) -> str | None:
 
 def clean_id(value: Any, field: str) -> str:
     """An id (canonical_id) or a 400 naming the field."""
-    canonical = canonical_id(value)
+    if type(value) is str and ID_RE.fullmatch(value):  # canonical_id, inline: every request's ids
+        return value.lower()
+    canonical = canonical_id(value)  # a str subclass (an enum member, say)
     if canonical is not None:
         return canonical
     if not isinstance(value, str) or not value:

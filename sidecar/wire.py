@@ -71,13 +71,19 @@ def parse_check(body: Any) -> Check:
     """One /authorize check: the request and its atLeastRevision, or a 400 naming the field."""
     body = require_object(body)
     reject_unknown(body, CHECK_FIELDS)
-    action = body.get("action")
+    get = body.get
+    return check_of(get("uid"), get("action"), get("guid"), get("target"), get("context"), get("atLeastRevision"))
+
+
+def check_of(uid: Any, action: Any, guid: Any = None, target: Any = None, facts: Any = None,
+             at_least: Any = None) -> Check:
+    """A check from its fields, as a body names them (parse_check; Embedded passes its arguments
+    here, without a body): the request and its atLeastRevision, or a 400 naming the field."""
     if not isinstance(action, str) or not action or len(action) > 100:
         raise BadRequestError.field("action", "The action field is required and must be a string.")
-    guid = clean_id(body["guid"], "guid") if body.get("guid") is not None else None
-    target = clean_id(body["target"], "target") if body.get("target") is not None else None
-    request = AuthzRequest(clean_id(body.get("uid"), "uid"), action, guid, target, context(body.get("context")))
-    return request, consistency(body.get("atLeastRevision"))
+    guid = clean_id(guid, "guid") if guid is not None else None
+    target = clean_id(target, "target") if target is not None else None
+    return AuthzRequest(clean_id(uid, "uid"), action, guid, target, context(facts)), consistency(at_least)
 
 
 class Query(NamedTuple):

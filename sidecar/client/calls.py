@@ -27,8 +27,8 @@ def check_body(uid: str, action: str, guid: str | None = None, target: str | Non
         body["guid"] = guid
     if target is not None:
         body["target"] = target
-    if context:
-        body["context"] = dict(context)
+    if context is not None:  # a copy of a mapping; anything else as given, for the sidecar's 400
+        body["context"] = dict(context) if isinstance(context, Mapping) else context
     if at_least_revision is not None:
         body["atLeastRevision"] = at_least_revision
     return body

@@ -2,8 +2,8 @@
 (SQLite data folder or Redis), with Client's methods and no socket and no JSON in between.
 
 Built by sidecar.compose.build_sidecar, so it decides exactly as a served sidecar: checks parse
-with sidecar.wire.parse_check and are decided by Sidecar.decide / decide_many (its revision and
-staleness checks included); writes parse with the views' parse_* and commit the same plan_*
+with sidecar.wire.check_of / parse_check and are decided by Sidecar.decided / decide_many (its
+revision and staleness checks included); writes parse with the views' parse_* and commit the same plan_*
 through Sidecar.write. Not built here: Prometheus metrics (on_decision / on_write / gauges are
 the served sidecar's /metrics, not the app's). Its own writes are in its state when they return,
 so it sends no remembered token; an at_least_revision given (a Client's write) is honoured.
@@ -30,7 +30,7 @@ from sidecar.core import WriteContext
 from sidecar.errors import ChatAuthzError
 from sidecar.management import Planned
 from sidecar.validation import clean_id
-from sidecar.wire import Check, parse_check, parse_query
+from sidecar.wire import Check, check_of, parse_check, parse_query
 
 Plan = Callable[[WriteContext], Planned]
 After = Callable[[WriteContext, Any], Any]
@@ -84,12 +84,13 @@ class Embedded(WriteHelpers[WriteToken]):
     # -- decisions ---------------------------------------------------------------------------
     def check(self, uid: str, action: str, guid: str | None = None, target: str | None = None,
               context: Mapping[str, Any] | None = None, *, at_least_revision: str | int | None = None) -> Decision:
-        try:
-            body = self.core.decide(*parse_check(calls.check_body(uid, action, guid, target, context,
-                                                                  at_least_revision)))
+        try:  # the server's checks on the fields of a body, without the body (nor JSON)
+            decided, token, decision_id = self.core.decided(*check_of(
+                uid, action, guid, target, dict(context) if isinstance(context, Mapping) else context, at_least_revision))
         except ChatAuthzError as exc:
             return self._no_answer(_translated(exc))
-        return Decision.from_body(body)
+        return Decision.of(decided.allowed, decided.code, decided.reason, decided.layer, decided.role, decided.scope,
+                           decided.revision, token, decision_id)
 
     def check_many(self, checks: Iterable[CheckItem], *, at_least_revision: str | int | None = None
                    ) -> list[Decision | SidecarError]:
