@@ -579,7 +579,13 @@ class Sidecar:
                 return known
             scope = _scope_in(state, uid, guid)
             group_actions = engine.group_actions
+            role_key = _role_key(key, uid, target, state, engine)
+            app_wide = self._capabilities_memo.get(role_key) if role_key is not None else None
+            fresh: dict[str, Any] = {}
             for name, action in engine.policy.actions.items():
+                if app_wide is not None and name not in group_actions:
+                    actions[name] = app_wide[name]  # decided for another user of this role, at this revision
+                    continue
                 # an app-wide action is decided app-wide (with the guid, /authorize would refuse it: a 400)
                 request = AuthzRequest(uid, name, guid if name in group_actions else None, target, facts)
                 entry: dict[str, Any]
@@ -594,15 +600,18 @@ class Sidecar:
                 if action.target_required and target is None:
                     entry["targets"] = engine.target_scopes(request, state, scope if untrusted is None else None)
                 actions[name] = entry
+                if name not in group_actions:
+                    fresh[name] = entry
             body: dict[str, Any] = {
                 "uid": uid, "guid": guid, "target": target, "role": state.role_of(uid), "scope": scope,
                 "revision": state.revision, "token": format_token(state.epoch, state.revision),
                 "policyHash": engine.policy.content_hash, "actions": actions}
-            if key is not None:
-                memo = self._capabilities_memo
-                memo[key] = body
-                if len(memo) > CAPABILITIES_MEMO:
-                    memo.popitem(last=False)
+            memo = self._capabilities_memo
+            for known_key, answer_kept in ((key, body), (role_key, fresh if app_wide is None else None)):
+                if known_key is not None and answer_kept is not None:
+                    memo[known_key] = answer_kept
+                    if len(memo) > CAPABILITIES_MEMO:
+                        memo.popitem(last=False)
             return body
         return self._with_staleness(dict(self._with_facts(answer, lambda: facts_for(uid, guid, target))), stale)
 
@@ -930,6 +939,17 @@ def _memo_key(uid: str, guid: str | None, target: str | None, facts: Mapping[str
     except TypeError:
         return None
     return (uid, guid, target, items, id(state), state.epoch, state.revision, id(engine), untrusted)
+
+
+def _role_key(key: tuple[Any, ...] | None, uid: str, target: str | None, state: RuntimeState,
+              engine: Engine) -> tuple[Any, ...] | None:
+    """The key of the app-wide actions' answers shared by every user of uid's role (same target,
+    facts, state and revision): an app-wide decision reads of its user only the role, and names
+    the user in its reason only when the role no longer exists or the user is its own target."""
+    role = state.role_of(uid)
+    if key is None or target == uid or (role not in engine.policy.roles and role not in state.roles):
+        return None
+    return ("app-wide", role, *key[2:])
 
 
 def _window(candidates: list[str], cursor: str | None) -> list[str]:

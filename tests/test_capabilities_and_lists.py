@@ -217,3 +217,29 @@ def test_a_remembered_answer_never_outlives_its_revision(tmp_path: Path) -> None
     assert after["actions"]["createGroup"]["allowed"] is False
     other.write(lambda tx: ([{"op": "delete_member", "guid": "g", "uid": "m"}], None), "t")
     assert core.capabilities("m", "g")["actions"]["kickMembers"]["targets"] == {"actsOn": []}
+
+
+def test_app_wide_answers_are_shared_by_a_role_only_where_they_cannot_depend_on_the_user(tmp_path: Path) -> None:
+    """capabilities reuses the app-wide actions' answers of another user of the same role (same
+    target, facts and revision). Each must still be exactly /authorize's: with a constraint on the
+    target's role, a user who is their own target, and users of a role that no longer exists
+    (whose reason names them)."""
+    core = Sidecar(POLICY, SQLiteStore(tmp_path / "shared.db"))
+    core.write(lambda tx: ([
+        {"op": "set_role_permissions", "role": "default", "values": {"getUserDetails.allowedRoles": ["support"],
+                                                                     "listUsers.allowedRoles": ["restricted"]}},
+        *({"op": "put_user", "uid": uid, "role": role} for uid, role in [
+            ("d1", "default"), ("d2", "default"), ("s1", "support"), ("r1", "restricted"),
+            ("ghost1", "gone"), ("ghost2", "gone")])], None), "test")
+    app_wide = [name for name in ACTIONS if name not in core.engine.group_actions]
+    asked = [("d1", None), ("d2", None), ("d1", "s1"), ("d2", "r1"), ("d1", "d1"), ("d2", "d2"), ("d1", "s1"),
+             ("ghost1", None), ("ghost2", None), ("ghost1", "s1"), ("ghost2", "s1")]
+    seen: set[tuple[str, bool]] = set()
+    for uid, target in asked:
+        caps = core.capabilities(uid, None, target)
+        for action in app_wide:
+            entry = caps["actions"][action]
+            expected = answer(core, AuthzRequest(uid, action, None, target, {}))
+            assert {k: entry[k] for k in (*FIELDS, "error") if k in entry} == expected, (uid, target, action)
+            seen.add((action, bool(entry.get("allowed"))))
+    assert ("getUserDetails", True) in seen and ("getUserDetails", False) in seen  # the target's role decides
