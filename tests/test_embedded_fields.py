@@ -39,7 +39,8 @@ def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embedded]:
                         {"op": "put_member", "guid": "g1", "uid": "alice", "scope": "admin"},
                         {"op": "put_member", "guid": "g1", "uid": "bob", "scope": "moderator"},
                         {"op": "put_member", "guid": "g1", "uid": "carol", "scope": "participant"},
-                        {"op": "put_user", "uid": "carol", "role": "restricted"}])
+                        {"op": "put_user", "uid": "carol", "role": "restricted"},
+                        {"op": "put_user", "uid": "erin", "role": "restricted"}])
     with Embedded(data_dir=data_dir) as emb:
         yield emb
 
@@ -77,3 +78,19 @@ def test_the_property_sees_both_decisions_and_errors(embedded: Embedded) -> None
         ("bob", "kickMembers", "g1", "carol", None, None), ("carol", "createGroup", None, None, None, None),
         ("alice\n", "createGroup", None, None, None, None)]}
     assert seen == {("decision", True), ("decision", False), ("error", 400)}
+
+
+def test_an_app_that_edits_a_capabilities_answer_changes_no_later_answer(embedded: Embedded) -> None:
+    """The sidecar remembers capabilities answers per revision; Embedded hands the app its own
+    copy, so an app that edits what it got (to render it, say) cannot turn a denial into an allow."""
+    first = embedded.capabilities("carol", "g1")
+    assert first["actions"]["createGroup"]["allowed"] is False and first["actions"]["initiateCall"]["allowed"] is False
+    first["actions"]["createGroup"]["allowed"] = True  # a group action's answer
+    first["actions"]["initiateCall"].update(allowed=True, code=None)  # an app-wide one, shared by the role
+    first["actions"]["kickMembers"]["targets"]["actsOn"].append("admin")
+    first["actions"].pop("sendMessage")
+    for uid in ("carol", "erin"):  # erin: restricted too, never asked before
+        again = embedded.capabilities(uid, "g1")["actions"]
+        assert again["createGroup"]["allowed"] is False and again["initiateCall"]["allowed"] is False
+        assert again["initiateCall"]["code"] == "ERR_PERMISSION_DENIED" and "sendMessage" in again
+        assert again["kickMembers"]["targets"] == {"actsOn": []}

@@ -16,7 +16,9 @@ import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, cast
+
+import orjson
 
 from sidecar import groups as grp
 from sidecar import management as m
@@ -120,9 +122,12 @@ class Embedded(WriteHelpers[WriteToken]):
         try:
             q = parse_query(calls.query_body(uid, guid, target, context, at_least_revision), "capabilities")
             assert q.uid is not None
-            return self.core.capabilities(q.uid, q.guid, q.target, q.context, q.at_least)
+            answer = self.core.capabilities(q.uid, q.guid, q.target, q.context, q.at_least)
         except ChatAuthzError as exc:
             raise _translated(exc) from None
+        # the app's own copy: the sidecar remembers answers (per revision, shared by a role), and
+        # an app that edits what it got must not change what it, or anyone, is told next
+        return cast(dict[str, Any], orjson.loads(orjson.dumps(answer)))
 
     def require(self, uid: str, action: str, guid: str | None = None, target: str | None = None,
                 context: Mapping[str, Any] | None = None, *, at_least_revision: str | int | None = None) -> Decision:
