@@ -37,7 +37,7 @@ from sidecar.engine import AuthzRequest
 from sidecar.errors import ChatAuthzError, StoreError
 from sidecar.policy import load_policy
 from sidecar.state import Op, RuntimeState
-from sidecar.stores.base import DataLoss, RecoveryPending, ResyncNeeded, Store
+from sidecar.stores.base import DataLoss, Facts, RecoveryPending, ResyncNeeded, Store
 from sidecar.stores.redisconn import RedisSpec, has_hash_tag, keyspace
 from sidecar.stores.redisstore import RedisStore
 from sidecar.stores.sqlite import SQLiteStore
@@ -390,6 +390,36 @@ def test_every_op_kind_round_trips(kit: StoreKit) -> None:
     # a new store object (another worker or sidecar) loads and replays to the same thing
     other = kit.open()
     assert fields(other.load()) == fields(replay(other)) == final == fields(state)
+
+
+def test_the_entity_reads_of_a_working_set_equal_the_state_after_every_op_kind(kit: StoreKit) -> None:
+    """What a working set reads on a miss (read_facts, one round trip) and what views read
+    (members_of, bans_of, groups_of, group_ids, users_with_role) equal the whole state, after
+    each op kind, for known ids, for ids that do not exist, for one id asked twice, and for
+    users, groups and pairs of an op that undid them; with the store's epoch and revision."""
+    store = kit.open()
+    state = store.load()
+    for index, op in enumerate(EVERY_OP, start=1):
+        write(store, state, [op])
+        whole = in_memory(EVERY_OP[:index], index)
+        uids = sorted({*whole.users, *(u for m in whole.members.values() for u in m),
+                       *(u for b in whole.bans.values() for u in b), "u2", "u8", "nobody"})
+        guids = sorted({*whole.owners, *whole.members, *whole.bans, "g3", "nogroup"})
+        facts = Facts([*uids, uids[0]], [*guids, guids[0]], [(g, u) for g in guids for u in uids] + [(guids[0], uids[0])])
+        read = store.read_facts(facts)
+        assert (read.epoch, read.revision) == (store.load().epoch, index)
+        assert read.roles == [whole.users.get(u) for u in facts.users], f"after op {index}: {op}"
+        assert read.owners == [whole.owners.get(g) for g in facts.groups], f"after op {index}: {op}"
+        assert read.memberships == [(whole.scope_of(g, u), whole.is_banned(g, u)) for g, u in facts.memberships], \
+            f"after op {index}: {op}"
+        for guid in guids:
+            assert dict(store.members_of(guid)) == whole.members.get(guid, {}) and \
+                set(store.bans_of(guid)) == set(whole.bans.get(guid, ())), (index, guid)
+        for uid in uids:
+            assert set(store.groups_of(uid)) == set(whole.groups_of(uid)), (index, uid)
+        assert sorted(store.group_ids()) == sorted(whole.owners), index
+        for role in {*whole.users.values(), "agent", "nobody"}:
+            assert store.users_with_role(role) == whole.users_with_role(role), (index, role)
 
 
 # -- two handles on one store ------------------------------------------------------------------
