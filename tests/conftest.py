@@ -225,7 +225,7 @@ INTEGRATION_FILES = {
 }
 REDIS_FILES = {"test_redis_data_loss.py", "test_redis_failover.py", "test_redis_sync.py", "test_redis_writes.py"}
 PROCESS_FIXTURES = {"server", "start_server", "shared_server", "live", "srv"}  # start `chatauthz serve`
-REDIS_FIXTURES = {"redis_server", "shared_redis", "own_redis"}  # start redis-server
+REDIS_FIXTURES = {"module_redis", "own_redis"}  # start redis-server
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -290,6 +290,19 @@ def start_server(tmp_path: Path) -> Iterator[Any]:
 def server(start_server: Any) -> Server:
     """A fresh server (1 worker, empty data folder) for this test alone."""
     return start_server(workers=1)  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def module_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One real redis-server (free loopback port) for the tests of one module; each test keeps
+    to a prefix of its own. Stopped after the module."""
+    from tests.redis_support import RedisServer
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -162,18 +161,9 @@ def test_a_missing_store_is_a_usage_error_and_is_not_created(capsys: pytest.Capt
     assert not (tmp_path / "none").exists()
 
 
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-def test_redis_url_reads_the_shared_state(capsys: pytest.CaptureFixture[str], redis_server: RedisServer) -> None:
-    seed(RedisStore(redis_server.url, "cli-auth:"), RUNTIME_OPS)
-    args = ["--redis-url", redis_server.url, "--redis-prefix", "cli-auth:", "--uid", "sam", "--action", "createGroup"]
+def test_redis_url_reads_the_shared_state(capsys: pytest.CaptureFixture[str], module_redis: RedisServer) -> None:
+    seed(RedisStore(module_redis.url, "cli-auth:"), RUNTIME_OPS)
+    args = ["--redis-url", module_redis.url, "--redis-prefix", "cli-auth:", "--uid", "sam", "--action", "createGroup"]
     code, out, _ = authorize(capsys, *args)
     assert code == 0 and "(from runtime)" in out
     # another prefix is another app: sam has no role there

@@ -5,7 +5,6 @@ runtime state did."""
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -195,20 +194,13 @@ def test_a_runtime_change_that_breaks_a_suite_is_caught_by_check(
 
 
 # -- Redis ------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
-def test_export_from_redis(capsys: pytest.CaptureFixture[str], redis_server: RedisServer) -> None:
-    seed(RedisStore(redis_server.url, "cli-export:"), RUNTIME_OPS)
-    code, out, _ = export(capsys, "--redis-url", redis_server.url, "--redis-prefix", "cli-export:")
+def test_export_from_redis(capsys: pytest.CaptureFixture[str], module_redis: RedisServer) -> None:
+    seed(RedisStore(module_redis.url, "cli-export:"), RUNTIME_OPS)
+    code, out, _ = export(capsys, "--redis-url", module_redis.url, "--redis-prefix", "cli-export:")
     assert code == 0
     roles_doc, overrides_doc = yaml.safe_load_all(out)
     assert roles_doc["roles"]["vip"]["restrictedFeatures"] == ["u.deleteCall", "u.listCalls"]
     assert set(overrides_doc["groupOverrides"]) == {"g1"}
-    assert f"Redis {redis_server.url} (prefix cli-export:)" in out.splitlines()[0]
+    assert f"Redis {module_redis.url} (prefix cli-export:)" in out.splitlines()[0]

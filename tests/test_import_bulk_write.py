@@ -9,7 +9,6 @@ of the same entities; Redis is a real redis-server, one for the module.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,16 +45,6 @@ OTHER_OPS = st.one_of(  # not of the bulk path: write_batch queues them one by o
 )
 op_lists = st.one_of(st.lists(OPS, min_size=1, max_size=40),
                      st.lists(st.one_of(OPS, OPS, OPS, OTHER_OPS), min_size=1, max_size=40))
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis-bulk"))
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
 
 
 def sqlite_tables(store: SQLiteStore) -> dict[str, list[tuple[Any, ...]]]:
@@ -107,12 +96,12 @@ def test_sqlite_bulk_writes_what_writing_each_op_writes(tmp_path: Path, ops: lis
 @pytest.mark.redis
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(ops=op_lists)
-def test_redis_bulk_writes_what_writing_each_op_writes(redis_server: RedisServer, ops: list[Op]) -> None:
+def test_redis_bulk_writes_what_writing_each_op_writes(module_redis: RedisServer, ops: list[Op]) -> None:
     prefixes = unique("a") + ":", unique("b") + ":"
-    first, second = (RedisStore(redis_server.url, prefix, 1.0) for prefix in prefixes)
+    first, second = (RedisStore(module_redis.url, prefix, 1.0) for prefix in prefixes)
     try:
         one_by_one_and_in_bulk(first, second, ops)
-        assert redis_keys(redis_server, prefixes[1]) == redis_keys(redis_server, prefixes[0])
+        assert redis_keys(module_redis, prefixes[1]) == redis_keys(module_redis, prefixes[0])
         assert second.load().users == first.load().users
     finally:
         first.close()
@@ -125,7 +114,7 @@ def test_a_store_no_longer_at_the_expected_revision_takes_nothing(kind: str, tmp
     if kind == "sqlite":
         store: Any = SQLiteStore(tmp_path / "s.db")
     else:
-        store = RedisStore(request.getfixturevalue("redis_server").url, unique("c") + ":", 1.0)
+        store = RedisStore(request.getfixturevalue("module_redis").url, unique("c") + ":", 1.0)
     try:
         store.load()
         store.write(lambda: [{"op": "put_user", "uid": "late", "role": "support"}], "someone")
@@ -143,7 +132,7 @@ def test_a_store_no_longer_at_the_expected_revision_takes_nothing(kind: str, tmp
 
 
 @pytest.mark.redis
-def test_redis_bulk_splits_big_keys_into_commands(redis_server: RedisServer) -> None:
+def test_redis_bulk_splits_big_keys_into_commands(module_redis: RedisServer) -> None:
     """More fields for one key than one command carries (BULK_ARGS), more than one call holds
     (BULK_CALL_ARGS): still what write() gives."""
     ops: list[Op] = [{"op": "put_group", "guid": "big", "owner": "u1"}]
@@ -151,10 +140,10 @@ def test_redis_bulk_splits_big_keys_into_commands(redis_server: RedisServer) -> 
     ops += [{"op": "put_user", "uid": f"m{i}", "role": "support"} for i in range(45_000)]
     ops += [{"op": "ban", "guid": "big", "uid": f"m{i}"} for i in range(0, 60_000, 7)]
     prefixes = unique("a") + ":", unique("b") + ":"
-    first, second = (RedisStore(redis_server.url, prefix, 5.0) for prefix in prefixes)
+    first, second = (RedisStore(module_redis.url, prefix, 5.0) for prefix in prefixes)
     try:
         one_by_one_and_in_bulk(first, second, ops)
-        assert redis_keys(redis_server, prefixes[1]) == redis_keys(redis_server, prefixes[0])
+        assert redis_keys(module_redis, prefixes[1]) == redis_keys(module_redis, prefixes[0])
     finally:
         first.close()
         second.close()

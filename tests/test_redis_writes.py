@@ -47,16 +47,6 @@ POLICY = load_policy(REPO / "policies")
 PlanFn = Callable[[WriteContext], tuple[list[Op], Any]]
 
 
-@pytest.fixture(scope="module")
-def shared_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis-writes"))
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
-
-
 class NaiveStore(RedisStore):
     """What the test must catch: a store that watches only the keys the ops change (it is told
     the plan read nothing)."""
@@ -69,7 +59,7 @@ class NaiveStore(RedisStore):
 
 
 @pytest.fixture
-def cluster(shared_redis: RedisServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., list[Sidecar]]]:
+def cluster(module_redis: RedisServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., list[Sidecar]]]:
     """cluster(n, store=RedisStore) -> n Sidecars on one fresh prefix (followers not started).
 
     Several Engines in one process parse Casbin matchers (ast.parse) from several threads at
@@ -86,7 +76,7 @@ def cluster(shared_redis: RedisServer, monkeypatch: pytest.MonkeyPatch) -> Itera
     made: list[Sidecar] = []
 
     def build(n: int, store: type[RedisStore] = RedisStore) -> list[Sidecar]:
-        sidecars = [Sidecar(POLICY, store(shared_redis.url, prefix, timeout_s=2.0)) for _ in range(n)]
+        sidecars = [Sidecar(POLICY, store(module_redis.url, prefix, timeout_s=2.0)) for _ in range(n)]
         made.extend(sidecars)
         return sidecars
     yield build
@@ -378,7 +368,7 @@ def test_unrelated_writes_do_not_conflict(cluster: Callable[..., list[Sidecar]])
 
 # -- a lost hint costs nothing -------------------------------------------------------------------
 def test_a_follower_that_missed_the_hints_catches_up_from_the_stream(cluster: Callable[..., list[Sidecar]],
-                                                                     shared_redis: RedisServer) -> None:
+                                                                     module_redis: RedisServer) -> None:
     """B follows (pub/sub hints, a 30 s periodic check); A writes 20 times with its hints lost
     (published where nobody listens), then once more with a hint: B applies all 21 from the
     stream, in order, from its last revision, without a full resync."""
@@ -419,12 +409,12 @@ def follow_without_hints(a: Sidecar, b: Sidecar) -> None:
 
 
 # -- the layout an older chatauthz wrote ---------------------------------------------------------
-def test_a_redis_of_the_older_layout_is_moved_to_this_one_on_load(shared_redis: RedisServer) -> None:
+def test_a_redis_of_the_older_layout_is_moved_to_this_one_on_load(module_redis: RedisServer) -> None:
     """users and owners in one hash each and a hash journal (d0e48c4 and before): the first load
     moves them (users/owners into their buckets, the journal into the stream), then reads them.
     (Keys already renamed under their hash tag, as docs/distributed.md says to do first.)"""
     prefix = "{" + unique("old") + "}:"
-    admin = shared_redis.client()
+    admin = module_redis.client()
     ops1: list[Op] = [{"op": "put_user", "uid": "u1", "role": "support"}, {"op": "put_group", "guid": "g1", "owner": "o1"}]
     ops2: list[Op] = [{"op": "put_member", "guid": "g1", "uid": "u1", "scope": "moderator"}]
     admin.hset(prefix + "users", "u1", "support")
@@ -435,7 +425,7 @@ def test_a_redis_of_the_older_layout_is_moved_to_this_one_on_load(shared_redis: 
     admin.set(prefix + "epoch", "old-epoch")
     admin.hset(prefix + "journal", mapping={str(r): json.dumps({"at": 1.0, "actor": "t", "ops": ops})
                                             for r, ops in ((1, ops1), (2, ops2))})
-    store = RedisStore(shared_redis.url, prefix, timeout_s=2.0)
+    store = RedisStore(module_redis.url, prefix, timeout_s=2.0)
     try:
         state = store.load()
         assert (state.revision, state.epoch) == (2, "old-epoch")

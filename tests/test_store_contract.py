@@ -143,14 +143,6 @@ class RedisKit(StoreKit):
 
 
 # -- fixtures --------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def shared_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis-store"))
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +183,7 @@ def prefix() -> str:
 def redis_kit(request: pytest.FixtureRequest, kind: str) -> RedisKit:
     key_prefix = unique("t") + ":"  # as an operator spells it: the store puts it in a hash tag
     if kind == "redis":
-        server: RedisServer = request.getfixturevalue("shared_redis")
+        server: RedisServer = request.getfixturevalue("module_redis")
         return RedisKit(server.url, lambda: server.client(), key_prefix)
     if kind == "sentinel":
         setup: SentinelSetup = request.getfixturevalue("shared_sentinel")
@@ -580,8 +572,8 @@ def test_a_commit_the_counter_missed_is_found_by_the_backstop(sqlite_kit: SQLite
 # == Redis only =================================================================================
 @pytest.mark.redis
 def test_a_write_with_no_ops_publishes_nothing_and_a_write_publishes_its_revision(
-        shared_redis: RedisServer, open_store: Any, prefix: str) -> None:
-    store, admin = open_store(shared_redis, prefix), shared_redis.client()
+        module_redis: RedisServer, open_store: Any, prefix: str) -> None:
+    store, admin = open_store(module_redis, prefix), module_redis.client()
     state = store.load()
     write(store, state, EVERY_OP[:3])
     before = dump(admin, prefix)
@@ -602,11 +594,11 @@ def test_a_write_with_no_ops_publishes_nothing_and_a_write_publishes_its_revisio
 
 
 @pytest.mark.redis
-def test_key_prefixes_isolate_two_apps_on_one_redis(shared_redis: RedisServer, open_store: Any) -> None:
+def test_key_prefixes_isolate_two_apps_on_one_redis(module_redis: RedisServer, open_store: Any) -> None:
     first_prefix, second_prefix = unique("app1") + ":", unique("app2") + ":"
-    first, second = open_store(shared_redis, first_prefix), open_store(shared_redis, second_prefix)
+    first, second = open_store(module_redis, first_prefix), open_store(module_redis, second_prefix)
     first_state, second_state = first.load(), second.load()
-    admin = shared_redis.client()
+    admin = module_redis.client()
     keys_before = set(admin.scan_iter(count=1000))
     for op in EVERY_OP[:20]:
         write(first, first_state, [op])
@@ -630,10 +622,10 @@ def test_key_prefixes_isolate_two_apps_on_one_redis(shared_redis: RedisServer, o
 
 # -- Redis: concurrency -------------------------------------------------------------------------
 @pytest.mark.redis
-def test_a_write_that_loses_the_watch_race_retries_on_fresh_state(shared_redis: RedisServer, open_store: Any,
+def test_a_write_that_loses_the_watch_race_retries_on_fresh_state(module_redis: RedisServer, open_store: Any,
                                                                   prefix: str) -> None:
     """Another writer commits between our WATCH and our EXEC: ours retries, nothing is lost."""
-    ours, theirs = core(open_store(shared_redis, prefix)), core(open_store(shared_redis, prefix))
+    ours, theirs = core(open_store(module_redis, prefix)), core(open_store(module_redis, prefix))
     ours.write(lambda tx: ([{"op": "set_role_permissions", "role": "support", "values": {"blockUser": "allow"}}],
                            None), "ours")
     seen: list[dict[str, Any]] = []
@@ -701,9 +693,9 @@ def test_a_write_while_redis_hangs_raises_store_error_and_is_not_applied_later(o
 
 
 @pytest.mark.redis
-def test_changes_since_asks_for_a_resync_on_a_gap_or_a_new_epoch(shared_redis: RedisServer, open_store: Any,
+def test_changes_since_asks_for_a_resync_on_a_gap_or_a_new_epoch(module_redis: RedisServer, open_store: Any,
                                                                  prefix: str) -> None:
-    store, admin = open_store(shared_redis, prefix), shared_redis.client()
+    store, admin = open_store(module_redis, prefix), module_redis.client()
     state = store.load()
     for n in range(3):
         write(store, state, [{"op": "put_user", "uid": f"u{n}", "role": "support"}])
@@ -923,12 +915,12 @@ def test_every_key_of_a_prefix_is_inside_one_hash_tag() -> None:
 
 @pytest.mark.redis
 def test_the_key_layout_of_before_hash_tags_is_refused_not_taken_for_an_empty_redis(
-        shared_redis: RedisServer) -> None:
+        module_redis: RedisServer) -> None:
     old_prefix = unique("old") + ":"
-    admin = shared_redis.client()
+    admin = module_redis.client()
     admin.set(old_prefix + "epoch", "e1")
     admin.set(old_prefix + "rev", "7")
-    store = RedisStore(shared_redis.url, old_prefix, timeout_s=0.5)
+    store = RedisStore(module_redis.url, old_prefix, timeout_s=0.5)
     try:
         with pytest.raises(StoreError) as refused:
             store.load()
@@ -940,13 +932,13 @@ def test_the_key_layout_of_before_hash_tags_is_refused_not_taken_for_an_empty_re
 
 @pytest.mark.redis
 @pytest.mark.parametrize("cache_entries", [None, 1000])
-def test_min_replicas_refuses_writes_never_decisions(shared_redis: RedisServer, cache_entries: int | None) -> None:
+def test_min_replicas_refuses_writes_never_decisions(module_redis: RedisServer, cache_entries: int | None) -> None:
     """Found by an outside attack: with no replica, a sidecar with --redis-min-replicas could not
     even load (the layout look of a load WAITed) and denied every decision. Only a commit waits."""
     key_prefix = unique("wait-load") + ":"
-    RedisStore(shared_redis.url, key_prefix).write(lambda: [{"op": "put_user", "uid": "u1", "role": "support"}],
+    RedisStore(module_redis.url, key_prefix).write(lambda: [{"op": "put_user", "uid": "u1", "role": "support"}],
                                                    "seed")
-    lonely = Sidecar(POLICY, RedisStore(RedisSpec(url=shared_redis.url, timeout_s=0.3, min_replicas=1), key_prefix),
+    lonely = Sidecar(POLICY, RedisStore(RedisSpec(url=module_redis.url, timeout_s=0.3, min_replicas=1), key_prefix),
                      cache_entries=cache_entries)
     try:
         assert lonely.loaded and lonely.state.revision == 1
@@ -961,12 +953,12 @@ def test_min_replicas_refuses_writes_never_decisions(shared_redis: RedisServer, 
 
 
 @pytest.mark.redis
-def test_a_write_is_acknowledged_only_once_min_replicas_have_it(shared_redis: RedisServer,
+def test_a_write_is_acknowledged_only_once_min_replicas_have_it(module_redis: RedisServer,
                                                                 shared_sentinel: SentinelSetup) -> None:
     """WAIT on the write's own connection: a Redis without replicas refuses (503, not
     acknowledged); Sentinel's primary with its replica acknowledges, and the replica has it."""
     key_prefix = unique("wait") + ":"
-    lonely = core(RedisStore(RedisSpec(url=shared_redis.url, timeout_s=0.3, min_replicas=1), key_prefix))
+    lonely = core(RedisStore(RedisSpec(url=module_redis.url, timeout_s=0.3, min_replicas=1), key_prefix))
     replicated = core(RedisStore(shared_sentinel.spec(timeout_s=0.5, min_replicas=1), key_prefix))
     try:
         started = time.monotonic()

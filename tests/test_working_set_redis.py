@@ -12,7 +12,6 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,15 +28,6 @@ from tests.test_differential_authorize_write import POLICY, random_case, world_o
 from tests.test_working_set import probes, write_case
 
 WRITES_PER_THREAD = 120
-
-
-@pytest.fixture(scope="module")
-def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("ws-redis")).start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def sidecar_on(server: RedisServer, prefix: str, cache_entries: int | None) -> Sidecar:
@@ -57,13 +47,13 @@ def replayed(journal: list[tuple[int, list[Any]]], revision: int) -> RuntimeStat
 
 
 @pytest.mark.parametrize("seed", range(2))
-def test_every_working_set_decision_is_the_whole_states_at_its_revision(own_redis: RedisServer, seed: int) -> None:
+def test_every_working_set_decision_is_the_whole_states_at_its_revision(module_redis: RedisServer, seed: int) -> None:
     rng = random.Random(seed)
     prefix = unique("ws") + ":"
     ops, uids, guids = world_ops(rng)
-    RedisStore(own_redis.url, prefix).write(lambda: ops, "seed")
-    whole = [sidecar_on(own_redis, prefix, None) for _ in range(2)]
-    working = [sidecar_on(own_redis, prefix, size) for size in (24, 60)]  # the world: ~50 facts
+    RedisStore(module_redis.url, prefix).write(lambda: ops, "seed")
+    whole = [sidecar_on(module_redis, prefix, None) for _ in range(2)]
+    working = [sidecar_on(module_redis, prefix, size) for size in (24, 60)]  # the world: ~50 facts
     everyone = whole + working
     shared = threading.RLock()  # one process, four sidecars: CPython 3.11's ast (under casbin's
     for sidecar in everyone:    # expressions) is not thread-safe, and a real process has one lock
@@ -107,7 +97,7 @@ def test_every_working_set_decision_is_the_whole_states_at_its_revision(own_redi
         for thread in readers:
             thread.join(timeout=30)
         assert not errors, errors
-        store = RedisStore(own_redis.url, prefix)
+        store = RedisStore(module_redis.url, prefix)
         store.load()
         journal = store.changes_since(0)
         assert len(journal) >= 20, "too few writes were allowed to prove anything"
@@ -144,17 +134,17 @@ def test_every_working_set_decision_is_the_whole_states_at_its_revision(own_redi
             sidecar.store.close()
 
 
-def test_start_up_reads_no_entity_and_costs_the_same_at_any_size(own_redis: RedisServer, tmp_path: Path) -> None:
+def test_start_up_reads_no_entity_and_costs_the_same_at_any_size(module_redis: RedisServer, tmp_path: Path) -> None:
     """A working set starts from the policy part only: with 20,000 users and memberships in Redis
     it holds no fact until asked, and decides them right when asked."""
     prefix = unique("ws-size") + ":"
-    store = RedisStore(own_redis.url, prefix)
+    store = RedisStore(module_redis.url, prefix)
     store.write(lambda: [{"op": "put_group", "guid": "big", "owner": "o"}], "seed")
     for start in range(0, 20_000, 5_000):
         store.write(lambda start=start: [op for i in range(start, start + 5_000) for op in (
             {"op": "put_user", "uid": f"u{i}", "role": "support"},
             {"op": "put_member", "guid": "big", "uid": f"u{i}", "scope": "participant"})], "seed")
-    sidecar = Sidecar(POLICY, RedisStore(own_redis.url, prefix), cache_entries=1000)
+    sidecar = Sidecar(POLICY, RedisStore(module_redis.url, prefix), cache_entries=1000)
     try:
         state = sidecar.state
         assert isinstance(state, WorkingSet) and state.size == 0 and state.revision == 5
