@@ -17,7 +17,7 @@ import casbin
 
 from sidecar.errors import BadRequestError
 from sidecar.policy import Action, PermissionDef, PolicySet
-from sidecar.readset import underlying
+from sidecar.readset import ReadView
 from sidecar.rules import build_rules, resolve_value
 from sidecar.state import RuntimeState
 
@@ -248,9 +248,9 @@ class Engine:
                 raise _Refusal("membership", "ERR_GUID_ALREADY_EXISTS", f"group {guid!r} already exists; "
                                f"{action.name} names a group that does not exist yet", key, rule, where)
             return None, f"group {guid!r} does not exist yet"
-        if state.owner_of(guid) is None:
-            raise _Refusal("membership", NOT_FOUND, f"group {guid!r} does not exist", key, rule, where)
         owner_uid = state.owner_of(guid)
+        if owner_uid is None:
+            raise _Refusal("membership", NOT_FOUND, f"group {guid!r} does not exist", key, rule, where)
         owner = owner_uid == uid
         if rule == "owner" and not owner:
             raise _Refusal("membership", "ERR_GROUP_NO_CLEARANCE", f"only the owner of group {guid!r} "
@@ -290,11 +290,12 @@ class Engine:
 
     def _membership(self, request: AuthzRequest, state: RuntimeState, trace: Trace | None) -> str:
         guid, uid = request.guid or "", request.uid
-        where = f"group {guid}"
-        if state.owner_of(guid) is None:
+        owner = state.owner_of(guid)
+        if owner is None:
             raise _Refusal("membership", NOT_FOUND, f"group {guid!r} does not exist", f"group {guid}",
                            "does not exist", "the store's groups")
-        if state.owner_of(guid) == uid:
+        where = f"group {guid}"
+        if owner == uid:
             if trace is not None:
                 trace.append(Step("membership", f"owner of {guid}", uid, f"{where}: the owner may do anything "
                                   "in it", PASSES))
@@ -537,7 +538,8 @@ class Engine:
         inputs, rebuilt when the policy part of the state changes."""
         key = (layer, sub, dom, action.name)
         generation = state.policy_generation  # a write plan's ReadView notes a read of the role policy here
-        base = underlying(state)  # lines of other groups never match dom: compiled from the state itself
+        view: Any = state  # underlying(state), inline: lines of other groups never match dom, so the
+        base = view._state if type(view) is ReadView else state  # lines are compiled from the state itself
         compiled = self._compiled_for  # _compiled_for_state, inline: this is every decision's path
         if compiled is not None and compiled[0] is base and compiled[1] == generation:
             cached = self._answers.get(key)
