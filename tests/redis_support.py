@@ -448,9 +448,21 @@ class ClusterSetup:
         return True
 
     def client(self) -> Any:
-        """A RedisCluster client for the test itself (decoded strings); close it."""
+        """A RedisCluster client for the test itself (decoded strings); close it. Not for SCAN:
+        redis-py's RedisCluster.scan_iter leaves a socket open (a ResourceWarning, an error here)."""
         from redis.cluster import RedisCluster
         return RedisCluster.from_url(self.url, decode_responses=True, socket_timeout=5)
+
+    def node_client(self, key: str) -> redis.Redis:
+        """A plain client (decoded strings) onto the node that serves `key`'s slot, which holds
+        every key of the same hash tag; close it."""
+        from redis.crc import key_slot
+        slot = key_slot(key.encode())
+        with redis.Redis(port=self.nodes[0].port, socket_timeout=5, decode_responses=True) as any_node:
+            for first, last, (_host, port, *_) in [(r[0], r[1], r[2]) for r in any_node.execute_command("CLUSTER SLOTS")]:
+                if first <= slot <= last:
+                    return redis.Redis(port=int(port), socket_timeout=5, decode_responses=True)
+        raise HelperError(f"no node of the cluster serves slot {slot}")
 
     def stop(self) -> None:
         for node in self.nodes:

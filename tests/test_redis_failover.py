@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 import redis
+from redis.crc import key_slot
 from redis_support import ClusterSetup, RedisServer, SentinelSetup, SidecarProcess, start_all, unique, wait_until
 
 from sidecar.stores.redisstore import bucket
@@ -263,12 +264,14 @@ def test_sidecars_on_a_cluster_mode_redis(tmp_path: Path, started: list[SidecarP
             decision = sidecar.authorize(member, "sendMessage", group, context={"messageType": "text"})
             assert decision["allowed"] is False and decision["code"] == "ERR_BANNED_GROUPMEMBER", decision
             assert role_of(sidecar, uid) == "support"
-        admin = cluster.client()
-        try:
-            keys = list(admin.scan_iter(match="{" + prefix[:-1] + "}:*"))
-            assert len(keys) >= 5 and len({admin.keyslot(k) for k in keys}) == 1, keys
-        finally:
-            admin.close()
+        tag = "{" + prefix[:-1] + "}:"
+        keys: list[str] = []
+        for node in cluster.nodes:  # a plain client a node (see ClusterSetup.client)
+            with redis.Redis(port=node.port, socket_timeout=5, decode_responses=True) as on_node:
+                keys += on_node.keys(tag + "*")
+        assert len(keys) >= 5 and len({key_slot(k.encode()) for k in keys}) == 1, keys
+        with cluster.node_client(tag) as owner:
+            assert sorted(owner.keys(tag + "*")) == sorted(keys)  # all on the node of their slot
     finally:
         for sidecar in started:
             sidecar.stop()

@@ -189,7 +189,7 @@ def redis_kit(request: pytest.FixtureRequest, kind: str) -> RedisKit:
         setup: SentinelSetup = request.getfixturevalue("shared_sentinel")
         return RedisKit(setup.spec(timeout_s=0.5), lambda: setup.primary().client(), key_prefix)
     cluster: ClusterSetup = request.getfixturevalue("shared_cluster")
-    return RedisKit(cluster.spec(timeout_s=0.5), cluster.client, key_prefix)
+    return RedisKit(cluster.spec(timeout_s=0.5), lambda: cluster.node_client(keyspace(key_prefix)), key_prefix)
 
 
 @pytest.fixture(params=["sqlite", *[pytest.param(kind, marks=pytest.mark.redis)
