@@ -378,6 +378,7 @@ def main() -> None:
     parser.add_argument("--compare-users", type=int, default=1_000_000,
                         help="also a whole-state sidecar on a world this big (0: skip)")
     parser.add_argument("--quick", action="store_true", help="small warm-up and counts (a smoke run)")
+    parser.add_argument("--in-process-only", action="store_true", help="measure 1. only (no sidecar processes)")
     args = parser.parse_args()
     if args.quick:
         args.warm, args.checks, args.http_checks, args.compare_users, args.http_warm = 50_000, 20_000, 6_000, 0, 10_000
@@ -394,6 +395,8 @@ def main() -> None:
         local = in_process(server.url, "chatauthz:", world, args, args.cache_entries)
         print("in process:", json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in local.items()}),
               flush=True)
+        if args.in_process_only:
+            return
         remote = over_http(server.url, "chatauthz:", world, args, base)
         print("processes:", json.dumps({k: [round(x, 3) for x in v] if k == "ready_s" else
                                         round(v, 1) if isinstance(v, float) else v for k, v in remote.items()}),
