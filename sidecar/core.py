@@ -722,11 +722,6 @@ class Sidecar:
             role = "unknown"
         return Decision(False, reason, "store", role, code, None, self.state.revision, engine.policy.content_hash)
 
-    def decision_body(self, decision: Decision) -> dict[str, Any]:
-        body = decision.to_dict()
-        body["decisionId"] = self._next_decision_id()
-        return body
-
     def _next_decision_id(self) -> str:
         return f"{self._id_prefix}-{next(self._ids)}"
 
