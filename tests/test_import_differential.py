@@ -21,9 +21,10 @@ from hypothesis import strategies as st
 from sidecar.core import WriteContext
 from sidecar.engine import Engine
 from sidecar.errors import ChatAuthzError
-from sidecar.importing import Planner, ops_of, parse_block, parse_record, plan_record, read_blocks
+from sidecar.importing import OPS_PER_CODE, Planner, parse_block, parse_record, plan_record, planned_runs, read_blocks
 from sidecar.policy.loader import load_policy
 from sidecar.state import Op, RuntimeState
+from sidecar.stores.base import ops_of_runs
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICY = load_policy(ROOT / "policies", ROOT / "model.conf")
@@ -74,14 +75,10 @@ def fast(data: bytes, block_size: int) -> tuple[dict[int, Outcome], RuntimeState
             assert line_no not in outcomes
             outcomes[line_no] = ("error", message)
         lines = block.lines if block.lines is not None else range(first, first + len(block.kinds))
-        flat, joined = ops_of(block, codes)
-        planned = iter(range(len(flat)))
+        planned = iter(ops_of_runs(planned_runs(block, codes)))  # what write_runs would write
         for line_no, code in zip(lines, codes, strict=True):
             if code:
-                at = next(planned)
-                ops: list[Op] = [flat[at]]
-                if at + 1 in joined:  # the record's second op
-                    ops.append(flat[next(planned)])
+                ops: list[Op] = [next(planned) for _ in range(OPS_PER_CODE[code])]
                 assert line_no not in outcomes
                 outcomes[line_no] = ("ops", ops)
         assert next(planned, None) is None

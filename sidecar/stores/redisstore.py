@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -68,6 +69,7 @@ from sidecar.errors import StoreError
 from sidecar.readset import Entities, written_by
 from sidecar.state import POLICY_OPS, Op, RuntimeState, check_ops
 from sidecar.stores.base import (
+    BULK_OPS,
     DataLoss,
     Facts,
     FactsRead,
@@ -75,7 +77,10 @@ from sidecar.stores.base import (
     Plan,
     PlanRun,
     ResyncNeeded,
+    Runs,
     TrackedPlan,
+    runs_json,
+    runs_of,
     store_changed,
 )
 from sidecar.stores.redisconn import RedisSpec, confirm, connect, is_cluster, keyspace, unwrap
@@ -169,20 +174,45 @@ redis.call('HSET', KEYS[4], ARGV[3], ARGV[4] .. ' ' .. now)
 redis.call('EXPIRE', KEYS[4], ARGV[5])
 return {now, redis.call('GET', KEYS[3]), redis.call('HGETALL', KEYS[4])}
 """
-# A bulk write's commands, run inside its MULTI by one call: ARGV[1] is a JSON list of commands
-# [name, key, [arguments]] (one argument, not thousands for the client to encode one by one).
-RUN_COMMANDS = """
-local allowed = {HSET = true, HDEL = true, SADD = true, SREM = true}
-local commands = cjson.decode(ARGV[1])
-for _, command in ipairs(commands) do
-  if not allowed[command[1]] then return redis.error_reply('not a bulk command: ' .. tostring(command[1])) end
-  redis.call(command[1], command[2], unpack(command[3]))
+# A bulk write's ops, run inside its MULTI by one call: KEYS[1] rev (the key the call is routed
+# by); ARGV: the keyspace, BUCKET_DIGITS, and a JSON list of runs [op name, [the ops' fields,
+# flat, in the registry's order]]. Each op becomes the commands _queue queues for it (put_user and
+# put_group as PUT_INDEXED, the same text), in order.
+RUN_OPS = """
+local function put_indexed(KEYS, ARGV)
+""" + PUT_INDEXED + """
 end
-return #commands
+local P, digits = ARGV[1], tonumber(ARGV[2])
+local count = 0
+for _, run in ipairs(cjson.decode(ARGV[3])) do
+  local name, f = run[1], run[2]
+  if name == 'put_member' then
+    for i = 1, #f, 3 do
+      redis.call('HSET', P .. 'members:' .. f[i], f[i + 1], f[i + 2])
+      redis.call('SADD', P .. 'usergroups:' .. f[i + 1], f[i])
+    end
+    count = count + #f / 3
+  elseif name == 'ban' then
+    for i = 1, #f, 2 do
+      redis.call('HDEL', P .. 'members:' .. f[i], f[i + 1])
+      redis.call('SREM', P .. 'usergroups:' .. f[i + 1], f[i])
+      redis.call('SADD', P .. 'bans:' .. f[i], f[i + 1])
+    end
+    count = count + #f / 2
+  elseif name == 'put_user' or name == 'put_group' then
+    local hash, index = 'users:', 'roleusers:'
+    if name == 'put_group' then hash, index = 'owners:', 'owned:' end
+    for i = 1, #f, 2 do
+      put_indexed({P .. hash .. string.sub(redis.sha1hex(f[i]), 1, digits)}, {f[i], f[i + 1], P .. index})
+    end
+    count = count + #f / 2
+  else
+    return redis.error_reply('not a bulk op: ' .. tostring(name))
+  end
+end
+return count
 """
-BULK_OPS = frozenset({"put_user", "put_group", "put_member", "ban"})  # write_batch's net-effect path
-BULK_ARGS = 1_000  # arguments per command in RUN_COMMANDS (Lua's unpack takes a few thousand)
-BULK_CALL_ARGS = 200_000  # arguments per RUN_COMMANDS call
+BULK_CALL_FIELDS = 300_000  # fields per RUN_OPS call (its argument stays a few MB)
 
 
 def bucket(ident: str) -> str:
@@ -252,7 +282,7 @@ class RedisStore:
         self._window_script = _Script(self, WINDOW)
         self._claim_script = _Script(self, CLAIM)
         self._delete_group_index = _Script(self, DELETE_GROUP_INDEX)
-        self._run_commands = _Script(self, RUN_COMMANDS)
+        self._run_ops = _Script(self, RUN_OPS)
 
     def key(self, name: str) -> str:
         return self.keyspace + name
@@ -688,10 +718,14 @@ class RedisStore:
         self._queue_commit(pipe, ops, actor, current)
         return self._committed(confirm(pipe).execute()[-1], current)
 
-    def _queue_commit(self, pipe: Any, ops: list[Op], actor: str, current: int) -> None:
-        """Queue, inside a MULTI after the ops' commands, the commit script (and the policy counter)."""
-        entry = json.dumps({"at": time.time(), "actor": actor, "ops": ops}, separators=(",", ":"))
-        if written_by(ops).policy:
+    def _queue_commit(self, pipe: Any, ops: list[Op], actor: str, current: int, ops_json: str | None = None) -> None:
+        """Queue, inside a MULTI after the ops' commands, the commit script (and the policy counter).
+        ops_json: the ops already as JSON instead (a bulk write's: BULK_OPS, no policy op)."""
+        if ops_json is None:
+            entry = json.dumps({"at": time.time(), "actor": actor, "ops": ops}, separators=(",", ":"))
+        else:
+            entry = f'{{"at":{json.dumps(time.time())},"actor":{json.dumps(actor)},"ops":{ops_json}}}'
+        if ops_json is None and written_by(ops).policy:
             pipe.incr(self.policy_key())
         self._commit_script(keys=[self.key("rev"), self.key("journal"), self.key("epoch")],
                             args=[entry, JOURNAL_KEEP, self.channel, current, WINDOW_MAX], client=pipe)
@@ -769,14 +803,48 @@ class RedisStore:
 
     # -- bulk writes (chatauthz import) -----------------------------------------------------
     def write_batch(self, ops: list[Op], actor: str, expect_revision: int) -> int:
-        """BulkWritable. Ops of the kinds an import writes (BULK_OPS) go in as their net effect:
-        each hash field's last value (HSET, or HDEL for a member a later ban removed), grouped by
-        key, and the bans (SADD), run by RUN_COMMANDS; roleusers:<role> moves each user from the
-        role it has now (read under WATCH) to its last. Other ops are queued one by one (_queue).
-        Then _commit (revision, journal, publish), all in one MULTI; a write by anyone else since
-        expect_revision (found, or breaking the WATCH) is ERR_STORE_CHANGED."""
-        self._layout_before_writing()
+        """BulkWritable. Ops of the kinds an import writes (BULK_OPS) go in as write_runs; others
+        are queued one by one (_queue), then _commit, all in one MULTI."""
         check_ops(ops)
+        runs = runs_of(ops)
+        if runs is not None:
+            return self.write_runs(runs, actor, expect_revision)
+
+        def queue(pipe: Any) -> None:
+            for op in ops:
+                self._queue(pipe, op)
+        return self._write_bulk(queue, ops, None, actor, expect_revision)
+
+    def write_runs(self, runs: Runs, actor: str, expect_revision: int) -> int:
+        """BulkWritable: the ops run by RUN_OPS (one call per BULK_CALL_FIELDS fields, no op dicts),
+        journaled from runs_json, in one MULTI with _commit."""
+        calls: list[list[Any]] = [[]]
+        fields = 0
+        for name, rows in runs:
+            if name not in BULK_OPS:
+                raise ValueError(f"not a bulk op: {name!r}")
+            for start in range(0, len(rows), BULK_CALL_FIELDS // 3):
+                chunk = rows[start:start + BULK_CALL_FIELDS // 3]
+                if fields and fields + 3 * len(chunk) > BULK_CALL_FIELDS:
+                    calls.append([])
+                    fields = 0
+                calls[-1].append([name, list(itertools.chain.from_iterable(chunk))])
+                fields += 3 * len(chunk)
+        if not fields and len(calls) == 1:
+            return self._write_bulk(lambda pipe: None, [], None, actor, expect_revision)
+
+        def queue(pipe: Any) -> None:
+            for call in calls:
+                self._run_ops(keys=[self.key("rev")], args=[self.keyspace, BUCKET_DIGITS, orjson.dumps(call)],
+                              client=pipe)
+        return self._write_bulk(queue, [], runs_json(runs), actor, expect_revision)
+
+    def _write_bulk(self, queue: Callable[[Any], Any], ops: list[Op], ops_json: str | None, actor: str,
+                    expect_revision: int) -> int:
+        """One bulk write: queue(pipe) its commands inside the MULTI, then _commit; a write by anyone
+        else since expect_revision (found, or breaking the WATCH) is ERR_STORE_CHANGED. Nothing to
+        write (no ops, no ops_json): the current revision."""
+        self._layout_before_writing()
         with _mapped("write"), self.client.pipeline(transaction=True) as pipe:
             try:
                 pipe.watch(self.key("rev"), self.key("epoch"), self.key("recovery"))  # type: ignore[no-untyped-call]
@@ -787,93 +855,16 @@ class RedisStore:
                 current = int(raw or 0)
                 if current != expect_revision:
                     raise store_changed(current, expect_revision)
-                if not ops:
+                if not ops and ops_json is None:
                     pipe.unwatch()
                     return current
-                bulk = all(op["op"] in BULK_OPS for op in ops)
-                calls = self._bulk_commands(pipe, ops) if bulk else []
                 pipe.multi()
-                for commands in calls:
-                    self._run_commands(keys=[self.key("rev")], args=[orjson.dumps(commands)], client=pipe)
-                if not bulk:
-                    for op in ops:
-                        self._queue(pipe, op)
-                self._queue_commit(pipe, ops, actor, current)
+                queue(pipe)
+                self._queue_commit(pipe, ops, actor, current, ops_json)
                 revision, _ = self._committed(confirm(pipe).execute()[-1], current)
             except redis.WatchError:
                 raise store_changed(None, expect_revision) from None
         return revision
-
-    @staticmethod
-    def _move_indexed(pipe: Any, table: dict[tuple[str, str], str], index_key: Callable[[str], str],
-                      srem: dict[str, list[str]], sadd: dict[str, list[str]]) -> None:
-        """For each (hash key, field) -> its last value: the field leaves the index set of the
-        value it has now (read through pipe, under its WATCH) and joins that of its last."""
-        by_key: dict[str, list[str]] = {}
-        for key, field in table:
-            by_key.setdefault(key, []).append(field)
-        for key, fields in by_key.items():
-            for field, before in zip(fields, pipe.hmget(key, fields), strict=True):
-                value = table[key, field]
-                if before is not None and before != value:
-                    srem.setdefault(index_key(before), []).append(field)
-                sadd.setdefault(index_key(value), []).append(field)
-
-    def _bulk_commands(self, pipe: Any, ops: list[Op]) -> list[list[tuple[str, str, list[str]]]]:
-        """The RUN_COMMANDS calls that leave Redis as applying ops in order would (reads the
-        users' current roles through pipe, under its WATCH)."""
-        users: dict[tuple[str, str], str] = {}
-        owners: dict[tuple[str, str], str] = {}
-        members: dict[tuple[str, str], str | None] = {}  # (members key, uid) -> scope; None: removed
-        bans: dict[str, list[str]] = {}
-        member_keys: dict[str, str] = {}
-        for op in ops:
-            name = op["op"]
-            if name == "put_member" or name == "ban":
-                guid = op["guid"]
-                key = member_keys.get(guid)
-                if key is None:
-                    key = member_keys[guid] = self.members_key(guid)
-                if name == "put_member":
-                    members[key, op["uid"]] = op["scope"]
-                else:
-                    members[key, op["uid"]] = None
-                    bans.setdefault(self.bans_key(guid), []).append(op["uid"])
-            elif name == "put_user":
-                users[self.user_field(op["uid"])] = op["role"]
-            else:
-                owners[self.owner_field(op["guid"])] = op["owner"]
-        hset: dict[str, list[str]] = {}
-        hdel: dict[str, list[str]] = {}
-        for table in (users, owners):
-            for (key, field), value in table.items():
-                hset.setdefault(key, []).extend((field, value))
-        sadd: dict[str, list[str]] = bans
-        srem: dict[str, list[str]] = {}
-        guid_of = {key: guid for guid, key in member_keys.items()}
-        for (key, uid), scope in members.items():  # and the index of a user's groups
-            if scope is None:
-                hdel.setdefault(key, []).append(uid)
-                srem.setdefault(self.user_groups_key(uid), []).append(guid_of[key])
-            else:
-                hset.setdefault(key, []).extend((uid, scope))
-                sadd.setdefault(self.user_groups_key(uid), []).append(guid_of[key])
-        # owned:<uid> and roleusers:<role>, as PUT_INDEXED keeps them: out of the value a field has, into its last
-        self._move_indexed(pipe, owners, self.owned_key, srem, sadd)
-        self._move_indexed(pipe, users, lambda role: self.key("roleusers:" + role), srem, sadd)
-        calls: list[list[tuple[str, str, list[str]]]] = [[]]
-        in_call = 0
-        for command, per_key, step in (("HDEL", hdel, 1), ("SREM", srem, 1), ("HSET", hset, 2), ("SADD", sadd, 1)):
-            for key, args in per_key.items():
-                size = BULK_ARGS - BULK_ARGS % step
-                for start in range(0, len(args), size):
-                    chunk = args[start:start + size]
-                    if in_call + len(chunk) > BULK_CALL_ARGS:
-                        calls.append([])
-                        in_call = 0
-                    calls[-1].append((command, key, chunk))
-                    in_call += len(chunk) + 2
-        return [call for call in calls if call]
 
     # -- recovery --------------------------------------------------------------------------
     def reseed(self, state: RuntimeState) -> bool:
