@@ -98,12 +98,14 @@ BUCKET_DIGITS = 3  # users:<b>, owners:<b>: the first hex digits of SHA-1(id); D
 
 # KEYS[1] a hash (a users or owners bucket); ARGV: field, value, index key prefix: the field set,
 # and moved from the index set of its old value to that of its new (roleusers:<role>, owned:<uid>)
-PUT_INDEXED = """
-local old = redis.call('HGET', KEYS[1], ARGV[1])
-if old then redis.call('SREM', ARGV[3] .. old, ARGV[1]) end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('SADD', ARGV[3] .. ARGV[2], ARGV[1])
+# (_SET_INDEXED over locals: RUN_OPS runs the same text inline, per op)
+_SET_INDEXED = """
+local old = redis.call('HGET', hash, field)
+if old then redis.call('SREM', index .. old, field) end
+redis.call('HSET', hash, field, value)
+redis.call('SADD', index .. value, field)
 """
+PUT_INDEXED = "local hash, field, value, index = KEYS[1], ARGV[1], ARGV[2], ARGV[3]\n" + _SET_INDEXED
 # KEYS[1] users bucket; ARGV: uid, roleusers key prefix
 DELETE_USER = """
 local old = redis.call('HGET', KEYS[1], ARGV[1])
@@ -177,11 +179,8 @@ return {now, redis.call('GET', KEYS[3]), redis.call('HGETALL', KEYS[4])}
 # A bulk write's ops, run inside its MULTI by one call: KEYS[1] rev (the key the call is routed
 # by); ARGV: the keyspace, BUCKET_DIGITS, and a JSON list of runs [op name, [the ops' fields,
 # flat, in the registry's order]]. Each op becomes the commands _queue queues for it (put_user and
-# put_group as PUT_INDEXED, the same text), in order.
+# put_group: PUT_INDEXED's text, _SET_INDEXED), in order.
 RUN_OPS = """
-local function put_indexed(KEYS, ARGV)
-""" + PUT_INDEXED + """
-end
 local P, digits = ARGV[1], tonumber(ARGV[2])
 local count = 0
 for _, run in ipairs(cjson.decode(ARGV[3])) do
@@ -200,10 +199,11 @@ for _, run in ipairs(cjson.decode(ARGV[3])) do
     end
     count = count + #f / 2
   elseif name == 'put_user' or name == 'put_group' then
-    local hash, index = 'users:', 'roleusers:'
-    if name == 'put_group' then hash, index = 'owners:', 'owned:' end
+    local buckets, index = P .. 'users:', P .. 'roleusers:'
+    if name == 'put_group' then buckets, index = P .. 'owners:', P .. 'owned:' end
     for i = 1, #f, 2 do
-      put_indexed({P .. hash .. string.sub(redis.sha1hex(f[i]), 1, digits)}, {f[i], f[i + 1], P .. index})
+      local hash, field, value = buckets .. string.sub(redis.sha1hex(f[i]), 1, digits), f[i], f[i + 1]
+""" + _SET_INDEXED + """
     end
     count = count + #f / 2
   else
