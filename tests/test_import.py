@@ -148,7 +148,7 @@ def test_a_store_that_changed_under_the_import_is_not_written(tmp_path: Path) ->
     store = SQLiteStore(tmp_path / "s.db")
     try:
         store.write(lambda: [{"op": "put_user", "uid": "late", "role": "support"}], "someone")
-        batches: Any = [[("put_user", [("u1", "support")])]]  # runs: one put_user
+        batches: Any = [([("put_user", [("u1", "support")])], 1)]  # (runs, ops): one put_user
         with pytest.raises(ConflictError, match="the store changed while the file was imported"):
             commit(store, batches, read_at=0)  # it read the store at revision 0
         assert store.load().users == {"late": "support"}

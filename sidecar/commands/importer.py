@@ -203,26 +203,29 @@ class Counted:
     def __init__(self, batches: Iterable[tuple[Runs, int]]) -> None:
         self.batches, self.ops = batches, 0
 
-    def __iter__(self) -> Iterator[Runs]:
+    def __iter__(self) -> Iterator[tuple[Runs, int]]:
         for batch, count in self.batches:
             self.ops += count
-            yield batch
+            yield batch, count
 
 
-def commit(store: Any, batches: Iterable[Runs], read_at: int) -> list[int]:
-    """Write the batches, one revision each; stop if anyone else wrote since read_at."""
+def commit(store: Any, batches: Iterable[tuple[Runs, int]], read_at: int) -> list[int]:
+    """Write the batches (runs, their ops), one revision each; stop if anyone else wrote since
+    read_at. A BulkWritable store takes them in calls of its bulk_call_ops ops or more."""
     revisions: list[int] = []
     expected = read_at
     try:
-        for batch in batches:
-            if isinstance(store, BulkWritable):
-                expected = store.write_runs(batch, "import", expected)
-            else:
-                def plan(batch: Runs = batch, expected: int = expected) -> list[Op]:
-                    if store.changes_since(expected):
-                        raise store_changed(None, expected)
-                    return ops_of_runs(batch)
-                expected, _ = store.write(plan, "import")
+        if isinstance(store, BulkWritable):
+            for group in _grouped(batches, store.bulk_call_ops):
+                revisions += store.write_runs(group, "import", expected)
+                expected = revisions[-1] if revisions else expected
+            return revisions
+        for batch, _ in batches:
+            def plan(batch: Runs = batch, expected: int = expected) -> list[Op]:
+                if store.changes_since(expected):
+                    raise store_changed(None, expected)
+                return ops_of_runs(batch)
+            expected, _ = store.write(plan, "import")
             revisions.append(expected)
     except ConflictError as exc:
         if exc.code != "ERR_STORE_CHANGED":
@@ -231,3 +234,17 @@ def commit(store: Any, batches: Iterable[Runs], read_at: int) -> list[int]:
         raise ConflictError(f"the store changed while the file was imported{done}; run the import "
                             "again: it writes only what is still missing", code="ERR_STORE_CHANGED") from exc
     return revisions
+
+
+def _grouped(batches: Iterable[tuple[Runs, int]], ops: int) -> Iterator[list[Runs]]:
+    """The batches in lists of at least `ops` ops (the last: what is left)."""
+    group: list[Runs] = []
+    count = 0
+    for batch, planned in batches:
+        group.append(batch)
+        count += planned
+        if count >= ops:
+            yield group
+            group, count = [], 0
+    if group:
+        yield group

@@ -172,8 +172,13 @@ class BulkWritable(Protocol):
         result is what applying them in order gives."""
 
 
-    def write_runs(self, runs: Runs, actor: str, expect_revision: int) -> int:
-        """write_batch for ops already as runs (Runs: no op dicts), what an import commits."""
+    # how many ops write_runs takes best in one call (an import gives it batches up to this many)
+    bulk_call_ops: int
+
+    def write_runs(self, batches: list[Runs], actor: str, expect_revision: int) -> list[int]:
+        """write_batch for batches of ops already as runs (no op dicts): all of them or none,
+        each one revision with its journal entry (a batch without ops: none). Returns the
+        revisions."""
 
 
 # The ops a bulk write takes as rows; none is a policy op (written_by(...).policy is False).

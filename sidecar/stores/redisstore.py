@@ -808,16 +808,43 @@ class RedisStore:
         check_ops(ops)
         runs = runs_of(ops)
         if runs is not None:
-            return self.write_runs(runs, actor, expect_revision)
+            return (self.write_runs([runs], actor, expect_revision) or [expect_revision])[0]
 
-        def queue(pipe: Any) -> None:
+        def queue(pipe: Any, current: int) -> None:
             for op in ops:
                 self._queue(pipe, op)
-        return self._write_bulk(queue, ops, None, actor, expect_revision)
+            self._queue_commit(pipe, ops, actor, current)
+        return self._write_bulk(queue if ops else None, lambda answers, current: self._committed(answers[-1], current)[0],
+                                actor, expect_revision)
 
-    def write_runs(self, runs: Runs, actor: str, expect_revision: int) -> int:
-        """BulkWritable: the ops run by RUN_OPS (one call per BULK_CALL_FIELDS fields, no op dicts),
-        journaled from runs_json, in one MULTI with _commit."""
+    bulk_call_ops = 1  # one batch a MULTI: a batch's script blocks Redis for as long as it runs
+
+    def write_runs(self, batches: list[Runs], actor: str, expect_revision: int) -> list[int]:
+        """BulkWritable: each batch's ops run by RUN_OPS (one call per BULK_CALL_FIELDS fields, no
+        op dicts) and journaled from runs_json, then _commit; all the batches in one MULTI."""
+        batches = [runs for runs in batches if any(rows for _, rows in runs)]
+        revisions: list[int] = []
+
+        def queue(pipe: Any, current: int) -> None:
+            for number, runs in enumerate(batches):
+                for call in self._run_ops_calls(runs):
+                    self._run_ops(keys=[self.key("rev")], args=[self.keyspace, BUCKET_DIGITS, orjson.dumps(call)],
+                                  client=pipe)
+                self._queue_commit(pipe, [], actor, current + number, runs_json(runs))
+
+        def committed(answers: list[Any], current: int) -> int:
+            for number, answer in enumerate(a for a in answers if isinstance(a, list)):
+                revisions.append(self._committed(answer, current + number)[0])
+            return revisions[-1]
+        if batches:
+            self._write_bulk(queue, committed, actor, expect_revision)
+        else:
+            self._write_bulk(None, committed, actor, expect_revision)
+        return revisions
+
+    @staticmethod
+    def _run_ops_calls(runs: Runs) -> list[list[Any]]:
+        """The RUN_OPS calls of a batch: its runs, fields flat, BULK_CALL_FIELDS at most a call."""
         calls: list[list[Any]] = [[]]
         fields = 0
         for name, rows in runs:
@@ -830,20 +857,14 @@ class RedisStore:
                     fields = 0
                 calls[-1].append([name, list(itertools.chain.from_iterable(chunk))])
                 fields += 3 * len(chunk)
-        if not fields and len(calls) == 1:
-            return self._write_bulk(lambda pipe: None, [], None, actor, expect_revision)
+        return [call for call in calls if call]
 
-        def queue(pipe: Any) -> None:
-            for call in calls:
-                self._run_ops(keys=[self.key("rev")], args=[self.keyspace, BUCKET_DIGITS, orjson.dumps(call)],
-                              client=pipe)
-        return self._write_bulk(queue, [], runs_json(runs), actor, expect_revision)
-
-    def _write_bulk(self, queue: Callable[[Any], Any], ops: list[Op], ops_json: str | None, actor: str,
-                    expect_revision: int) -> int:
-        """One bulk write: queue(pipe) its commands inside the MULTI, then _commit; a write by anyone
-        else since expect_revision (found, or breaking the WATCH) is ERR_STORE_CHANGED. Nothing to
-        write (no ops, no ops_json): the current revision."""
+    def _write_bulk(self, queue: Callable[[Any, int], None] | None, committed: Callable[[list[Any], int], int],
+                    actor: str, expect_revision: int) -> int:
+        """One bulk write: queue(pipe, current revision) its commands and commits inside the MULTI,
+        committed(EXEC's answers, current) the new revision; a write by anyone else since
+        expect_revision (found, or breaking the WATCH) is ERR_STORE_CHANGED. No queue: nothing to
+        write, the current revision."""
         self._layout_before_writing()
         with _mapped("write"), self.client.pipeline(transaction=True) as pipe:
             try:
@@ -855,16 +876,14 @@ class RedisStore:
                 current = int(raw or 0)
                 if current != expect_revision:
                     raise store_changed(current, expect_revision)
-                if not ops and ops_json is None:
+                if queue is None:
                     pipe.unwatch()
                     return current
                 pipe.multi()
-                queue(pipe)
-                self._queue_commit(pipe, ops, actor, current, ops_json)
-                revision, _ = self._committed(confirm(pipe).execute()[-1], current)
+                queue(pipe, current)
+                return committed(confirm(pipe).execute(), current)
             except redis.WatchError:
                 raise store_changed(None, expect_revision) from None
-        return revision
 
     # -- recovery --------------------------------------------------------------------------
     def reseed(self, state: RuntimeState) -> bool:

@@ -31,6 +31,7 @@ log = logging.getLogger("chatauthz.store")
 T = TypeVar("T")
 _U64 = struct.Struct("<Q")
 BULK_CACHE_KIB = 256 * 1024  # a bulk-writing connection's page cache (SQLite allocates it as it fills)
+BULK_CALL_OPS = 200_000  # ops an import commits in one transaction (several batches: revisions)
 BACKSTOP_S = 0.25  # how often a reader also asks SQLite whether anything changed
 REPLACED_CODE = "ERR_STORE_REPLACED"
 PROBE_BYTES = 1 << 16  # a data folder that cannot take this much cannot take a write either
@@ -341,6 +342,8 @@ class SQLiteStore:
             self._failed(conn, exc)
             raise
 
+    bulk_call_ops = BULK_CALL_OPS
+
     def write_batch(self, ops: list[Op], actor: str, expect_revision: int) -> int:
         """BulkWritable: ops of BULK_OPS only go in as write_runs; others one by one, each run of
         ops of one kind as one executemany per statement (the same rows as _execute_op one by
@@ -349,7 +352,7 @@ class SQLiteStore:
         check_ops(ops)
         runs = runs_of(ops)
         if runs is not None:
-            return self.write_runs(runs, actor, expect_revision)
+            return (self.write_runs([runs], actor, expect_revision) or [expect_revision])[0]
         conn = self._begin_write_at(expect_revision)
         if conn is None:
             return expect_revision
@@ -368,33 +371,38 @@ class SQLiteStore:
             self._failed(conn, exc)
             raise
 
-    def write_runs(self, runs: Runs, actor: str, expect_revision: int) -> int:
-        """BulkWritable: one transaction, one journal row; users' and groups' rows (tables only
-        their own ops touch) each in one executemany, then members' and bans' runs in order.
-        The connection keeps a bigger page cache from its first bulk write on (BULK_CACHE_KIB:
-        an import's indexes stay in memory)."""
-        if not any(rows for _, rows in runs):
-            runs = []
-        conn = self._begin_write_at(expect_revision, empty=not runs)
+    def write_runs(self, batches: list[Runs], actor: str, expect_revision: int) -> list[int]:
+        """BulkWritable: one transaction for all the batches (bulk_call_ops: an import's pages
+        are written once for several batches, not once a batch), each batch a revision with its
+        journal row; in a batch, users' and groups' rows (tables only their own ops touch) each
+        in one executemany, then members' and bans' runs in order. The connection keeps a bigger
+        page cache from its first bulk write on (BULK_CACHE_KIB: an import's indexes stay in
+        memory)."""
+        batches = [runs for runs in batches if any(rows for _, rows in runs)]
+        conn = self._begin_write_at(expect_revision, empty=not batches)
         if conn is None:
-            return expect_revision
+            return []
         try:
             if not getattr(self._local, "bulk_cache", False):
                 conn.execute(f"PRAGMA cache_size = -{BULK_CACHE_KIB}")
                 self._local.bulk_cache = True
-            own: dict[str, list[Row]] = {"put_user": [], "put_group": []}
-            ordered: Runs = []
-            for name, rows in runs:
-                if name in own:
-                    own[name] += rows
-                elif ordered and ordered[-1][0] == name:
-                    ordered[-1][1].extend(rows)
-                else:
-                    ordered.append((name, list(rows)))
-            for name, rows in [*own.items(), *ordered]:
-                for statement in BULK_SQL[name][1]:
-                    conn.executemany(statement, rows)
-            return self._commit(conn, actor, runs_json(runs))
+            revisions = []
+            for runs in batches:
+                own: dict[str, list[Row]] = {"put_user": [], "put_group": []}
+                ordered: Runs = []
+                for name, rows in runs:
+                    if name in own:
+                        own[name] += rows
+                    elif ordered and ordered[-1][0] == name:
+                        ordered[-1][1].extend(rows)
+                    else:
+                        ordered.append((name, list(rows)))
+                for name, rows in [*own.items(), *ordered]:
+                    for statement in BULK_SQL[name][1]:
+                        conn.executemany(statement, rows)
+                revisions.append(self._journal_row(conn, actor, runs_json(runs)))
+            self._publish_and_commit(conn, revisions[-1])
+            return revisions
         except BaseException as exc:
             self._failed(conn, exc)
             raise
@@ -417,14 +425,24 @@ class SQLiteStore:
 
     def _commit(self, conn: sqlite3.Connection, actor: str, ops_json: str) -> int:
         """Inside the write's transaction, its ops applied: a new revision, its journal row, COMMIT."""
+        revision = self._journal_row(conn, actor, ops_json)
+        self._publish_and_commit(conn, revision)
+        return revision
+
+    @staticmethod
+    def _journal_row(conn: sqlite3.Connection, actor: str, ops_json: str) -> int:
+        """Inside a write's transaction: the next revision and its journal row."""
         conn.execute("UPDATE meta SET value = value + 1 WHERE key='revision'")
         revision: int = conn.execute("SELECT value FROM meta WHERE key='revision'").fetchone()[0]
         conn.execute("INSERT INTO journal VALUES (?, ?, ?, ?)", (revision, time.time(), actor, ops_json))
+        return revision
+
+    def _publish_and_commit(self, conn: sqlite3.Connection, revision: int) -> None:
+        """The end of a write's transaction, up to `revision`: publish it and COMMIT."""
         self._refuse_if_lost()  # last look before COMMIT: never acknowledge into a dead file
         self._beacon.publish(revision)  # under the write lock, so it only ever grows
         conn.execute("COMMIT")
         self._beacon.set_failure(0)
-        return revision
 
     def _failed(self, conn: sqlite3.Connection, exc: BaseException) -> None:
         """A write raised: roll back; a SQLite error becomes a StoreError (the caller re-raises others)."""
