@@ -14,9 +14,11 @@ from __future__ import annotations
 import argparse
 import bisect
 import itertools
+import queue
 import struct
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import IO, Any, NamedTuple
@@ -216,9 +218,7 @@ def commit(store: Any, batches: Iterable[tuple[Runs, int]], read_at: int) -> lis
     expected = read_at
     try:
         if isinstance(store, BulkWritable):
-            for group in _grouped(batches, store.bulk_call_ops):
-                revisions += store.write_runs(group, "import", expected)
-                expected = revisions[-1] if revisions else expected
+            _write_behind(store, _grouped(batches, store.bulk_call_ops), read_at, revisions)
             return revisions
         for batch, _ in batches:
             def plan(batch: Runs = batch, expected: int = expected) -> list[Op]:
@@ -248,3 +248,35 @@ def _grouped(batches: Iterable[tuple[Runs, int]], ops: int) -> Iterator[list[Run
             group, count = [], 0
     if group:
         yield group
+
+
+def _write_behind(store: BulkWritable, groups: Iterable[list[Runs]], read_at: int, revisions: list[int]) -> None:
+    """store.write_runs of each group, in order, in a thread of its own, while this one reads the
+    next group from the spool (a store's driver lets go of the GIL while SQLite or Redis works);
+    the revisions written go to `revisions`. The first failure stops the writes and is raised
+    here; nothing after it is written."""
+    queued: queue.Queue[list[Runs] | None] = queue.Queue(maxsize=2)
+    failed: list[BaseException] = []
+
+    def write() -> None:
+        expected = read_at
+        try:
+            while (group := queued.get()) is not None:
+                revisions.extend(store.write_runs(group, "import", expected))
+                expected = revisions[-1] if revisions else expected
+        except BaseException as exc:  # handed to the reading thread, which raises it
+            failed.append(exc)
+            while queued.get() is not None:  # let the reader finish its puts
+                pass
+    writer = threading.Thread(target=write, name="chatauthz-import-writer", daemon=True)
+    writer.start()
+    try:
+        for group in groups:
+            if failed:
+                break
+            queued.put(group)
+    finally:
+        queued.put(None)
+        writer.join()
+    if failed:
+        raise failed[0]
