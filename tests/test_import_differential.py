@@ -162,3 +162,36 @@ def test_objects_split_across_lines_are_not_joined() -> None:
     block = parse_block(data, 1)
     assert block.kinds == [] and [line for line, _ in block.problems] == [1, 2, 3]
     assert_same(data, 1 << 16)
+
+
+# One kind a stretch (as exported files are): whole blocks of one kind take planned_runs's
+# one-kind path (compress over the decisions), the rest its record-by-record one.
+records_of_kind = [
+    st.fixed_dictionaries({"member": uids, "group": guids, "scope": scopes}),
+    st.fixed_dictionaries({"user": uids, "role": st.sampled_from(ROLES)}),
+    st.fixed_dictionaries({"group": guids, "owner": uids}),
+    st.fixed_dictionaries({"ban": uids, "group": guids}),
+]
+one_kind_streams = st.lists(st.sampled_from([0, 1, 2, 3]), min_size=1, max_size=4).flatmap(
+    lambda kinds: st.tuples(*(st.lists(records_of_kind[k].map(json.dumps), min_size=1, max_size=60) for k in kinds)))
+
+
+@settings(max_examples=200, deadline=None)
+@given(one_kind_streams, st.integers(min_value=100, max_value=8000))
+def test_streams_of_one_kind_a_stretch_agree(stretches: tuple[list[str], ...], block_size: int) -> None:
+    assert_same(("\n".join(line for stretch in stretches for line in stretch) + "\n").encode(), block_size)
+
+
+def test_a_block_of_one_kind_takes_the_one_kind_path() -> None:
+    """The test above only means something if planned_runs's one-kind path is taken: a block of
+    members gives one run straight from the columns, in the registry's field order."""
+    data = b'{"group": "g1", "owner": "ann"}\n'
+    state = start_state()
+    planner = Planner(WriteContext(Engine(POLICY), state))
+    planner.plan(parse_block(data, 1))
+    block = parse_block(b'{"member": "Bob", "group": "g1", "scope": "moderator"}\n'
+                        b'{"member": "u1", "group": "g1", "scope": "admin"}\n'  # already so
+                        b'{"member": "cid", "group": "g1", "scope": "participant"}\n', 1)
+    codes, refused = planner.plan(block)
+    assert refused == [] and planned_runs(block, codes) == [
+        ("put_member", [("g1", "bob", "moderator"), ("g1", "cid", "participant")])]
