@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from itertools import compress
+from operator import itemgetter
 from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 import orjson
@@ -121,6 +122,9 @@ KIND_NAMES = ("member", "user", "group", "ban")
 # or these ops. The codes are bytes of the spool between the passes.
 NOTHING, PUT_USER, PUT_GROUP, PUT_GROUP_ADMIN, PUT_MEMBER, PUT_BAN = range(6)
 _KEYS = [(frozenset(KINDS[name]), code, name) for code, name in enumerate(KIND_NAMES)]
+# a record's ids, x then y (Block's columns), by kind
+KINDS_ORDER = {"member": ("member", "group"), "user": ("user", "role"), "group": ("group", "owner"),
+               "ban": ("ban", "group")}
 _ID_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"  # validation.ID_RE's
 
 
@@ -184,13 +188,17 @@ def _parse_flat(body: bytes, first: int, n: int) -> Block | None:
         return None
     if len(items) != n:
         return None
-    kinds: list[int] = []
-    xs: list[str] = []
-    ys: list[str] = []
-    scopes: list[Any] = []
+    try:
+        one_kind = _columns_of_one_kind(items)
+    except TypeError:  # an item that is not an object
+        return None
+    if one_kind is not None:
+        kinds, xs, ys, scopes = one_kind
+    else:
+        kinds, xs, ys, scopes = [], [], [], []
     member_keys, user_keys, group_keys, ban_keys = (keys for keys, _, _ in _KEYS)
     try:
-        for item in items:
+        for item in items if one_kind is None else ():
             keys = item.keys()
             if keys == member_keys:
                 kinds.append(MEMBER)
@@ -224,6 +232,24 @@ def _parse_flat(body: bytes, first: int, n: int) -> Block | None:
         return None
     canonical = ids.lower().split("\n")
     return Block(first, kinds, canonical[:n], canonical[n:], scopes, None, [])
+
+
+def _columns_of_one_kind(items: list[Any]) -> tuple[list[int], list[Any], list[Any], list[Any]] | None:
+    """(kinds, xs, ys, scopes) of the parsed items when every one is an object with the keys of
+    the first's kind, taken a column at a time; else None (TypeError: an item is no object)."""
+    first = items[0].keys() if items and type(items[0]) is dict else None
+    for keys, code, name in _KEYS:
+        if first == keys:
+            if set(map(len, items)) != {len(keys)}:  # as many keys, so with all of them: the same
+                return None
+            fields = KINDS_ORDER[name]
+            try:
+                return ([code] * len(items), list(map(itemgetter(fields[0]), items)),
+                        list(map(itemgetter(fields[1]), items)),
+                        list(map(itemgetter("scope"), items)) if code == MEMBER else [])
+            except KeyError:
+                return None
+    return None
 
 
 def _parse_lines(block: bytes, first: int) -> Block:
