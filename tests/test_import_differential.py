@@ -166,16 +166,22 @@ def test_objects_split_across_lines_are_not_joined() -> None:
 
 # One kind a stretch (as exported files are): whole blocks of one kind take planned_runs's
 # one-kind path (compress over the decisions), the rest its record-by-record one.
-records_of_kind = [  # now and then with as many keys as the kind has, one of them not its own
-    st.one_of(st.fixed_dictionaries({"member": uids, "group": guids, "scope": scopes}),
-              st.fixed_dictionaries({"member": uids, "group": guids, "role": scopes})),
-    st.one_of(st.fixed_dictionaries({"user": uids, "role": st.sampled_from(ROLES)}),
-              st.fixed_dictionaries({"user": uids, "group": guids})),
-    st.one_of(st.fixed_dictionaries({"group": guids, "owner": uids}), st.fixed_dictionaries({"group": guids, "uid": uids})),
-    st.one_of(st.fixed_dictionaries({"ban": uids, "group": guids}), st.fixed_dictionaries({"ban": uids, "owner": uids})),
+records_of_kind = [
+    st.fixed_dictionaries({"member": uids, "group": guids, "scope": scopes}),
+    st.fixed_dictionaries({"user": uids, "role": st.sampled_from(ROLES)}),
+    st.fixed_dictionaries({"group": guids, "owner": uids}),
+    st.fixed_dictionaries({"ban": uids, "group": guids}),
+]
+near_kind = [  # as many keys as the kind has, one of them not its own
+    st.fixed_dictionaries({"member": uids, "group": guids, "role": scopes}),
+    st.fixed_dictionaries({"user": uids, "group": guids}),
+    st.fixed_dictionaries({"group": guids, "uid": uids}),
+    st.fixed_dictionaries({"ban": uids, "owner": uids}),
 ]
 one_kind_streams = st.lists(st.sampled_from([0, 1, 2, 3]), min_size=1, max_size=4).flatmap(
-    lambda kinds: st.tuples(*(st.lists(records_of_kind[k].map(json.dumps), min_size=1, max_size=60) for k in kinds)))
+    lambda kinds: st.tuples(*(st.one_of(st.lists(records_of_kind[k].map(json.dumps), min_size=1, max_size=60),
+                                        st.lists(st.one_of(records_of_kind[k], near_kind[k]).map(json.dumps), min_size=1,
+                                                 max_size=60)) for k in kinds)))
 
 
 @settings(max_examples=200, deadline=None)
