@@ -9,7 +9,6 @@ working set can sit on it).
 from __future__ import annotations
 
 import itertools
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from operator import itemgetter
@@ -188,7 +187,6 @@ Row = tuple[str, ...]  # an op's fields, in the order of the registry (OPS[name]
 Runs = list[tuple[str, list[Row]]]  # ops of BULK_OPS in order: runs of one op name each
 _TEMPLATES = {name: "{" + ",".join([f'"op":"{name}"', *(f'"{f}":"%s"' for f in OPS[name].fields)]) + "}"
               for name in BULK_OPS}
-_NOT_PLAIN = re.compile(r'["\\\x00-\x1f]')  # what a JSON string cannot hold as it is
 
 
 def runs_of(ops: list[Op]) -> Runs | None:
@@ -210,11 +208,19 @@ def ops_of_runs(runs: Runs) -> list[Op]:
 
 
 def runs_json(runs: Runs) -> str:
-    """The JSON of the runs' ops (a journal's `ops`), as orjson.dumps(ops_of_runs(runs)) gives it,
-    written from templates when no value needs escaping (ids, roles and scopes never do)."""
-    if any(_NOT_PLAIN.search("".join(itertools.chain.from_iterable(rows))) for _, rows in runs):
+    """The JSON of the runs' ops (a journal's `ops`), as orjson.dumps(ops_of_runs(runs)) gives it:
+    written from the templates, a run at a time, when no value needs escaping (no quote, no
+    backslash, nothing unprintable: ids, roles and scopes never do); else by orjson."""
+    parts, quotes = [], 0
+    for name, rows in runs:
+        if rows:
+            template = _TEMPLATES[name]
+            parts.append(",".join([template] * len(rows)) % tuple(itertools.chain.from_iterable(rows)))
+            quotes += template.count('"') * len(rows)
+    text = "[" + ",".join(parts) + "]"
+    if text.count('"') != quotes or "\\" in text or not text.isprintable():
         return orjson.dumps(ops_of_runs(runs)).decode()
-    return "[" + ",".join(",".join(map(_TEMPLATES[name].__mod__, rows)) for name, rows in runs if rows) + "]"
+    return text
 
 
 def store_changed(current: int | None, expected: int) -> ConflictError:
