@@ -36,7 +36,7 @@ from sidecar.commands.common import (
 from sidecar.errors import ChatAuthzError, ConflictError
 from sidecar.importing import MEMBER, OPS_PER_CODE, Block, Planner, parse_block, planned_runs, read_blocks
 from sidecar.state import Op
-from sidecar.stores.base import BulkWritable, Runs, ops_of_runs, store_changed
+from sidecar.stores.base import BulkWritable, Runs, ops_of_runs, runs_json, store_changed
 
 EXIT_BAD_LINES = 3
 MAX_SHOWN = 50  # bad lines printed; the count says how many more
@@ -252,17 +252,18 @@ def _grouped(batches: Iterable[tuple[Runs, int]], ops: int) -> Iterator[list[Run
 
 def _write_behind(store: BulkWritable, groups: Iterable[list[Runs]], read_at: int, revisions: list[int]) -> None:
     """store.write_runs of each group, in order, in a thread of its own, while this one reads the
-    next group from the spool (a store's driver lets go of the GIL while SQLite or Redis works);
+    next group from the spool and writes its journal entries (a store's driver lets go of the
+    GIL while SQLite or Redis works);
     the revisions written go to `revisions`. The first failure stops the writes and is raised
     here; nothing after it is written."""
-    queued: queue.Queue[list[Runs] | None] = queue.Queue(maxsize=2)
+    queued: queue.Queue[tuple[list[Runs], list[str]] | None] = queue.Queue(maxsize=2)
     failed: list[BaseException] = []
 
     def write() -> None:
         expected = read_at
         try:
-            while (group := queued.get()) is not None:
-                revisions.extend(store.write_runs(group, "import", expected))
+            while (item := queued.get()) is not None:
+                revisions.extend(store.write_runs(item[0], "import", expected, item[1]))
                 expected = revisions[-1] if revisions else expected
         except BaseException as exc:  # handed to the reading thread, which raises it
             failed.append(exc)
@@ -274,7 +275,7 @@ def _write_behind(store: BulkWritable, groups: Iterable[list[Runs]], read_at: in
         for group in groups:
             if failed:
                 break
-            queued.put(group)
+            queued.put((group, [runs_json(runs) for runs in group]))  # the journal entries made here
     finally:
         queued.put(None)
         writer.join()

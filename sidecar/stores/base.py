@@ -174,10 +174,11 @@ class BulkWritable(Protocol):
     # how many ops write_runs takes best in one call (an import gives it batches up to this many)
     bulk_call_ops: int
 
-    def write_runs(self, batches: list[Runs], actor: str, expect_revision: int) -> list[int]:
+    def write_runs(self, batches: list[Runs], actor: str, expect_revision: int,
+                   journals: list[str] | None = None) -> list[int]:
         """write_batch for batches of ops already as runs (no op dicts): all of them or none,
         each one revision with its journal entry (a batch without ops: none). Returns the
-        revisions."""
+        revisions. journals: each batch's runs_json, when the caller made them already."""
 
 
 # The ops a bulk write takes as rows; none is a policy op (written_by(...).policy is False).

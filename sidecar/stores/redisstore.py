@@ -819,24 +819,26 @@ class RedisStore:
 
     bulk_call_ops = 1  # one batch a MULTI: a batch's script blocks Redis for as long as it runs
 
-    def write_runs(self, batches: list[Runs], actor: str, expect_revision: int) -> list[int]:
+    def write_runs(self, batches: list[Runs], actor: str, expect_revision: int,
+                   journals: list[str] | None = None) -> list[int]:
         """BulkWritable: each batch's ops run by RUN_OPS (one call per BULK_CALL_FIELDS fields, no
         op dicts) and journaled from runs_json, then _commit; all the batches in one MULTI."""
-        batches = [runs for runs in batches if any(rows for _, rows in runs)]
+        texts = journals if journals is not None else [runs_json(runs) for runs in batches]
+        written = [(runs, text) for runs, text in zip(batches, texts, strict=True) if any(rows for _, rows in runs)]
         revisions: list[int] = []
 
         def queue(pipe: Any, current: int) -> None:
-            for number, runs in enumerate(batches):
+            for number, (runs, text) in enumerate(written):
                 for call in self._run_ops_calls(runs):
                     self._run_ops(keys=[self.key("rev")], args=[self.keyspace, BUCKET_DIGITS, orjson.dumps(call)],
                                   client=pipe)
-                self._queue_commit(pipe, [], actor, current + number, runs_json(runs))
+                self._queue_commit(pipe, [], actor, current + number, text)
 
         def committed(answers: list[Any], current: int) -> int:
             for number, answer in enumerate(a for a in answers if isinstance(a, list)):
                 revisions.append(self._committed(answer, current + number)[0])
             return revisions[-1]
-        if batches:
+        if written:
             self._write_bulk(queue, committed, actor, expect_revision)
         else:
             self._write_bulk(None, committed, actor, expect_revision)

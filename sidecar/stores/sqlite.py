@@ -371,15 +371,17 @@ class SQLiteStore:
             self._failed(conn, exc)
             raise
 
-    def write_runs(self, batches: list[Runs], actor: str, expect_revision: int) -> list[int]:
+    def write_runs(self, batches: list[Runs], actor: str, expect_revision: int,
+                   journals: list[str] | None = None) -> list[int]:
         """BulkWritable: one transaction for all the batches (bulk_call_ops: an import's pages
         are written once for several batches, not once a batch), each batch a revision with its
         journal row; in a batch, users' and groups' rows (tables only their own ops touch) each
         in one executemany, then members' and bans' runs in order. The connection keeps a bigger
         page cache from its first bulk write on (BULK_CACHE_KIB: an import's indexes stay in
         memory)."""
-        batches = [runs for runs in batches if any(rows for _, rows in runs)]
-        conn = self._begin_write_at(expect_revision, empty=not batches)
+        texts = journals if journals is not None else [runs_json(runs) for runs in batches]
+        written = [(runs, text) for runs, text in zip(batches, texts, strict=True) if any(rows for _, rows in runs)]
+        conn = self._begin_write_at(expect_revision, empty=not written)
         if conn is None:
             return []
         try:
@@ -387,7 +389,7 @@ class SQLiteStore:
                 conn.execute(f"PRAGMA cache_size = -{BULK_CACHE_KIB}")
                 self._local.bulk_cache = True
             revisions = []
-            for runs in batches:
+            for runs, text in written:
                 own: dict[str, list[Row]] = {"put_user": [], "put_group": []}
                 ordered: Runs = []
                 for name, rows in runs:
@@ -400,7 +402,7 @@ class SQLiteStore:
                 for name, rows in [*own.items(), *ordered]:
                     for statement in BULK_SQL[name][1]:
                         conn.executemany(statement, rows)
-                revisions.append(self._journal_row(conn, actor, runs_json(runs)))
+                revisions.append(self._journal_row(conn, actor, text))
             self._publish_and_commit(conn, revisions[-1])
             return revisions
         except BaseException as exc:
