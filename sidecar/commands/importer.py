@@ -256,7 +256,7 @@ def _write_behind(store: BulkWritable, groups: Iterable[list[Runs]], read_at: in
     GIL while SQLite or Redis works);
     the revisions written go to `revisions`. The first failure stops the writes and is raised
     here; nothing after it is written."""
-    queued: queue.Queue[tuple[list[Runs], list[str]] | None] = queue.Queue(maxsize=2)
+    queued: queue.Queue[tuple[list[Runs], list[str]] | None] = queue.Queue(maxsize=1)  # memory: one group ahead
     failed: list[BaseException] = []
 
     def write() -> None:
