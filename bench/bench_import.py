@@ -71,8 +71,9 @@ def run_import(path: Path, *store: str, tree: Path = ROOT) -> Run:
         seconds = time.perf_counter() - started
         out.seek(0)
         err.seek(0)
-        if proc.returncode != 0:
-            raise SystemExit(f"import failed ({proc.returncode}):\n{err.read().decode()[-2000:]}")
+        if proc.returncode != 0:  # said, and left out of the figures (the other runs go on)
+            return Run(seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024,
+                       f"FAILED (exit {proc.returncode}): {err.read().decode()[-2000:].strip()}")
         return Run(seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, out.read().decode().strip())
 
 
@@ -131,18 +132,22 @@ def main() -> None:
         generate(path, args.records)
         print(f"{args.records:,} records ({path.stat().st_size / 1e6:.0f} MB of NDJSON)")
         runs: dict[tuple[str, str], list[Run]] = {}
+        failed: dict[tuple[str, str], int] = {}
         for _ in range(args.repeat):
             for store in stores:
                 for label, tree in trees:
                     run, extra = import_into(store, path, Path(tmp), tree, batch)
-                    runs.setdefault((store, label), []).append(run)
+                    if not run.summary.startswith("FAILED"):
+                        runs.setdefault((store, label), []).append(run)
+                    failed[store, label] = failed.get((store, label), 0) + run.summary.startswith("FAILED")
                     report(f"{'SQLite' if store == 'sqlite' else 'Redis '} ({label})", args.records, run, extra)
         if args.repeat > 1 or len(trees) > 1:
             print("ranges over the runs (min-max):")
             for (store, label), done in runs.items():
                 print(f"  {store:6} {label}: {span([args.records / r.seconds for r in done], ',.0f')} records/s, "
                       f"{span([r.cpu_s / args.records * 1e6 for r in done], '.1f')} us CPU a record, "
-                      f"peak RSS {span([r.peak_rss_mb for r in done], ',.0f')} MB ({len(done)} runs)")
+                      f"peak RSS {span([r.peak_rss_mb for r in done], ',.0f')} MB ({len(done)} runs"
+                      f"{f', {failed[store, label]} failed' if failed.get((store, label)) else ''})")
 
 
 if __name__ == "__main__":

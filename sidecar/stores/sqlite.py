@@ -30,8 +30,8 @@ from sidecar.stores.base import DataLoss, Facts, FactsRead, Plan, Row, Runs, run
 log = logging.getLogger("chatauthz.store")
 T = TypeVar("T")
 _U64 = struct.Struct("<Q")
-BULK_CACHE_KIB = 256 * 1024  # a bulk-writing connection's page cache (SQLite allocates it as it fills)
-BULK_CALL_OPS = 200_000  # ops an import commits in one transaction (several batches: revisions)
+BULK_CACHE_KIB = 64 * 1024  # a bulk-writing connection's page cache (SQLite allocates it as it fills)
+BULK_CALL_OPS = 100_000  # ops an import commits in one transaction (several batches: revisions)
 BACKSTOP_S = 0.25  # how often a reader also asks SQLite whether anything changed
 REPLACED_CODE = "ERR_STORE_REPLACED"
 PROBE_BYTES = 1 << 16  # a data folder that cannot take this much cannot take a write either
