@@ -145,8 +145,8 @@ def test_a_store_no_longer_at_the_expected_revision_takes_nothing(kind: str, tmp
 
 @pytest.mark.redis
 def test_redis_bulk_splits_big_keys_into_commands(redis_server: RedisServer) -> None:
-    """More fields for one key than one command carries (BULK_ARGS), more than one call holds
-    (BULK_CALL_ARGS): still what write() gives."""
+    """More ops than one RUN_OPS call takes (BULK_CALL_FIELDS), 60,000 fields of one key: still
+    what write() gives."""
     ops: list[Op] = [{"op": "put_group", "guid": "big", "owner": "u1"}]
     ops += [{"op": "put_member", "guid": "big", "uid": f"m{i}", "scope": "participant"} for i in range(60_000)]
     ops += [{"op": "put_user", "uid": f"m{i}", "role": "support"} for i in range(45_000)]
