@@ -14,11 +14,14 @@ parse_record and plan_record are the reference, one line at a time through the A
 The importer takes the fast path below, which gives the same ops and the same errors (held to it
 by tests/test_import_differential.py): parse_block reads a block of lines at once into columns,
 Planner checks each record against the rules of those plans on the state's tables directly (and
-asks plan_record only to word a refusal), ops_of turns its decisions back into the plans' ops.
+asks plan_record only to word a refusal), planned_runs turns its decisions back into the plans'
+ops, as the runs of rows a store's write_runs takes.
 """
 from __future__ import annotations
 
 from collections.abc import Iterator
+from itertools import compress
+from operator import itemgetter
 from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 import orjson
@@ -26,6 +29,7 @@ import orjson
 from sidecar import groups, management, wire
 from sidecar.errors import BadRequestError, ChatAuthzError
 from sidecar.state import Op
+from sidecar.stores.base import Row, Runs
 from sidecar.validation import canonical_id, clean_id, reject_unknown, require_object
 
 if TYPE_CHECKING:
@@ -118,6 +122,9 @@ KIND_NAMES = ("member", "user", "group", "ban")
 # or these ops. The codes are bytes of the spool between the passes.
 NOTHING, PUT_USER, PUT_GROUP, PUT_GROUP_ADMIN, PUT_MEMBER, PUT_BAN = range(6)
 _KEYS = [(frozenset(KINDS[name]), code, name) for code, name in enumerate(KIND_NAMES)]
+# a record's ids, x then y (Block's columns), by kind
+KINDS_ORDER = {"member": ("member", "group"), "user": ("user", "role"), "group": ("group", "owner"),
+               "ban": ("ban", "group")}
 _ID_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"  # validation.ID_RE's
 
 
@@ -181,13 +188,17 @@ def _parse_flat(body: bytes, first: int, n: int) -> Block | None:
         return None
     if len(items) != n:
         return None
-    kinds: list[int] = []
-    xs: list[str] = []
-    ys: list[str] = []
-    scopes: list[Any] = []
+    try:
+        one_kind = _columns_of_one_kind(items)
+    except TypeError:  # an item that is not an object
+        return None
+    if one_kind is not None:
+        kinds, xs, ys, scopes = one_kind
+    else:
+        kinds, xs, ys, scopes = [], [], [], []
     member_keys, user_keys, group_keys, ban_keys = (keys for keys, _, _ in _KEYS)
     try:
-        for item in items:
+        for item in items if one_kind is None else ():
             keys = item.keys()
             if keys == member_keys:
                 kinds.append(MEMBER)
@@ -221,6 +232,24 @@ def _parse_flat(body: bytes, first: int, n: int) -> Block | None:
         return None
     canonical = ids.lower().split("\n")
     return Block(first, kinds, canonical[:n], canonical[n:], scopes, None, [])
+
+
+def _columns_of_one_kind(items: list[Any]) -> tuple[list[int], list[Any], list[Any], list[Any]] | None:
+    """(kinds, xs, ys, scopes) of the parsed items when every one is an object with the keys of
+    the first's kind, taken a column at a time; else None (TypeError: an item is no object)."""
+    first = items[0].keys() if items and type(items[0]) is dict else None
+    for keys, code, name in _KEYS:
+        if first == keys:
+            if set(map(len, items)) != {len(keys)}:  # as many keys, so with all of them: the same
+                return None
+            fields = KINDS_ORDER[name]
+            try:
+                return ([code] * len(items), list(map(itemgetter(fields[0]), items)),
+                        list(map(itemgetter(fields[1]), items)),
+                        list(map(itemgetter("scope"), items)) if code == MEMBER else [])
+            except KeyError:
+                return None
+    return None
 
 
 def _parse_lines(block: bytes, first: int) -> Block:
@@ -371,28 +400,43 @@ class Planner:
         raise AssertionError(f"line {line_no}: the import refused {record} but the API plans it as {ops}")
 
 
-def ops_of(block: Block, codes: bytes) -> tuple[list[Op], set[int]]:
-    """The ops the block's records plan (codes from Planner.plan), in order, as plan_record gives
-    them; and the positions of the ops that belong to the same record as the op before them (a
-    new group's owner made admin), where a batch must not be cut."""
-    ops: list[Op] = []
-    joined: set[int] = set()
-    append = ops.append
-    scopes = iter(block.scopes)
-    for kind, x, y, code in zip(block.kinds, block.xs, block.ys, codes, strict=True):
-        scope = next(scopes) if kind == MEMBER else None
-        if code == PUT_MEMBER:
-            append({"op": "put_member", "guid": y, "uid": x, "scope": scope})
-        elif code == NOTHING:
-            continue
-        elif code == PUT_USER:
-            append({"op": "put_user", "uid": x, "role": y})
-        elif code == PUT_BAN:
-            append({"op": "ban", "guid": y, "uid": x})
-        elif code == PUT_GROUP:
-            append({"op": "put_group", "guid": x, "owner": y})
+# What each code plans, as ops: how many (bytes.translate table), and their op name (the first).
+OPS_PER_CODE = bytes([0, 1, 1, 2, 1, 1]).ljust(256, b"\0")
+_SINGLE_OP_KINDS = {MEMBER: "put_member", USER: "put_user", BAN: "ban"}  # a record of these: one op or none
+
+
+def planned_runs(block: Block, codes: bytes) -> Runs:
+    """The ops the block's records plan (codes from Planner.plan), in order, as plan_record
+    gives them, as runs (what a store's write_runs takes: the op's fields in the registry's
+    order). A block of one kind of one-op records is taken in one go."""
+    kinds, n = block.kinds, len(block.kinds)
+    if n and kinds[0] in _SINGLE_OP_KINDS and kinds.count(kinds[0]) == n:
+        rows: list[Row]
+        if kinds[0] == MEMBER:
+            rows = list(compress(zip(block.ys, block.xs, block.scopes, strict=True), codes))
+        elif kinds[0] == USER:
+            rows = list(compress(zip(block.xs, block.ys, strict=True), codes))
         else:
-            append({"op": "put_group", "guid": x, "owner": y})
-            joined.add(len(ops))
-            append({"op": "put_member", "guid": x, "uid": y, "scope": "admin"})
-    return ops, joined
+            rows = list(compress(zip(block.ys, block.xs, strict=True), codes))
+        return [(_SINGLE_OP_KINDS[kinds[0]], rows)] if rows else []
+    runs: Runs = []
+
+    def add(name: str, row: Row) -> None:
+        if runs and runs[-1][0] == name:
+            runs[-1][1].append(row)
+        else:
+            runs.append((name, [row]))
+    scopes = iter(block.scopes)
+    for kind, x, y, code in zip(kinds, block.xs, block.ys, codes, strict=True):
+        scope = next(scopes) if kind == MEMBER else ""
+        if code == PUT_MEMBER:
+            add("put_member", (y, x, scope))
+        elif code == PUT_USER:
+            add("put_user", (x, y))
+        elif code == PUT_BAN:
+            add("ban", (y, x))
+        elif code != NOTHING:
+            add("put_group", (x, y))
+            if code == PUT_GROUP_ADMIN:  # a new group's owner made admin: two ops of one record
+                add("put_member", (x, y, "admin"))
+    return runs

@@ -11,14 +11,33 @@ from __future__ import annotations
 import io
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sidecar.cli import main
-from sidecar.commands.importer import commit
+from sidecar.commands.importer import commit, planned_batches, write_spooled
 from sidecar.errors import ConflictError
+from sidecar.importing import (
+    BAN,
+    GROUP,
+    MEMBER,
+    NOTHING,
+    OPS_PER_CODE,
+    PUT_BAN,
+    PUT_GROUP,
+    PUT_GROUP_ADMIN,
+    PUT_MEMBER,
+    PUT_USER,
+    USER,
+    Block,
+    planned_runs,
+)
+from sidecar.stores.base import ops_of_runs
 from sidecar.stores.redisstore import RedisStore
 from sidecar.stores.sqlite import SQLiteStore
 from tests.op_script import fields
@@ -148,7 +167,7 @@ def test_a_store_that_changed_under_the_import_is_not_written(tmp_path: Path) ->
     store = SQLiteStore(tmp_path / "s.db")
     try:
         store.write(lambda: [{"op": "put_user", "uid": "late", "role": "support"}], "someone")
-        batches = [[{"op": "put_user", "uid": "u1", "role": "support"}]]
+        batches: Any = [([("put_user", [("u1", "support")])], 1)]  # (runs, ops): one put_user
         with pytest.raises(ConflictError, match="the store changed while the file was imported"):
             commit(store, batches, read_at=0)  # it read the store at revision 0
         assert store.load().users == {"late": "support"}
@@ -192,3 +211,63 @@ def test_one_bad_line_at_the_end_of_a_big_file_writes_nothing(tmp_path: Path, ca
     finally:
         if server is not None:
             server.stop()
+
+
+def block_of(number: int, kinds: list[int]) -> Block:
+    """A block of these kinds of records, ids made up from the block's number and the position."""
+    return Block(0, kinds, [f"x{number}-{i}" for i in range(len(kinds))], [f"y{number}-{i}" for i in range(len(kinds))],
+                 ["moderator" for kind in kinds if kind == MEMBER], None, [])
+
+
+KIND_CODES = [(MEMBER, PUT_MEMBER), (USER, PUT_USER), (GROUP, PUT_GROUP), (GROUP, PUT_GROUP_ADMIN), (BAN, PUT_BAN)]
+spool_blocks = st.lists(st.lists(st.tuples(st.sampled_from(KIND_CODES), st.booleans()), min_size=1, max_size=40).map(
+    lambda records: ([kind for (kind, _), _ in records], [code if planned else NOTHING for (_, code), planned in records])),
+    max_size=6).map(lambda blocks: [(kinds, codes) for kinds, codes in blocks if any(codes)])  # as check_file spools
+
+
+@settings(max_examples=200, deadline=None)
+@given(spool_blocks, st.integers(min_value=1, max_value=50))
+def test_batches_are_cut_at_the_size_between_records(blocks: list[tuple[list[int], list[int]]], size: int) -> None:
+    """planned_batches: every op of the spool once, in order, batches of `size` ops (one more
+    where the cut would fall between a new group's two ops), never a record split."""
+    spool = io.BytesIO()
+    whole: list[Any] = []
+    starts = {0}  # where the ops of a record start in `whole`
+    for number, (kinds, codes) in enumerate(blocks):
+        write_spooled(spool, block_of(number, kinds), bytes(codes), {"moderator": "moderator"})
+        whole += ops_of_runs(planned_runs(block_of(number, kinds), bytes(codes)))
+        for code in codes:
+            starts.add(max(starts) + OPS_PER_CODE[code])
+    spool.seek(0)
+    batches = list(planned_batches(spool, size))
+    assert [op for runs, _ in batches for op in ops_of_runs(runs)] == whole
+    at = 0
+    for number, (runs, count) in enumerate(batches):
+        assert count == len(ops_of_runs(runs)) > 0 and (count in (size, size + 1) or number == len(batches) - 1)
+        at += count
+        assert at in starts
+
+
+def test_a_write_that_fails_midway_stops_the_import_and_says_what_was_written(tmp_path: Path) -> None:
+    """The batches are written behind the spool's reading (a thread): a store that changes between
+    two of them stops the import at once, naming the revisions already written; nothing after."""
+    store = SQLiteStore(tmp_path / "s.db")
+    other = SQLiteStore(tmp_path / "s.db")
+    store.bulk_call_ops = 1  # type: ignore[misc]  # each batch its own transaction
+
+    def batches() -> Any:
+        yield [("put_user", [("u1", "support")])], 1
+        for _ in range(500):  # until the first is written
+            if other.load().revision == 1:
+                break
+            time.sleep(0.01)
+        other.write(lambda: [{"op": "put_user", "uid": "late", "role": "support"}], "someone")
+        yield [("put_user", [("u2", "support")])], 1
+        yield [("put_user", [("u3", "support")])], 1
+    try:
+        with pytest.raises(ConflictError, match=r"\(revisions 1..1 were written\)"):
+            commit(store, batches(), read_at=0)
+        assert other.load().users == {"u1": "support", "late": "support"}
+    finally:
+        store.close()
+        other.close()

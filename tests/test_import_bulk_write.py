@@ -12,13 +12,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sidecar.errors import ConflictError
 from sidecar.state import Op
-from sidecar.stores.base import BulkWritable
+from sidecar.stores.base import BulkWritable, Runs, ops_of_runs, runs_json, runs_of
 from sidecar.stores.redisstore import RedisStore
 from sidecar.stores.sqlite import SQLiteStore
 from tests.redis_support import RedisServer, unique
@@ -133,8 +134,8 @@ def test_a_store_no_longer_at_the_expected_revision_takes_nothing(kind: str, tmp
 
 @pytest.mark.redis
 def test_redis_bulk_splits_big_keys_into_commands(module_redis: RedisServer) -> None:
-    """More fields for one key than one command carries (BULK_ARGS), more than one call holds
-    (BULK_CALL_ARGS): still what write() gives."""
+    """More ops than one RUN_OPS call takes (BULK_CALL_FIELDS), 60,000 fields of one key: still
+    what write() gives."""
     ops: list[Op] = [{"op": "put_group", "guid": "big", "owner": "u1"}]
     ops += [{"op": "put_member", "guid": "big", "uid": f"m{i}", "scope": "participant"} for i in range(60_000)]
     ops += [{"op": "put_user", "uid": f"m{i}", "role": "support"} for i in range(45_000)]
@@ -147,3 +148,43 @@ def test_redis_bulk_splits_big_keys_into_commands(module_redis: RedisServer) -> 
     finally:
         first.close()
         second.close()
+
+
+VALUES = st.one_of(st.sampled_from(["u1", "g1", "admin"]), st.text(max_size=5))  # quotes, backslashes, controls
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.one_of(
+    st.fixed_dictionaries({"op": st.just("put_user"), "uid": VALUES, "role": VALUES}),
+    st.fixed_dictionaries({"op": st.just("put_member"), "guid": VALUES, "uid": VALUES, "scope": VALUES}),
+    st.fixed_dictionaries({"op": st.just("ban"), "guid": VALUES, "uid": VALUES})), max_size=20))
+def test_runs_journal_as_the_ops_json(ops: list[Op]) -> None:
+    """runs_json, the journal entry of a bulk write, is the ops' JSON, even for values that must
+    be escaped (it writes plain ones from templates)."""
+    runs = runs_of(ops)
+    assert runs is not None and ops_of_runs(runs) == ops
+    assert orjson.loads(runs_json(runs)) == ops
+
+
+@pytest.mark.parametrize("kind", ["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+def test_several_batches_are_written_all_or_none(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """write_runs of several batches: each its revision and journal entry; a bad second batch
+    leaves nothing of the first (SQLite takes an import's batches in one transaction)."""
+    if kind == "sqlite":
+        store: Any = SQLiteStore(tmp_path / "s.db")
+    else:
+        store = RedisStore(request.getfixturevalue("module_redis").url, unique("d") + ":", 1.0)
+    try:
+        store.load()
+        first: Runs = [("put_user", [("u1", "support")]), ("put_group", [("g1", "u1")])]
+        with pytest.raises((ValueError, KeyError)):
+            store.write_runs([first, [("drop_all", [("x",)])]], "import", 0)
+        assert store.load().revision == 0 and store.load().users == {} and store.changes_since(0) == []
+        second: Runs = [("put_member", [("g1", "u2", "moderator")]), ("ban", [("g1", "u3")])]
+        assert store.write_runs([first, [], second], "import", 0) == [1, 2]
+        assert store.changes_since(0) == [(1, ops_of_runs(first)), (2, ops_of_runs(second))]
+        state = store.load()
+        assert state.users == {"u1": "support"} and state.owners == {"g1": "u1"}
+        assert state.members == {"g1": {"u2": "moderator"}} and state.bans == {"g1": {"u3"}}
+    finally:
+        store.close()

@@ -12,9 +12,13 @@ Exit 0 all imported, 2 usage or a store that cannot be used, 3 bad lines.
 from __future__ import annotations
 
 import argparse
+import bisect
+import itertools
+import queue
 import struct
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import IO, Any, NamedTuple
@@ -30,9 +34,9 @@ from sidecar.commands.common import (
     settings_from,
 )
 from sidecar.errors import ChatAuthzError, ConflictError
-from sidecar.importing import Block, Planner, ops_of, parse_block, read_blocks
+from sidecar.importing import MEMBER, OPS_PER_CODE, Block, Planner, parse_block, planned_runs, read_blocks
 from sidecar.state import Op
-from sidecar.stores.base import BulkWritable, store_changed
+from sidecar.stores.base import BulkWritable, Runs, ops_of_runs, runs_json, store_changed
 
 EXIT_BAD_LINES = 3
 MAX_SHOWN = 50  # bad lines printed; the count says how many more
@@ -156,55 +160,72 @@ def write_spooled(spool: IO[bytes], block: Block, codes: bytes, scopes: Mapping[
     spool.write(text)
 
 
-def planned_batches(spool: IO[bytes], size: int) -> Iterator[list[Op]]:
-    """Pass 2: the ops of every record pass 1 planned, in order, in batches of about `size` ops
-    (cut between records only)."""
-    batch: list[Op] = []
+def planned_batches(spool: IO[bytes], size: int) -> Iterator[tuple[Runs, int]]:
+    """Pass 2: the ops of every record pass 1 planned, in order, as runs, in batches of `size`
+    ops (one more when the cut would split a record's two ops), with their count."""
+    batch: Runs = []
+    count = 0
     while header := spool.read(SPOOL_HEADER.size):
-        count, scopes, length = SPOOL_HEADER.unpack(header)
-        kinds, codes = list(spool.read(count)), spool.read(count)
+        records, scopes, length = SPOOL_HEADER.unpack(header)
+        kinds, codes = spool.read(records), spool.read(records)
         text = spool.read(length).decode().split("\n")
-        block = Block(0, kinds, text[:count], text[count:2 * count], text[2 * count:], None, [])
+        block = Block(0, list(kinds), text[:records], text[records:2 * records], text[2 * records:], None, [])
         assert len(block.scopes) == scopes
-        ops, joined = ops_of(block, codes)
-        start = 0
-        while len(batch) + len(ops) - start >= size:
-            cut = start + size - len(batch)
-            cut += cut in joined
-            batch += ops[start:cut]
-            yield batch
-            batch, start = [], cut
-        batch += ops[start:]
-    if batch:
-        yield batch
+        while True:
+            per_record = codes.translate(OPS_PER_CODE)
+            planned = sum(per_record)
+            if count + planned < size:
+                _extend(batch, planned_runs(block, codes))
+                count += planned
+                break
+            cut = bisect.bisect_left(list(itertools.accumulate(per_record)), size - count) + 1  # records
+            members = kinds[:cut].count(MEMBER)
+            _extend(batch, planned_runs(Block(0, block.kinds[:cut], block.xs[:cut], block.ys[:cut],
+                                              block.scopes[:members], None, []), codes[:cut]))
+            yield batch, count + sum(per_record[:cut])
+            batch, count = [], 0
+            kinds, codes = kinds[cut:], codes[cut:]
+            block = Block(0, block.kinds[cut:], block.xs[cut:], block.ys[cut:], block.scopes[members:], None, [])
+    if count:
+        yield batch, count
+
+
+def _extend(batch: Runs, runs: Runs) -> None:
+    """Append runs to a batch's (a run of the op its last run is of joins it)."""
+    for name, rows in runs:
+        if batch and batch[-1][0] == name:
+            batch[-1][1].extend(rows)
+        else:
+            batch.append((name, rows))
 
 
 class Counted:
     """Batches of ops, counted as they go by."""
 
-    def __init__(self, batches: Iterable[list[Op]]) -> None:
+    def __init__(self, batches: Iterable[tuple[Runs, int]]) -> None:
         self.batches, self.ops = batches, 0
 
-    def __iter__(self) -> Iterator[list[Op]]:
-        for batch in self.batches:
-            self.ops += len(batch)
-            yield batch
+    def __iter__(self) -> Iterator[tuple[Runs, int]]:
+        for batch, count in self.batches:
+            self.ops += count
+            yield batch, count
 
 
-def commit(store: Any, batches: Iterable[list[Op]], read_at: int) -> list[int]:
-    """Write the batches, one revision each; stop if anyone else wrote since read_at."""
+def commit(store: Any, batches: Iterable[tuple[Runs, int]], read_at: int) -> list[int]:
+    """Write the batches (runs, their ops), one revision each; stop if anyone else wrote since
+    read_at. A BulkWritable store takes them in calls of its bulk_call_ops ops or more."""
     revisions: list[int] = []
     expected = read_at
     try:
-        for batch in batches:
-            if isinstance(store, BulkWritable):
-                expected = store.write_batch(batch, "import", expected)
-            else:
-                def plan(batch: list[Op] = batch, expected: int = expected) -> list[Op]:
-                    if store.changes_since(expected):
-                        raise store_changed(None, expected)
-                    return batch
-                expected, _ = store.write(plan, "import")
+        if isinstance(store, BulkWritable):
+            _write_behind(store, _grouped(batches, store.bulk_call_ops), read_at, revisions)
+            return revisions
+        for batch, _ in batches:
+            def plan(batch: Runs = batch, expected: int = expected) -> list[Op]:
+                if store.changes_since(expected):
+                    raise store_changed(None, expected)
+                return ops_of_runs(batch)
+            expected, _ = store.write(plan, "import")
             revisions.append(expected)
     except ConflictError as exc:
         if exc.code != "ERR_STORE_CHANGED":
@@ -213,3 +234,50 @@ def commit(store: Any, batches: Iterable[list[Op]], read_at: int) -> list[int]:
         raise ConflictError(f"the store changed while the file was imported{done}; run the import "
                             "again: it writes only what is still missing", code="ERR_STORE_CHANGED") from exc
     return revisions
+
+
+def _grouped(batches: Iterable[tuple[Runs, int]], ops: int) -> Iterator[list[Runs]]:
+    """The batches in lists of at least `ops` ops (the last: what is left)."""
+    group: list[Runs] = []
+    count = 0
+    for batch, planned in batches:
+        group.append(batch)
+        count += planned
+        if count >= ops:
+            yield group
+            group, count = [], 0
+    if group:
+        yield group
+
+
+def _write_behind(store: BulkWritable, groups: Iterable[list[Runs]], read_at: int, revisions: list[int]) -> None:
+    """store.write_runs of each group, in order, in a thread of its own, while this one reads the
+    next group from the spool and writes its journal entries (a store's driver lets go of the
+    GIL while SQLite or Redis works);
+    the revisions written go to `revisions`. The first failure stops the writes and is raised
+    here; nothing after it is written."""
+    queued: queue.Queue[tuple[list[Runs], list[str]] | None] = queue.Queue(maxsize=1)  # memory: one group ahead
+    failed: list[BaseException] = []
+
+    def write() -> None:
+        expected = read_at
+        try:
+            while (item := queued.get()) is not None:
+                revisions.extend(store.write_runs(item[0], "import", expected, item[1]))
+                expected = revisions[-1] if revisions else expected
+        except BaseException as exc:  # handed to the reading thread, which raises it
+            failed.append(exc)
+            while queued.get() is not None:  # let the reader finish its puts
+                pass
+    writer = threading.Thread(target=write, name="chatauthz-import-writer", daemon=True)
+    writer.start()
+    try:
+        for group in groups:
+            if failed:
+                break
+            queued.put((group, [runs_json(runs) for runs in group]))  # the journal entries made here
+    finally:
+        queued.put(None)
+        writer.join()
+    if failed:
+        raise failed[0]

@@ -8,13 +8,17 @@ working set can sit on it).
 """
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
+
+import orjson
 
 from sidecar.errors import ConflictError, StoreError
 from sidecar.readset import Entities
-from sidecar.state import Op, RuntimeState
+from sidecar.state import OPS, POLICY_OPS, Op, RuntimeState
 
 Plan = Callable[[], list[Op]]
 
@@ -165,6 +169,59 @@ class BulkWritable(Protocol):
         ConflictError ERR_STORE_CHANGED and nothing is written. Returns the new revision (with
         no ops, the current one). The ops may be applied in bulk, not one by one, but the
         result is what applying them in order gives."""
+
+
+    # how many ops write_runs takes best in one call (an import gives it batches up to this many)
+    bulk_call_ops: int
+
+    def write_runs(self, batches: list[Runs], actor: str, expect_revision: int,
+                   journals: list[str] | None = None) -> list[int]:
+        """write_batch for batches of ops already as runs (no op dicts): all of them or none,
+        each one revision with its journal entry (a batch without ops: none). Returns the
+        revisions. journals: each batch's runs_json, when the caller made them already."""
+
+
+# The ops a bulk write takes as rows; none is a policy op (written_by(...).policy is False).
+BULK_OPS = ("put_user", "put_group", "put_member", "ban")
+assert POLICY_OPS.isdisjoint(BULK_OPS)
+Row = tuple[str, ...]  # an op's fields, in the order of the registry (OPS[name].fields)
+Runs = list[tuple[str, list[Row]]]  # ops of BULK_OPS in order: runs of one op name each
+_TEMPLATES = {name: "{" + ",".join([f'"op":"{name}"', *(f'"{f}":"%s"' for f in OPS[name].fields)]) + "}"
+              for name in BULK_OPS}
+
+
+def runs_of(ops: list[Op]) -> Runs | None:
+    """The ops as runs when every one is of BULK_OPS with string fields (else None)."""
+    runs: Runs = []
+    for name, group in itertools.groupby(ops, key=itemgetter("op")):
+        if name not in _TEMPLATES:
+            return None
+        rows = list(map(itemgetter(*OPS[name].fields), group))
+        if not all(type(value) is str for row in rows for value in row):
+            return None
+        runs.append((name, rows))
+    return runs
+
+
+def ops_of_runs(runs: Runs) -> list[Op]:
+    """The ops, as dicts."""
+    return [{"op": name, **dict(zip(OPS[name].fields, row, strict=True))} for name, rows in runs for row in rows]
+
+
+def runs_json(runs: Runs) -> str:
+    """The JSON of the runs' ops (a journal's `ops`), as orjson.dumps(ops_of_runs(runs)) gives it:
+    written from the templates, a run at a time, when no value needs escaping (no quote, no
+    backslash, nothing unprintable: ids, roles and scopes never do); else by orjson."""
+    parts, quotes = [], 0
+    for name, rows in runs:
+        if rows:
+            template = _TEMPLATES[name]
+            parts.append(",".join([template] * len(rows)) % tuple(itertools.chain.from_iterable(rows)))
+            quotes += template.count('"') * len(rows)
+    text = "[" + ",".join(parts) + "]"
+    if text.count('"') != quotes or "\\" in text or not text.isprintable():
+        return orjson.dumps(ops_of_runs(runs)).decode()
+    return text
 
 
 def store_changed(current: int | None, expected: int) -> ConflictError:

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -68,6 +69,7 @@ from sidecar.errors import StoreError
 from sidecar.readset import Entities, written_by
 from sidecar.state import POLICY_OPS, Op, RuntimeState, check_ops
 from sidecar.stores.base import (
+    BULK_OPS,
     DataLoss,
     Facts,
     FactsRead,
@@ -75,7 +77,10 @@ from sidecar.stores.base import (
     Plan,
     PlanRun,
     ResyncNeeded,
+    Runs,
     TrackedPlan,
+    runs_json,
+    runs_of,
     store_changed,
 )
 from sidecar.stores.redisconn import RedisSpec, confirm, connect, is_cluster, keyspace, unwrap
@@ -93,12 +98,14 @@ BUCKET_DIGITS = 3  # users:<b>, owners:<b>: the first hex digits of SHA-1(id); D
 
 # KEYS[1] a hash (a users or owners bucket); ARGV: field, value, index key prefix: the field set,
 # and moved from the index set of its old value to that of its new (roleusers:<role>, owned:<uid>)
-PUT_INDEXED = """
-local old = redis.call('HGET', KEYS[1], ARGV[1])
-if old then redis.call('SREM', ARGV[3] .. old, ARGV[1]) end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('SADD', ARGV[3] .. ARGV[2], ARGV[1])
+# (_SET_INDEXED over locals: RUN_OPS runs the same text inline, per op)
+_SET_INDEXED = """
+local old = redis.call('HGET', hash, field)
+if old then redis.call('SREM', index .. old, field) end
+redis.call('HSET', hash, field, value)
+redis.call('SADD', index .. value, field)
 """
+PUT_INDEXED = "local hash, field, value, index = KEYS[1], ARGV[1], ARGV[2], ARGV[3]\n" + _SET_INDEXED
 # KEYS[1] users bucket; ARGV: uid, roleusers key prefix
 DELETE_USER = """
 local old = redis.call('HGET', KEYS[1], ARGV[1])
@@ -169,16 +176,41 @@ redis.call('HSET', KEYS[4], ARGV[3], ARGV[4] .. ' ' .. now)
 redis.call('EXPIRE', KEYS[4], ARGV[5])
 return {now, redis.call('GET', KEYS[3]), redis.call('HGETALL', KEYS[4])}
 """
-# A bulk write's commands, run inside its MULTI by one call: ARGV[1] is a JSON list of commands
-# [name, key, [arguments]] (one argument, not thousands for the client to encode one by one).
-RUN_COMMANDS = """
-local allowed = {HSET = true, HDEL = true, SADD = true, SREM = true}
-local commands = cjson.decode(ARGV[1])
-for _, command in ipairs(commands) do
-  if not allowed[command[1]] then return redis.error_reply('not a bulk command: ' .. tostring(command[1])) end
-  redis.call(command[1], command[2], unpack(command[3]))
+# A bulk write's ops, run inside its MULTI by one call: KEYS[1] rev (the key the call is routed
+# by); ARGV: the keyspace, BUCKET_DIGITS, and a JSON list of runs [op name, [the ops' fields,
+# flat, in the registry's order]]. Each op becomes the commands _queue queues for it (put_user and
+# put_group: PUT_INDEXED's text, _SET_INDEXED), in order.
+RUN_OPS = """
+local P, digits = ARGV[1], tonumber(ARGV[2])
+local count = 0
+for _, run in ipairs(cjson.decode(ARGV[3])) do
+  local name, f = run[1], run[2]
+  if name == 'put_member' then
+    for i = 1, #f, 3 do
+      redis.call('HSET', P .. 'members:' .. f[i], f[i + 1], f[i + 2])
+      redis.call('SADD', P .. 'usergroups:' .. f[i + 1], f[i])
+    end
+    count = count + #f / 3
+  elseif name == 'ban' then
+    for i = 1, #f, 2 do
+      redis.call('HDEL', P .. 'members:' .. f[i], f[i + 1])
+      redis.call('SREM', P .. 'usergroups:' .. f[i + 1], f[i])
+      redis.call('SADD', P .. 'bans:' .. f[i], f[i + 1])
+    end
+    count = count + #f / 2
+  elseif name == 'put_user' or name == 'put_group' then
+    local buckets, index = P .. 'users:', P .. 'roleusers:'
+    if name == 'put_group' then buckets, index = P .. 'owners:', P .. 'owned:' end
+    for i = 1, #f, 2 do
+      local hash, field, value = buckets .. string.sub(redis.sha1hex(f[i]), 1, digits), f[i], f[i + 1]
+""" + _SET_INDEXED + """
+    end
+    count = count + #f / 2
+  else
+    return redis.error_reply('not a bulk op: ' .. tostring(name))
+  end
 end
-return #commands
+return count
 """
 # The facts one request reads, at one revision, in one call (a MULTI of one HGET per fact cost
 # the client ~20 µs a command): KEYS epoch, rev, a user bucket per user, an owner bucket per
@@ -198,9 +230,7 @@ for field = singles + 2, #ARGV do
 end
 return out
 """
-BULK_OPS = frozenset({"put_user", "put_group", "put_member", "ban"})  # write_batch's net-effect path
-BULK_ARGS = 1_000  # arguments per command in RUN_COMMANDS (Lua's unpack takes a few thousand)
-BULK_CALL_ARGS = 200_000  # arguments per RUN_COMMANDS call
+BULK_CALL_FIELDS = 300_000  # fields per RUN_OPS call (its argument stays a few MB)
 
 
 def bucket(ident: str) -> str:
@@ -270,7 +300,7 @@ class RedisStore:
         self._window_script = _Script(self, WINDOW)
         self._claim_script = _Script(self, CLAIM)
         self._delete_group_index = _Script(self, DELETE_GROUP_INDEX)
-        self._run_commands = _Script(self, RUN_COMMANDS)
+        self._run_ops = _Script(self, RUN_OPS)
         self._read_facts = _Script(self, READ_FACTS)
 
     def key(self, name: str) -> str:
@@ -708,10 +738,14 @@ class RedisStore:
         self._queue_commit(pipe, ops, actor, current)
         return self._committed(confirm(pipe).execute()[-1], current)
 
-    def _queue_commit(self, pipe: Any, ops: list[Op], actor: str, current: int) -> None:
-        """Queue, inside a MULTI after the ops' commands, the commit script (and the policy counter)."""
-        entry = json.dumps({"at": time.time(), "actor": actor, "ops": ops}, separators=(",", ":"))
-        if written_by(ops).policy:
+    def _queue_commit(self, pipe: Any, ops: list[Op], actor: str, current: int, ops_json: str | None = None) -> None:
+        """Queue, inside a MULTI after the ops' commands, the commit script (and the policy counter).
+        ops_json: the ops already as JSON instead (a bulk write's: BULK_OPS, no policy op)."""
+        if ops_json is None:
+            entry = json.dumps({"at": time.time(), "actor": actor, "ops": ops}, separators=(",", ":"))
+        else:
+            entry = f'{{"at":{json.dumps(time.time())},"actor":{json.dumps(actor)},"ops":{ops_json}}}'
+        if ops_json is None and written_by(ops).policy:
             pipe.incr(self.policy_key())
         self._commit_script(keys=[self.key("rev"), self.key("journal"), self.key("epoch")],
                             args=[entry, JOURNAL_KEEP, self.channel, current, WINDOW_MAX], client=pipe)
@@ -789,14 +823,71 @@ class RedisStore:
 
     # -- bulk writes (chatauthz import) -----------------------------------------------------
     def write_batch(self, ops: list[Op], actor: str, expect_revision: int) -> int:
-        """BulkWritable. Ops of the kinds an import writes (BULK_OPS) go in as their net effect:
-        each hash field's last value (HSET, or HDEL for a member a later ban removed), grouped by
-        key, and the bans (SADD), run by RUN_COMMANDS; roleusers:<role> moves each user from the
-        role it has now (read under WATCH) to its last. Other ops are queued one by one (_queue).
-        Then _commit (revision, journal, publish), all in one MULTI; a write by anyone else since
-        expect_revision (found, or breaking the WATCH) is ERR_STORE_CHANGED."""
-        self._layout_before_writing()
+        """BulkWritable. Ops of the kinds an import writes (BULK_OPS) go in as write_runs; others
+        are queued one by one (_queue), then _commit, all in one MULTI."""
         check_ops(ops)
+        runs = runs_of(ops)
+        if runs is not None:
+            return (self.write_runs([runs], actor, expect_revision) or [expect_revision])[0]
+
+        def queue(pipe: Any, current: int) -> None:
+            for op in ops:
+                self._queue(pipe, op)
+            self._queue_commit(pipe, ops, actor, current)
+        return self._write_bulk(queue if ops else None, lambda answers, current: self._committed(answers[-1], current)[0],
+                                actor, expect_revision)
+
+    bulk_call_ops = 1  # one batch a MULTI: a batch's script blocks Redis for as long as it runs
+
+    def write_runs(self, batches: list[Runs], actor: str, expect_revision: int,
+                   journals: list[str] | None = None) -> list[int]:
+        """BulkWritable: each batch's ops run by RUN_OPS (one call per BULK_CALL_FIELDS fields, no
+        op dicts) and journaled from runs_json, then _commit; all the batches in one MULTI."""
+        texts = journals if journals is not None else [runs_json(runs) for runs in batches]
+        written = [(runs, text) for runs, text in zip(batches, texts, strict=True) if any(rows for _, rows in runs)]
+        revisions: list[int] = []
+
+        def queue(pipe: Any, current: int) -> None:
+            for number, (runs, text) in enumerate(written):
+                for call in self._run_ops_calls(runs):
+                    self._run_ops(keys=[self.key("rev")], args=[self.keyspace, BUCKET_DIGITS, orjson.dumps(call)],
+                                  client=pipe)
+                self._queue_commit(pipe, [], actor, current + number, text)
+
+        def committed(answers: list[Any], current: int) -> int:
+            for number, answer in enumerate(a for a in answers if isinstance(a, list)):
+                revisions.append(self._committed(answer, current + number)[0])
+            return revisions[-1]
+        if written:
+            self._write_bulk(queue, committed, actor, expect_revision)
+        else:
+            self._write_bulk(None, committed, actor, expect_revision)
+        return revisions
+
+    @staticmethod
+    def _run_ops_calls(runs: Runs) -> list[list[Any]]:
+        """The RUN_OPS calls of a batch: its runs, fields flat, BULK_CALL_FIELDS at most a call."""
+        calls: list[list[Any]] = [[]]
+        fields = 0
+        for name, rows in runs:
+            if name not in BULK_OPS:
+                raise ValueError(f"not a bulk op: {name!r}")
+            for start in range(0, len(rows), BULK_CALL_FIELDS // 3):
+                chunk = rows[start:start + BULK_CALL_FIELDS // 3]
+                if fields and fields + 3 * len(chunk) > BULK_CALL_FIELDS:
+                    calls.append([])
+                    fields = 0
+                calls[-1].append([name, list(itertools.chain.from_iterable(chunk))])
+                fields += 3 * len(chunk)
+        return [call for call in calls if call]
+
+    def _write_bulk(self, queue: Callable[[Any, int], None] | None, committed: Callable[[list[Any], int], int],
+                    actor: str, expect_revision: int) -> int:
+        """One bulk write: queue(pipe, current revision) its commands and commits inside the MULTI,
+        committed(EXEC's answers, current) the new revision; a write by anyone else since
+        expect_revision (found, or breaking the WATCH) is ERR_STORE_CHANGED. No queue: nothing to
+        write, the current revision."""
+        self._layout_before_writing()
         with _mapped("write"), self.client.pipeline(transaction=True) as pipe:
             try:
                 pipe.watch(self.key("rev"), self.key("epoch"), self.key("recovery"))  # type: ignore[no-untyped-call]
@@ -807,93 +898,14 @@ class RedisStore:
                 current = int(raw or 0)
                 if current != expect_revision:
                     raise store_changed(current, expect_revision)
-                if not ops:
+                if queue is None:
                     pipe.unwatch()
                     return current
-                bulk = all(op["op"] in BULK_OPS for op in ops)
-                calls = self._bulk_commands(pipe, ops) if bulk else []
                 pipe.multi()
-                for commands in calls:
-                    self._run_commands(keys=[self.key("rev")], args=[orjson.dumps(commands)], client=pipe)
-                if not bulk:
-                    for op in ops:
-                        self._queue(pipe, op)
-                self._queue_commit(pipe, ops, actor, current)
-                revision, _ = self._committed(confirm(pipe).execute()[-1], current)
+                queue(pipe, current)
+                return committed(confirm(pipe).execute(), current)
             except redis.WatchError:
                 raise store_changed(None, expect_revision) from None
-        return revision
-
-    @staticmethod
-    def _move_indexed(pipe: Any, table: dict[tuple[str, str], str], index_key: Callable[[str], str],
-                      srem: dict[str, list[str]], sadd: dict[str, list[str]]) -> None:
-        """For each (hash key, field) -> its last value: the field leaves the index set of the
-        value it has now (read through pipe, under its WATCH) and joins that of its last."""
-        by_key: dict[str, list[str]] = {}
-        for key, field in table:
-            by_key.setdefault(key, []).append(field)
-        for key, fields in by_key.items():
-            for field, before in zip(fields, pipe.hmget(key, fields), strict=True):
-                value = table[key, field]
-                if before is not None and before != value:
-                    srem.setdefault(index_key(before), []).append(field)
-                sadd.setdefault(index_key(value), []).append(field)
-
-    def _bulk_commands(self, pipe: Any, ops: list[Op]) -> list[list[tuple[str, str, list[str]]]]:
-        """The RUN_COMMANDS calls that leave Redis as applying ops in order would (reads the
-        users' current roles through pipe, under its WATCH)."""
-        users: dict[tuple[str, str], str] = {}
-        owners: dict[tuple[str, str], str] = {}
-        members: dict[tuple[str, str], str | None] = {}  # (members key, uid) -> scope; None: removed
-        bans: dict[str, list[str]] = {}
-        member_keys: dict[str, str] = {}
-        for op in ops:
-            name = op["op"]
-            if name == "put_member" or name == "ban":
-                guid = op["guid"]
-                key = member_keys.get(guid)
-                if key is None:
-                    key = member_keys[guid] = self.members_key(guid)
-                if name == "put_member":
-                    members[key, op["uid"]] = op["scope"]
-                else:
-                    members[key, op["uid"]] = None
-                    bans.setdefault(self.bans_key(guid), []).append(op["uid"])
-            elif name == "put_user":
-                users[self.user_field(op["uid"])] = op["role"]
-            else:
-                owners[self.owner_field(op["guid"])] = op["owner"]
-        hset: dict[str, list[str]] = {}
-        hdel: dict[str, list[str]] = {}
-        for table in (users, owners):
-            for (key, field), value in table.items():
-                hset.setdefault(key, []).extend((field, value))
-        sadd: dict[str, list[str]] = bans
-        srem: dict[str, list[str]] = {}
-        guid_of = {key: guid for guid, key in member_keys.items()}
-        for (key, uid), scope in members.items():  # and the index of a user's groups
-            if scope is None:
-                hdel.setdefault(key, []).append(uid)
-                srem.setdefault(self.user_groups_key(uid), []).append(guid_of[key])
-            else:
-                hset.setdefault(key, []).extend((uid, scope))
-                sadd.setdefault(self.user_groups_key(uid), []).append(guid_of[key])
-        # owned:<uid> and roleusers:<role>, as PUT_INDEXED keeps them: out of the value a field has, into its last
-        self._move_indexed(pipe, owners, self.owned_key, srem, sadd)
-        self._move_indexed(pipe, users, lambda role: self.key("roleusers:" + role), srem, sadd)
-        calls: list[list[tuple[str, str, list[str]]]] = [[]]
-        in_call = 0
-        for command, per_key, step in (("HDEL", hdel, 1), ("SREM", srem, 1), ("HSET", hset, 2), ("SADD", sadd, 1)):
-            for key, args in per_key.items():
-                size = BULK_ARGS - BULK_ARGS % step
-                for start in range(0, len(args), size):
-                    chunk = args[start:start + size]
-                    if in_call + len(chunk) > BULK_CALL_ARGS:
-                        calls.append([])
-                        in_call = 0
-                    calls[-1].append((command, key, chunk))
-                    in_call += len(chunk) + 2
-        return [call for call in calls if call]
 
     # -- recovery --------------------------------------------------------------------------
     def reseed(self, state: RuntimeState) -> bool:

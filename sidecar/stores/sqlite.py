@@ -25,11 +25,13 @@ import orjson
 
 from sidecar.errors import StoreError
 from sidecar.state import Op, RuntimeState, check_ops
-from sidecar.stores.base import DataLoss, Facts, FactsRead, Plan, store_changed
+from sidecar.stores.base import DataLoss, Facts, FactsRead, Plan, Row, Runs, runs_json, runs_of, store_changed
 
 log = logging.getLogger("chatauthz.store")
 T = TypeVar("T")
 _U64 = struct.Struct("<Q")
+BULK_CACHE_KIB = 64 * 1024  # a bulk-writing connection's page cache (SQLite allocates it as it fills)
+BULK_CALL_OPS = 100_000  # ops an import commits in one transaction (several batches: revisions)
 BACKSTOP_S = 0.25  # how often a reader also asks SQLite whether anything changed
 REPLACED_CODE = "ERR_STORE_REPLACED"
 PROBE_BYTES = 1 << 16  # a data folder that cannot take this much cannot take a write either
@@ -340,19 +342,21 @@ class SQLiteStore:
             self._failed(conn, exc)
             raise
 
+    bulk_call_ops = BULK_CALL_OPS
+
     def write_batch(self, ops: list[Op], actor: str, expect_revision: int) -> int:
-        """BulkWritable: one transaction, each run of ops of one kind as one executemany per
-        statement (the same rows as _execute_op one by one: a run's statements touch distinct
-        tables, or are one), one journal row."""
-        conn = self._begin_write()
+        """BulkWritable: ops of BULK_OPS only go in as write_runs; others one by one, each run of
+        ops of one kind as one executemany per statement (the same rows as _execute_op one by
+        one: a run's statements touch distinct tables, or are one), in one transaction with one
+        journal row."""
+        check_ops(ops)
+        runs = runs_of(ops)
+        if runs is not None:
+            return (self.write_runs([runs], actor, expect_revision) or [expect_revision])[0]
+        conn = self._begin_write_at(expect_revision)
+        if conn is None:
+            return expect_revision
         try:
-            check_ops(ops)
-            revision = conn.execute("SELECT value FROM meta WHERE key='revision'").fetchone()[0]
-            if revision != expect_revision:
-                raise store_changed(revision, expect_revision)
-            if not ops:
-                conn.execute("ROLLBACK")
-                return int(revision)
             for name, run in itertools.groupby(ops, key=_OP_NAME):
                 bulk = BULK_SQL.get(name)
                 if bulk is None:
@@ -367,16 +371,80 @@ class SQLiteStore:
             self._failed(conn, exc)
             raise
 
+    def write_runs(self, batches: list[Runs], actor: str, expect_revision: int,
+                   journals: list[str] | None = None) -> list[int]:
+        """BulkWritable: one transaction for all the batches (bulk_call_ops: an import's pages
+        are written once for several batches, not once a batch), each batch a revision with its
+        journal row; in a batch, users' and groups' rows (tables only their own ops touch) each
+        in one executemany, then members' and bans' runs in order. The connection keeps a bigger
+        page cache from its first bulk write on (BULK_CACHE_KIB: an import's indexes stay in
+        memory)."""
+        texts = journals if journals is not None else [runs_json(runs) for runs in batches]
+        written = [(runs, text) for runs, text in zip(batches, texts, strict=True) if any(rows for _, rows in runs)]
+        conn = self._begin_write_at(expect_revision, empty=not written)
+        if conn is None:
+            return []
+        try:
+            if not getattr(self._local, "bulk_cache", False):
+                conn.execute(f"PRAGMA cache_size = -{BULK_CACHE_KIB}")
+                self._local.bulk_cache = True
+            revisions = []
+            for runs, text in written:
+                own: dict[str, list[Row]] = {"put_user": [], "put_group": []}
+                ordered: Runs = []
+                for name, rows in runs:
+                    if name in own:
+                        own[name] += rows
+                    elif ordered and ordered[-1][0] == name:
+                        ordered[-1][1].extend(rows)
+                    else:
+                        ordered.append((name, list(rows)))
+                for name, rows in [*own.items(), *ordered]:
+                    for statement in BULK_SQL[name][1]:
+                        conn.executemany(statement, rows)
+                revisions.append(self._journal_row(conn, actor, text))
+            self._publish_and_commit(conn, revisions[-1])
+            return revisions
+        except BaseException as exc:
+            self._failed(conn, exc)
+            raise
+
+    def _begin_write_at(self, expect_revision: int, empty: bool = False) -> sqlite3.Connection | None:
+        """A write transaction on a store still at expect_revision (else ERR_STORE_CHANGED);
+        None (and no transaction) when there is nothing to write."""
+        conn = self._begin_write()
+        try:
+            revision = conn.execute("SELECT value FROM meta WHERE key='revision'").fetchone()[0]
+            if revision != expect_revision:
+                raise store_changed(revision, expect_revision)
+        except BaseException as exc:
+            self._failed(conn, exc)
+            raise
+        if empty:
+            conn.execute("ROLLBACK")
+            return None
+        return conn
+
     def _commit(self, conn: sqlite3.Connection, actor: str, ops_json: str) -> int:
         """Inside the write's transaction, its ops applied: a new revision, its journal row, COMMIT."""
+        revision = self._journal_row(conn, actor, ops_json)
+        self._publish_and_commit(conn, revision)
+        return revision
+
+    @staticmethod
+    def _journal_row(conn: sqlite3.Connection, actor: str, ops_json: str) -> int:
+        """Inside a write's transaction: the next revision and its journal row."""
         conn.execute("UPDATE meta SET value = value + 1 WHERE key='revision'")
         revision: int = conn.execute("SELECT value FROM meta WHERE key='revision'").fetchone()[0]
         conn.execute("INSERT INTO journal VALUES (?, ?, ?, ?)", (revision, time.time(), actor, ops_json))
+        return revision
+
+    def _publish_and_commit(self, conn: sqlite3.Connection, revision: int) -> None:
+        """The end of a write's transaction, up to `revision`: publish it and COMMIT."""
         self._refuse_if_lost()  # last look before COMMIT: never acknowledge into a dead file
         self._beacon.publish(revision)  # under the write lock, so it only ever grows
         conn.execute("COMMIT")
         self._beacon.set_failure(0)
-        return revision
 
     def _failed(self, conn: sqlite3.Connection, exc: BaseException) -> None:
         """A write raised: roll back; a SQLite error becomes a StoreError (the caller re-raises others)."""
