@@ -100,7 +100,7 @@ class TreeSidecar(SidecarProcess):
         self._stdout = self.log_dir / f"{self.name}-{self._starts}.out"
         self._stderr = self.log_dir / f"{self.name}-{self._starts}.err"
         env = sidecar_env(self.env_extra)
-        env["PYTHONPATH"] = str(self.tree)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.environ.get("BENCH_SIDECAR_PATH"), str(self.tree)]))
         with open(self._stdout, "wb") as out, open(self._stderr, "wb") as err:
             self.proc = subprocess.Popen(self.command, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env,
                                          cwd=str(self.tree), start_new_session=True)

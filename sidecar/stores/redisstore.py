@@ -8,8 +8,9 @@ Redis holds them in one slot and the transactions below run there unchanged:
   recovery, recovery-claims  while Redis lacks writes sidecars hold: a fence (writes refused)
                              and each such sidecar's claim (its revision); see recover()
   layout                     "2": users and owners in buckets, the journal a stream
-  journal                    stream, entry id "<revision>-0", field entry = JSON {at, actor, ops}
-                             (the last JOURNAL_KEEP writes)
+  journal                    stream, entry id "<revision>-0", fields entry = JSON {at, actor, ops}
+                             and touched = JSON of what the ops change (Entities.tokens; "*"
+                             for a bigger write), the last JOURNAL_KEEP writes
   policy                     a counter every write of the role policy bumps (what readers watch)
   roles, restricted          hashes role -> JSON        roleperms:<role>   hash key -> JSON
   users:<b>                  hash uid -> role           roleusers:<role>   set of uids (index)
@@ -19,29 +20,32 @@ Redis holds them in one slot and the transactions below run there unchanged:
 where <b> is the bucket of the id: the first 3 hex digits of its SHA-1 (4096 buckets), so that
 a write watching one user's role does not conflict with writes to every other user's.
 
-Every op is an absolute command on one entity's keys (the few that must read first are Lua
-scripts), so the ops of a write apply in order inside MULTI with no help from any sidecar's
-memory. The revision comes from INCR rev inside the same MULTI, in one script that also XADDs
-the journal entry with the id <revision>-0 and publishes the hint: EXEC is atomic, so revisions
-have no gap and no repeat and the stream is in revision order.
+Every op is a few absolute commands on its entity's keys (RedisStore._commands; the few that
+must read first are functions of OPS_LUA), run in order by a script with no help from any
+sidecar's memory. The revision comes from INCR rev in the same script or MULTI that XADDs the
+journal entry with the id <revision>-0 and publishes the hint, so revisions have no gap and no
+repeat and the stream is in revision order.
 
-A Sidecar's write (write_tracked) conflicts only on what its plan read (sidecar.readset): plan
-on the state kept current by the follower -> WATCH the keys of the entities it read and of those
-its ops change (plus epoch and recovery) -> one script (WINDOW) reads epoch, rev, the fence and
-the stream after the revision the plan read at: if a commit there changed an entity the plan
-touched, catch up and plan again -> MULTI(ops, COMMIT) -> EXEC, which Redis refuses if a watched
-key changed after the WATCH (then plan again). Three round trips; COMMIT also hands back the
-commits between, which the writer applies before its own. So writes to unrelated entities never
-conflict, and two writes whose checks depend on each other's entities commit in a serial order.
-Retries of one process go one at a time (a hot entity degrades to serial writes, not a livelock).
-A store-level write (write: the importer, the tests) reads what it likes, so it watches rev
-itself: it commits only if nobody wrote meanwhile, as every write did before.
+A Sidecar's write (write_tracked) conflicts only on what its plan read (sidecar.readset), and
+costs one round trip: plan on the state kept current by the follower -> one script (WRITE),
+atomic as every script is: refused while fenced; if the epoch changed, or a commit after the
+revision the plan read at changed an entity the plan touched (read, or changed by its ops: the
+journal's touched field says what each commit changed), catch up and plan again; else the ops,
+INCR rev, XADD, PUBLISH, and the commits between handed back, which the writer applies before
+its own. Nothing changes an entity without a journal entry saying so, so nothing needs a WATCH.
+So writes to unrelated entities never conflict, and two writes whose checks depend on each
+other's entities commit in a serial order. Retries of one process go one at a time (a hot
+entity degrades to serial writes, not a livelock). A WRITE that ran but whose answer was lost
+is never run twice: run again, it finds its own commit in the journal, touching what it
+touched, and is refused. A store-level write (write: the importer, the tests) reads what it
+likes, so it watches rev itself: it commits only if nobody wrote meanwhile.
 
 Followers read the stream from their last revision (changes_since), woken by the pub/sub hint
 or the periodic check: a lost hint costs nothing, the next one or the tick reads from there.
 This is the only module that talks to Redis for state; its errors become StoreError. The
 client (one URL, Sentinel's primary, a cluster) comes from sidecar.stores.redisconn, which also
-makes every transaction WAIT for redis_min_replicas after its EXEC.
+makes every transaction that commits WAIT for redis_min_replicas after its EXEC (a WRITE then
+runs inside one).
 """
 from __future__ import annotations
 
@@ -85,74 +89,138 @@ JOURNAL_KEEP = 50_000
 LINEAGE_KEEP = 100
 RECOVERY_TTL_S = 30  # fence and claims outlive a claimant's retries (seconds apart), not its death
 WRITE_RETRIES = 30
-PLAN_ROUNDS = 5  # plans per attempt while commits keep changing what the plan read
+TRACKED_ATTEMPTS = 150  # plans per write (write_tracked) while commits keep changing what it read
 WINDOW_MAX = 1000  # commits a writer reads to see whether they changed what it read (more: catch up)
 BATCH = 500
 LAYOUT = "2"
 BUCKET_DIGITS = 3  # users:<b>, owners:<b>: the first hex digits of SHA-1(id); DELETE_ROLE_USERS does the same
 
-# KEYS[1] a hash (a users or owners bucket); ARGV: field, value, index key prefix: the field set,
-# and moved from the index set of its old value to that of its new (roleusers:<role>, owned:<uid>)
-PUT_INDEXED = """
-local old = redis.call('HGET', KEYS[1], ARGV[1])
-if old then redis.call('SREM', ARGV[3] .. old, ARGV[1]) end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('SADD', ARGV[3] .. ARGV[2], ARGV[1])
-"""
-# KEYS[1] users bucket; ARGV: uid, roleusers key prefix
-DELETE_USER = """
-local old = redis.call('HGET', KEYS[1], ARGV[1])
-if old then
-  redis.call('SREM', ARGV[2] .. old, ARGV[1])
-  redis.call('HDEL', KEYS[1], ARGV[1])
+# The commands of ops (RedisStore._commands: [name, key, arguments...]), run by a script: plain
+# HSET, HDEL, SADD, SREM, DEL, and the few that read first. Every name is checked before any runs.
+OPS_LUA = """
+local plain = {HSET = true, HDEL = true, SADD = true, SREM = true, DEL = true}
+local reading = {}
+-- PUT_INDEXED hash, field, value, index prefix: the field set, and moved from the index set of its old
+-- value to that of its new (roleusers:<role>, owned:<uid>)
+reading.PUT_INDEXED = function(c)
+  local old = redis.call('HGET', c[2], c[3])
+  if old then redis.call('SREM', c[5] .. old, c[3]) end
+  redis.call('HSET', c[2], c[3], c[4])
+  redis.call('SADD', c[5] .. c[4], c[3])
+end
+-- DELETE_USER users bucket, uid, roleusers prefix
+reading.DELETE_USER = function(c)
+  local old = redis.call('HGET', c[2], c[3])
+  if old then
+    redis.call('SREM', c[4] .. old, c[3])
+    redis.call('HDEL', c[2], c[3])
+  end
+end
+-- DELETE_ROLE_USERS roleusers:<role>, users bucket prefix, bucket digits: the role's users go back to
+-- default (each uid's bucket computed as RedisStore.user_field computes it)
+reading.DELETE_ROLE_USERS = function(c)
+  local uids = redis.call('SMEMBERS', c[2])
+  local digits = tonumber(c[4])
+  for i = 1, #uids do
+    redis.call('HDEL', c[3] .. string.sub(redis.sha1hex(uids[i]), 1, digits), uids[i])
+  end
+  redis.call('DEL', c[2])
+end
+-- DELETE_GROUP_INDEX owners bucket, members:<guid>, guid, owned prefix, user-groups prefix
+reading.DELETE_GROUP_INDEX = function(c)
+  local old = redis.call('HGET', c[2], c[4])
+  if old then redis.call('SREM', c[5] .. old, c[4]) end
+  local uids = redis.call('HKEYS', c[3])
+  for i = 1, #uids do redis.call('SREM', c[6] .. uids[i], c[4]) end
+end
+local function run_ops(commands)
+  for _, c in ipairs(commands) do
+    if not (plain[c[1]] or reading[c[1]]) then return 'not an op command: ' .. tostring(c[1]) end
+  end
+  for _, c in ipairs(commands) do
+    if plain[c[1]] then redis.call(unpack(c)) else reading[c[1]](c) end
+  end
 end
 """
-# KEYS[1] roleusers:<role>; ARGV: users bucket key prefix, bucket digits: the role's users go
-# back to default (each uid's bucket computed as RedisStore.user_field computes it)
-DELETE_ROLE_USERS = """
-local uids = redis.call('SMEMBERS', KEYS[1])
-local digits = tonumber(ARGV[2])
-for i = 1, #uids do
-  redis.call('HDEL', ARGV[1] .. string.sub(redis.sha1hex(uids[i]), 1, digits), uids[i])
+# The end of every write, after its ops: the next revision, its journal entry under the id
+# <revision>-0 (so the stream is in revision order) with what it changed (Entities.tokens), the
+# hint. Returns the new revision.
+COMMIT_LUA = """
+local function commit(rev_key, journal_key, epoch_key, entry, touched, keep, channel)
+  local rev = redis.call('INCR', rev_key)
+  redis.call('XADD', journal_key, 'MAXLEN', keep, rev .. '-0', 'entry', entry, 'touched', touched)
+  redis.call('PUBLISH', channel, '{"epoch":' .. cjson.encode(redis.call('GET', epoch_key) or '') ..
+             ',"revision":' .. rev .. '}')
+  return rev
 end
-redis.call('DEL', KEYS[1])
-return #uids
 """
-# KEYS[1] the owners hash, KEYS[2] members:<guid>; ARGV: guid, owned prefix, user-groups prefix
-DELETE_GROUP_INDEX = """
-local old = redis.call('HGET', KEYS[1], ARGV[1])
-if old then redis.call('SREM', ARGV[2] .. old, ARGV[1]) end
-local uids = redis.call('HKEYS', KEYS[2])
-for i = 1, #uids do redis.call('SREM', ARGV[3] .. uids[i], ARGV[1]) end
+# One op's commands inside a MULTI (Store.write, a bulk write's other ops). KEYS[1] rev (the slot);
+# ARGV[1] the commands as JSON.
+APPLY = OPS_LUA + """
+local problem = run_ops(cjson.decode(ARGV[1]))
+if problem then return redis.error_reply(problem) end
+return 1
 """
-# The end of every write, inside its MULTI after its ops: the next revision, its journal entry
-# under the id <revision>-0 (so the stream is in revision order), the hint. KEYS: rev, journal,
-# epoch; ARGV: entry JSON, JOURNAL_KEEP, channel, a revision R, WINDOW_MAX. Returns {revision,
-# the entries after R and before it (none when more than WINDOW_MAX)}: what the writer applies
-# before its own write, without another look.
-COMMIT = """
-local rev = redis.call('INCR', KEYS[1])
-redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], rev .. '-0', 'entry', ARGV[1])
-redis.call('PUBLISH', ARGV[3], '{"epoch":' .. cjson.encode(redis.call('GET', KEYS[3]) or '') ..
-           ',"revision":' .. rev .. '}')
-local from = tonumber(ARGV[4])
+# The end of a write in a MULTI (Store.write, write_batch), after its ops. KEYS: rev, journal,
+# epoch; ARGV: entry JSON, touched JSON, JOURNAL_KEEP, channel, a revision R, WINDOW_MAX. Returns
+# {revision, the entries after R and before it (none when more than WINDOW_MAX)}: what the writer
+# applies before its own write, without another look.
+COMMIT = COMMIT_LUA + """
+local rev = commit(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
+local from = tonumber(ARGV[5])
 local between = {}
-if rev - 1 > from and rev - 1 - from <= tonumber(ARGV[5]) then
+if rev - 1 > from and rev - 1 - from <= tonumber(ARGV[6]) then
   between = redis.call('XRANGE', KEYS[2], (from + 1) .. '-0', (rev - 1) .. '-0')
 end
 return {rev, between}
 """
-# A write's look after its WATCH: KEYS epoch, rev, recovery, journal; ARGV: the revision its plan
-# read at, WINDOW_MAX. Returns {epoch, rev, fenced, the entries after that revision (none when
-# more than WINDOW_MAX: then the writer catches up)}.
-WINDOW = """
+# A Sidecar's write, whole, in one call (write_tracked): check that no commit after the revision its
+# plan read at changed an entity the plan touched (read, or changed by its ops), then the ops and the
+# commit. KEYS: epoch, rev, recovery, journal; ARGV: the plan's epoch, its revision R, WINDOW_MAX,
+# the touched tokens (JSON), the commands (JSON; '' for a plan with no ops: the check only), entry
+# JSON, the tokens its ops change (JSON), JOURNAL_KEEP, channel, the policy counter ('' unless the
+# ops change the role policy). Returns {0} while fenced; {2, rev} when a commit after R touched
+# what the plan did (or the epoch changed, or the stream no longer holds them, or more than
+# WINDOW_MAX): catch up and plan again; {1, revision, the entries after R before it} when done
+# (for no ops: Redis's revision, nothing written). The tokens meet as Entities.touches says: "*"
+# meets anything, "users" any "u:" token, "owners" any "o:" one, else equal tokens; an entry
+# without tokens (an older writer) meets anything.
+WRITE = OPS_LUA + COMMIT_LUA + """
+if redis.call('EXISTS', KEYS[3]) == 1 then return {0} end
+if (redis.call('GET', KEYS[1]) or '') ~= ARGV[1] then return {2, 0} end
 local rev = tonumber(redis.call('GET', KEYS[2]) or '0')
-local from = tonumber(ARGV[1])
-local entries = {}
-if rev > from and rev - from <= tonumber(ARGV[2]) then
-  entries = redis.call('XRANGE', KEYS[4], (from + 1) .. '-0', rev .. '-0')
+local from = tonumber(ARGV[2])
+if rev < from or rev - from > tonumber(ARGV[3]) then return {2, rev} end
+local between = {}
+if rev > from then
+  between = redis.call('XRANGE', KEYS[4], (from + 1) .. '-0', rev .. '-0')
+  if #between ~= rev - from then return {2, rev} end
+  local mine, users, owners = {}, false, false
+  for _, t in ipairs(cjson.decode(ARGV[4])) do
+    mine[t] = true
+    local kind = string.sub(t, 1, 2)
+    if kind == 'u:' then users = true elseif kind == 'o:' then owners = true end
+  end
+  for _, e in ipairs(between) do
+    local fields, touched = e[2], nil
+    for i = 1, #fields, 2 do
+      if fields[i] == 'touched' then touched = fields[i + 1] end
+    end
+    if touched == nil or mine['*'] then return {2, rev} end
+    for _, t in ipairs(cjson.decode(touched)) do
+      local kind = string.sub(t, 1, 2)
+      if t == '*' or mine[t] or (t == 'users' and users) or (t == 'owners' and owners)
+         or (kind == 'u:' and mine['users']) or (kind == 'o:' and mine['owners']) then
+        return {2, rev}
+      end
+    end
+  end
 end
-return {redis.call('GET', KEYS[1]) or '', rev, redis.call('EXISTS', KEYS[3]), entries}
+if ARGV[5] == '' then return {1, rev, {}} end
+local problem = run_ops(cjson.decode(ARGV[5]))
+if problem then return redis.error_reply(problem) end
+if ARGV[10] ~= '' then redis.call('INCR', ARGV[10]) end
+return {1, commit(KEYS[2], KEYS[4], KEYS[1], ARGV[6], ARGV[7], ARGV[8], ARGV[9]), between}
 """
 # Only while Redis is still in the state the claimant found (else nil): set the fence if absent
 # (with the first claim's time), refresh it and add our claim. KEYS: epoch, rev, recovery,
@@ -229,8 +297,8 @@ class RedisStore:
         self.recovery_grace_s = recovery_grace_s  # after a loss, how long claims are gathered
         self.claimant = uuid.uuid4().hex
         self._layout_checked = False  # _check_layout ran (a load, or the first write)
-        # what writes cost: EXECs refused by a watched key, plans run again after the stream showed a
-        # commit to what they read (both: plan again); both stay near zero for unrelated writes
+        # what writes cost: WRITE calls whose outcome was not learnt (a dropped connection), plans run
+        # again after the journal showed a commit to what they read; both stay zero for unrelated writes
         self.conflicts = 0
         self.replans = 0
         self._counting = threading.Lock()
@@ -245,13 +313,10 @@ class RedisStore:
         name = hashlib.sha256(f"{self.url}|{prefix}".encode()).hexdigest()[:16]
         self.seen_file = seen_dir / f"redis-seen-{name}.json" if seen_dir is not None else None
         self.seen = self._read_seen()
-        self._put_indexed = _Script(self, PUT_INDEXED)
-        self._delete_user = _Script(self, DELETE_USER)
-        self._delete_role_users = _Script(self, DELETE_ROLE_USERS)
+        self._apply_script = _Script(self, APPLY)
         self._commit_script = _Script(self, COMMIT)
-        self._window_script = _Script(self, WINDOW)
+        self._write_script = _Script(self, WRITE)
         self._claim_script = _Script(self, CLAIM)
-        self._delete_group_index = _Script(self, DELETE_GROUP_INDEX)
         self._run_commands = _Script(self, RUN_COMMANDS)
 
     def key(self, name: str) -> str:
@@ -301,23 +366,6 @@ class RedisStore:
     def policy_key(self) -> str:
         """Bumped by every write of the role policy (roles, their permissions, restricted features)."""
         return self.key("policy")
-
-    def keys_of(self, entities: Entities) -> set[str]:
-        """The keys holding these entities: what a write that read or changes them watches."""
-        if entities.everything:
-            return {self.key("rev")}  # every write changes it: conflicts with all, as before
-        keys = {self.user_field(uid)[0] for uid in entities.users}
-        keys.update(self.owner_field(guid)[0] for guid in entities.owners)
-        keys.update(self.members_key(guid) for guid in entities.members)
-        keys.update(self.bans_key(guid) for guid in entities.bans)
-        keys.update(self.overrides_key(guid) for guid in entities.overrides)
-        if entities.policy:
-            keys.add(self.policy_key())
-        if entities.all_users:
-            keys.update(self.user_keys())
-        if entities.all_owners:
-            keys.update(self.owner_keys())
-        return keys
 
     # -- reads -----------------------------------------------------------------------------
     def revision(self) -> int:
@@ -622,61 +670,65 @@ class RedisStore:
             refresh, holding = False, self._retrying.locked()
             if holding:  # writes of this process are conflicting: queue behind them
                 serial.enter_context(self._retrying)
-            for attempt in range(WRITE_RETRIES):
+            for attempt in range(TRACKED_ATTEMPTS):
                 if attempt == 1 and not holding:
                     serial.enter_context(self._retrying)  # retries of this process, one at a time
                     holding = True
-                with self.client.pipeline(transaction=True) as pipe:
-                    try:
-                        watched: set[str] = set()
-                        for _ in range(PLAN_ROUNDS):
-                            run = plan(refresh)
-                            ops = check_ops(run.ops)
-                            touched = Entities()
-                            touched.update(run.reads)
-                            touched.update(written_by(ops))
-                            more = ({self.key("epoch"), self.key("recovery")} | self.keys_of(touched)) - watched
-                            if more:
-                                pipe.watch(*more)  # type: ignore[no-untyped-call]
-                                watched |= more
-                            # after the WATCH any change to those keys fails the EXEC; what came before
-                            # it, after the plan's revision, the stream shows
-                            current, between = self._window(pipe, touched, run)
-                            refresh = between is None
-                            if not refresh:
-                                break
-                            self._count("replans")
-                        else:
-                            raise redis.WatchError("what the plan read kept changing")
-                        assert between is not None
-                        if not ops:
-                            pipe.unwatch()
-                            return run.revision, [], []
-                        revision, later = self._commit(pipe, ops, actor, current)
-                        return revision, ops, between + later
-                    except redis.WatchError:
-                        self._count("conflicts")
-                        refresh = True
-                        time.sleep(random.uniform(0, min(0.02, 0.0005 * 2 ** attempt)))
+                run = plan(refresh)
+                ops = check_ops(run.ops)
+                done = self._try_write(run, ops, actor)
+                if done is not None:
+                    return done
+                self._count("replans")
+                refresh = True  # catch up, then plan again
+                if attempt:
+                    time.sleep(random.uniform(0, min(0.02, 0.0005 * 2 ** attempt)))
             raise StoreError("too many concurrent writes; try again", status=503)
 
-    def _window(self, pipe: Any, touched: Entities, run: PlanRun) -> tuple[int, list[tuple[int, list[Op]]] | None]:
-        """Redis's revision and the commits after the plan's (one look, after the WATCH); None for
-        the commits when one changed an entity the plan touched, the epoch changed, or the stream
-        no longer holds them all (then: catch up and plan again). Refused while fenced."""
-        epoch, raw, fenced, found = self._window_script(
-            keys=[self.key("epoch"), self.key("rev"), self.key("recovery"), self.key("journal")],
-            args=[run.revision, WINDOW_MAX], client=pipe)
-        if int(fenced):
+    def _try_write(self, run: PlanRun, ops: list[Op], actor: str
+                    ) -> tuple[int, list[Op], list[tuple[int, list[Op]]]] | None:
+        """One WRITE call: (revision, ops, the commits between), or None when a commit since the
+        plan's revision changed what it touched (or Redis could not say: plan again). Refused
+        while fenced. A plan with no ops is only checked: (Redis's revision, [], [])."""
+        touched = written_by(ops)
+        reads = Entities()
+        reads.update(run.reads)
+        reads.update(touched)
+        entry = json.dumps({"at": time.time(), "actor": actor, "ops": ops}, separators=(",", ":")) if ops else ""
+        commands = orjson.dumps([c for op in ops for c in self._commands(op)]).decode() if ops else ""
+        keys = [self.key("epoch"), self.key("rev"), self.key("recovery"), self.key("journal")]
+        args = [run.epoch, run.revision, WINDOW_MAX, json.dumps(reads.tokens()), commands, entry,
+                _touched(touched), JOURNAL_KEEP, self.channel, self.policy_key() if touched.policy else ""]
+        try:
+            answer = self._confirmed(self._write_script, keys, args, bool(ops))
+        except (redis.ConnectionError, redis.TimeoutError, redis.WatchError):
+            # whether it ran is unknown: planning again after catching up finds out (a WRITE that ran
+            # is in the journal with what it touched: the same call again is refused, never run twice)
+            self._count("conflicts")
+            return None
+        status = int(answer[0])
+        if status == 0:
             raise _fenced()
-        current = int(raw)
-        entries = _raw_entries(found) if found else []
-        if epoch != run.epoch or current < run.revision or \
-                [rev for rev, _ in entries] != list(range(run.revision + 1, current + 1)):
-            return current, None
-        if any(written_by(entry["ops"]).touches(touched) for _, entry in entries):
-            return current, None
-        return current, [(rev, entry["ops"]) for rev, entry in entries]
+        if status == 2:
+            return None
+        if not ops:
+            return run.revision, [], []
+        revision = int(answer[1])
+        between = [(rev, e["ops"]) for rev, e in _raw_entries(answer[2])] if answer[2] else []
+        self._saw(self.epoch, revision)
+        self._handed(self.epoch, revision)
+        if [rev for rev, _ in between] != list(range(run.revision + 1, revision)):
+            between = []  # the caller catches up
+        return revision, ops, between
+
+    def _confirmed(self, script: _Script, keys: list[str], args: list[Any], commits: bool) -> Any:
+        """The script in one round trip; with redis_min_replicas, one that commits runs in a MULTI
+        followed by WAIT (sidecar.stores.redisconn.confirm)."""
+        if not (commits and self.spec.min_replicas):
+            return script(keys=keys, args=args)
+        with self.client.pipeline(transaction=True) as pipe:
+            script(keys=keys, args=args, client=pipe)
+            return confirm(pipe).execute()[-1]
 
     def _commit(self, pipe: Any, ops: list[Op], actor: str, current: int = 0
                 ) -> tuple[int, list[tuple[int, list[Op]]]]:
@@ -691,10 +743,12 @@ class RedisStore:
     def _queue_commit(self, pipe: Any, ops: list[Op], actor: str, current: int) -> None:
         """Queue, inside a MULTI after the ops' commands, the commit script (and the policy counter)."""
         entry = json.dumps({"at": time.time(), "actor": actor, "ops": ops}, separators=(",", ":"))
-        if written_by(ops).policy:
+        touched = written_by(ops)
+        if touched.policy:
             pipe.incr(self.policy_key())
         self._commit_script(keys=[self.key("rev"), self.key("journal"), self.key("epoch")],
-                            args=[entry, JOURNAL_KEEP, self.channel, current, WINDOW_MAX], client=pipe)
+                            args=[entry, _touched(touched), JOURNAL_KEEP, self.channel, current, WINDOW_MAX],
+                            client=pipe)
 
     def _committed(self, answer: Any, current: int) -> tuple[int, list[tuple[int, list[Op]]]]:
         """The commit script's answer: the new revision, and the commits after `current` before it."""
@@ -711,61 +765,60 @@ class RedisStore:
             setattr(self, name, getattr(self, name) + 1)
 
     def _queue(self, pipe: Any, op: Op) -> None:
-        """Queue one op as absolute commands on its entity's keys."""
+        """Queue one op (its commands, run by one script) in a MULTI."""
+        self._apply_script(keys=[self.key("rev")], args=[orjson.dumps(self._commands(op)).decode()], client=pipe)
+
+    def _commands(self, op: Op) -> list[list[str]]:
+        """One op as absolute commands on its entity's keys (run by OPS_LUA)."""
         key, name = self.key, op["op"]
         if name == "put_role":
-            pipe.hset(key("roles"), op["role"], json.dumps(op["record"]))
-        elif name == "delete_role":
-            pipe.hdel(key("roles"), op["role"])
-            pipe.hdel(key("restricted"), op["role"])
-            pipe.delete(key("roleperms:" + op["role"]))
-            pipe.srem(key("index:roleperms"), op["role"])
-            self._delete_role_users(keys=[key("roleusers:" + op["role"])], args=[key("users:"), BUCKET_DIGITS],
-                                    client=pipe)
-        elif name == "set_role_permissions":
-            pipe.hset(key("roleperms:" + op["role"]), mapping={k: json.dumps(v) for k, v in op["values"].items()})
-            pipe.sadd(key("index:roleperms"), op["role"])
-        elif name == "unset_role_permission":
-            pipe.hdel(key("roleperms:" + op["role"]), op["key"])
-        elif name == "set_restricted_features":
-            pipe.hset(key("restricted"), op["role"], json.dumps(sorted(op["features"])))
-        elif name == "put_user":
+            return [["HSET", key("roles"), op["role"], json.dumps(op["record"])]]
+        if name == "delete_role":
+            role = op["role"]
+            return [["HDEL", key("roles"), role], ["HDEL", key("restricted"), role], ["DEL", key("roleperms:" + role)],
+                    ["SREM", key("index:roleperms"), role],
+                    ["DELETE_ROLE_USERS", key("roleusers:" + role), key("users:"), str(BUCKET_DIGITS)]]
+        if name == "set_role_permissions":
+            fields = [part for k, v in op["values"].items() for part in (k, json.dumps(v))]
+            return [["HSET", key("roleperms:" + op["role"]), *fields], ["SADD", key("index:roleperms"), op["role"]]]
+        if name == "unset_role_permission":
+            return [["HDEL", key("roleperms:" + op["role"]), op["key"]]]
+        if name == "set_restricted_features":
+            return [["HSET", key("restricted"), op["role"], json.dumps(sorted(op["features"]))]]
+        if name == "put_user":
             users, uid = self.user_field(op["uid"])
-            self._put_indexed(keys=[users], args=[uid, op["role"], key("roleusers:")], client=pipe)
-        elif name == "delete_user":
+            return [["PUT_INDEXED", users, uid, op["role"], key("roleusers:")]]
+        if name == "delete_user":
             users, uid = self.user_field(op["uid"])
-            self._delete_user(keys=[users], args=[uid, key("roleusers:")], client=pipe)
-        elif name == "put_group":
+            return [["DELETE_USER", users, uid, key("roleusers:")]]
+        if name == "put_group":
             owners, guid = self.owner_field(op["guid"])
-            self._put_indexed(keys=[owners], args=[guid, op["owner"], key("owned:")], client=pipe)
-        elif name == "delete_group":
+            return [["PUT_INDEXED", owners, guid, op["owner"], key("owned:")]]
+        if name == "delete_group":
             guid = op["guid"]
             owners, field = self.owner_field(guid)
-            self._delete_group_index(keys=[owners, self.members_key(guid)],
-                                     args=[field, key("owned:"), key("usergroups:")], client=pipe)
-            pipe.hdel(owners, field)
-            pipe.delete(self.members_key(guid), self.bans_key(guid), self.overrides_key(guid))
-            pipe.srem(key("index:overrides"), guid)
-        elif name == "put_member":
-            pipe.hset(self.members_key(op["guid"]), op["uid"], op["scope"])
-            pipe.sadd(self.user_groups_key(op["uid"]), op["guid"])
-        elif name == "delete_member":
-            pipe.hdel(self.members_key(op["guid"]), op["uid"])
-            pipe.srem(self.user_groups_key(op["uid"]), op["guid"])
-        elif name == "ban":
-            pipe.hdel(self.members_key(op["guid"]), op["uid"])
-            pipe.srem(self.user_groups_key(op["uid"]), op["guid"])
-            pipe.sadd(self.bans_key(op["guid"]), op["uid"])
-        elif name == "unban":
-            pipe.srem(self.bans_key(op["guid"]), op["uid"])
-        elif name == "set_scope_permissions":
-            values = {f"{op['scope']} {k}": json.dumps(v) for k, v in op["values"].items()}
-            pipe.hset(self.overrides_key(op["guid"]), mapping=values)
-            pipe.sadd(key("index:overrides"), op["guid"])
-        elif name == "unset_scope_permission":
-            pipe.hdel(self.overrides_key(op["guid"]), f"{op['scope']} {op['key']}")
-        else:
-            raise ValueError(f"unknown op {name!r}")
+            return [["DELETE_GROUP_INDEX", owners, self.members_key(guid), field, key("owned:"), key("usergroups:")],
+                    ["HDEL", owners, field],
+                    ["DEL", self.members_key(guid), self.bans_key(guid), self.overrides_key(guid)],
+                    ["SREM", key("index:overrides"), guid]]
+        if name == "put_member":
+            return [["HSET", self.members_key(op["guid"]), op["uid"], op["scope"]],
+                    ["SADD", self.user_groups_key(op["uid"]), op["guid"]]]
+        if name == "delete_member":
+            return [["HDEL", self.members_key(op["guid"]), op["uid"]],
+                    ["SREM", self.user_groups_key(op["uid"]), op["guid"]]]
+        if name == "ban":
+            return [["HDEL", self.members_key(op["guid"]), op["uid"]],
+                    ["SREM", self.user_groups_key(op["uid"]), op["guid"]],
+                    ["SADD", self.bans_key(op["guid"]), op["uid"]]]
+        if name == "unban":
+            return [["SREM", self.bans_key(op["guid"]), op["uid"]]]
+        if name == "set_scope_permissions":
+            fields = [part for k, v in op["values"].items() for part in (f"{op['scope']} {k}", json.dumps(v))]
+            return [["HSET", self.overrides_key(op["guid"]), *fields], ["SADD", key("index:overrides"), op["guid"]]]
+        if name == "unset_scope_permission":
+            return [["HDEL", self.overrides_key(op["guid"]), f"{op['scope']} {op['key']}"]]
+        raise ValueError(f"unknown op {name!r}")
 
     # -- bulk writes (chatauthz import) -----------------------------------------------------
     def write_batch(self, ops: list[Op], actor: str, expect_revision: int) -> int:
@@ -1120,6 +1173,15 @@ def _raw_entries(raw: Any) -> list[tuple[int, dict[str, Any]]]:
         revision = int(str(entry_id).split("-", 1)[0])
         out.append((revision, _parse(revision, fields["entry"])))
     return out
+
+
+TOUCHED_MAX = 1000  # tokens a journal entry lists; a bigger write (an import) is journaled as "*"
+
+
+def _touched(entities: Entities) -> str:
+    """What a commit changed, as the journal keeps it for the WRITE script."""
+    tokens = entities.tokens()
+    return json.dumps(tokens if len(tokens) <= TOUCHED_MAX else ["*"])
 
 
 def _fenced() -> StoreError:
