@@ -50,6 +50,7 @@ runs inside one).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -312,6 +313,7 @@ class RedisStore:
         # Redis found below it after a restart of both lost writes, though no state remembers them.
         name = hashlib.sha256(f"{self.url}|{prefix}".encode()).hexdigest()[:16]
         self.seen_file = seen_dir / f"redis-seen-{name}.json" if seen_dir is not None else None
+        self._seen_disk = _SeenFile(self.seen_file) if self.seen_file is not None else None
         self.seen = self._read_seen()
         self._apply_script = _Script(self, APPLY)
         self._commit_script = _Script(self, COMMIT)
@@ -1038,11 +1040,7 @@ class RedisStore:
                        detail=f"this sidecar wrote its state back (revisions up to {state.revision}) as epoch {new}")
 
     def _read_seen(self) -> tuple[str, int] | None:
-        try:
-            data = json.loads(self.seen_file.read_text()) if self.seen_file is not None else None
-            return (str(data["epoch"]), int(data["revision"])) if data else None
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
+        return self._seen_disk.read() if self._seen_disk is not None else None
 
     def _saw(self, epoch: str | None, revision: int) -> None:
         """Remember (epoch, revision) if newer; on disk (atomically) before a write is answered.
@@ -1060,17 +1058,8 @@ class RedisStore:
             target = pending if pending is not None and pending[0] == epoch and pending[1] >= revision \
                 else (epoch, revision)
             try:
-                if self.seen_file is None:
-                    return
-                on_disk = self._read_seen()  # another worker of this sidecar may be ahead: never go back
-                if on_disk is not None and on_disk[0] == epoch and on_disk[1] >= target[1]:
-                    return
-                temp = self.seen_file.with_name(f".{self.seen_file.name}.{os.getpid()}")
-                try:
-                    temp.write_text(json.dumps({"epoch": target[0], "revision": target[1]}))
-                    os.replace(temp, self.seen_file)
-                except OSError as exc:
-                    log.warning("could not remember the revision seen in %s: %s", self.seen_file, exc)
+                if self._seen_disk is not None:
+                    self._seen_disk.put(target)  # never below what another worker of this sidecar put there
             finally:  # only once on disk: a concurrent writer that finds it here may answer
                 self.seen = target
 
@@ -1107,6 +1096,65 @@ class RedisStore:
 
     def close(self) -> None:
         self.client.close()
+        if self._seen_disk is not None:
+            self._seen_disk.close()
+
+
+class _SeenFile:
+    """The seen record, {"epoch", "revision"} as JSON, on disk: rewritten in place (one pwrite,
+    padded over the old record, under flock so that the workers of one sidecar never go back
+    below each other's), with no new file and rename per write; a file another program removed
+    is made again. Every error is a warning: decisions and writes go on."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def read(self) -> tuple[str, int] | None:
+        try:
+            with open(self.path, "rb") as file:
+                fcntl.flock(file.fileno(), fcntl.LOCK_SH)
+                return _seen_record(file.read())
+        except OSError:
+            return None
+
+    def put(self, target: tuple[str, int]) -> None:
+        try:
+            fd = self._open()
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                raw = os.pread(fd, 4096, 0)
+                on_disk = _seen_record(raw)
+                if on_disk is not None and on_disk[0] == target[0] and on_disk[1] >= target[1]:
+                    return
+                data = json.dumps({"epoch": target[0], "revision": target[1]}).encode()
+                os.pwrite(fd, data.ljust(len(raw)), 0)
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        except OSError as exc:
+            log.warning("could not remember the revision seen in %s: %s", self.path, exc)
+            self.close()
+
+    def _open(self) -> int:
+        if self._fd is not None and os.fstat(self._fd).st_nlink == 0:
+            self.close()  # removed under us: writing on would remember nothing
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        return self._fd
+
+    def close(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def _seen_record(raw: bytes) -> tuple[str, int] | None:
+    try:
+        data = json.loads(raw) if raw.strip() else None
+        return (str(data["epoch"]), int(data["revision"])) if data else None
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def _indexes(store: RedisStore, role_permissions: dict[str, Any], overrides: dict[str, Any],
