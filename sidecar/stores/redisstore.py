@@ -742,10 +742,10 @@ class RedisStore:
         reads = Entities()
         reads.update(run.reads)
         reads.update(touched)
-        entry = json.dumps({"at": time.time(), "actor": actor, "ops": ops}, separators=(",", ":")) if ops else ""
-        commands = orjson.dumps([c for op in ops for c in self._commands(op)]).decode() if ops else ""
+        entry = orjson.dumps({"at": time.time(), "actor": actor, "ops": ops}) if ops else b""
+        commands = orjson.dumps([c for op in ops for c in self._commands(op)]) if ops else b""
         keys = [self.key("epoch"), self.key("rev"), self.key("recovery"), self.key("journal")]
-        args = [run.epoch, run.revision, WINDOW_MAX, json.dumps(reads.tokens()), commands, entry,
+        args = [run.epoch, run.revision, WINDOW_MAX, orjson.dumps(reads.tokens()), commands, entry,
                 _touched(touched), JOURNAL_KEEP, self.channel, self.policy_key() if touched.policy else ""]
         try:
             answer = self._confirmed(self._write_script, keys, args, bool(ops))
@@ -1272,10 +1272,10 @@ def _raw_entries(raw: Any) -> list[tuple[int, dict[str, Any]]]:
 TOUCHED_MAX = 1000  # tokens a journal entry lists; a bigger write (an import) is journaled as "*"
 
 
-def _touched(entities: Entities) -> str:
+def _touched(entities: Entities) -> bytes:
     """What a commit changed, as the journal keeps it for the WRITE script."""
     tokens = entities.tokens()
-    return json.dumps(tokens if len(tokens) <= TOUCHED_MAX else ["*"])
+    return orjson.dumps(tokens if len(tokens) <= TOUCHED_MAX else ["*"])
 
 
 def _fenced() -> StoreError:
