@@ -7,7 +7,8 @@ For each tree (this one, then --rev's, exported with `git archive` into a tempor
 sidecars run from there): a fresh redis-server (loopback, no persistence) and --sidecars sidecar
 processes (`serve --redis-url`, 1 worker, --threads threads, the default 1 s sync interval) on
 it. Each of --writers writers owns one group (with an owner) and 50 users; for --seconds it
-writes, a new connection per write (see HConn) to its sidecar (writer i -> sidecar i mod N), alternately
+writes, on one kept-alive connection (--new-connections: a new one per write; see HConn) to its
+sidecar (writer i -> sidecar i mod N), alternately
 a user's role (to another role than the last) and that user's scope in its group on behalf of
 the owner (another scope than the last: the engine checks changeScope/addMembers first).
 Writers are unrelated to each other; the writers of one sidecar run in one client process of
@@ -56,13 +57,12 @@ USERS_PER_WRITER = 50
 
 
 class HConn(Conn):
-    """A connection per request ("Connection: close"), with extra headers (onBehalfOf). Not kept
-    alive by default: on a kept-alive connection every answer from a Flask route (every write)
-    stalled ~40 ms in trees before 2026-12-01 (the answer left in two segments: Nagle's algorithm
-    met the client's delayed ACK), which would hide what the store does. --keep-alive keeps one
-    connection per writer (for trees with the fix)."""
+    """A kept-alive connection, with extra headers (onBehalfOf); with --new-connections, a
+    connection per request ("Connection: close"), for trees before 2026-12-01, where on a
+    kept-alive connection every answer from a Flask route (every write) stalled ~40 ms (the
+    answer left in two segments: Nagle's algorithm met the client's delayed ACK)."""
 
-    keep_alive = False
+    keep_alive = True
 
     def call(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None) -> tuple[int, Any]:
         data = json.dumps(body).encode() if body is not None else None
@@ -100,7 +100,7 @@ class TreeSidecar(SidecarProcess):
         self._stdout = self.log_dir / f"{self.name}-{self._starts}.out"
         self._stderr = self.log_dir / f"{self.name}-{self._starts}.err"
         env = sidecar_env(self.env_extra)
-        env["PYTHONPATH"] = str(self.tree)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.environ.get("BENCH_SIDECAR_PATH"), str(self.tree)]))
         with open(self._stdout, "wb") as out, open(self._stderr, "wb") as err:
             self.proc = subprocess.Popen(self.command, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env,
                                          cwd=str(self.tree), start_new_session=True)
@@ -111,7 +111,7 @@ class TreeSidecar(SidecarProcess):
 def client_main(spec: dict[str, Any]) -> None:
     """Run in a child process: the writers of one sidecar; prints their records as JSON."""
     port, seconds, writers = spec["port"], spec["seconds"], spec["writers"]
-    HConn.keep_alive = bool(spec.get("keep_alive"))
+    HConn.keep_alive = bool(spec.get("keep_alive", True))
     start_at = spec["start_at"]
     records: list[list[Any]] = [[] for _ in writers]
     errors: list[str] = []
@@ -375,7 +375,7 @@ def run_tree(label: str, tree: Path, args: argparse.Namespace) -> dict[str, Any]
         start_at = time.time() + 2.0  # every client process is up by then
         children = []
         for n, sidecar in enumerate(sidecars):
-            spec = {"port": sidecar.port, "seconds": args.seconds, "start_at": start_at, "keep_alive": args.keep_alive,
+            spec = {"port": sidecar.port, "seconds": args.seconds, "start_at": start_at, "keep_alive": not args.new_connections,
                     "writers": [w for i, w in enumerate(writers) if i % len(sidecars) == n]}
             children.append(subprocess.Popen([sys.executable, __file__, "--client", json.dumps(spec)],
                                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -513,7 +513,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds of writing per tree (default 10)")
     parser.add_argument("--writers", type=int, default=24)
-    parser.add_argument("--keep-alive", action="store_true", help="one kept-alive connection per writer")
+    parser.add_argument("--new-connections", action="store_true",
+                        help="a new connection per write (default: one kept-alive connection per writer)")
     parser.add_argument("--sidecars", type=int, default=3)
     parser.add_argument("--threads", type=int, default=8, help="CHATAUTHZ_THREADS of each sidecar (default 8)")
     parser.add_argument("--propagation", type=int, default=300, help="probe writes on the idle cluster (default 300)")
@@ -542,7 +543,8 @@ def main() -> int:
                       + (f" (first: {result['errors'][0]})" if result["errors"] else ""))
                 print(f"  write latency:               {result['latency']}")
                 if result["conflicts"] is not None:
-                    print(f"  EXEC conflicts: {result['conflicts']}, plans run again: {result['replans']}")
+                    print(f"  conflicts (EXEC refused, or a write call without an answer): {result['conflicts']}, "
+                          f"plans run again: {result['replans']}")
                 print(f"  CPU per acknowledged write: writer processes {cpu['writers'] / acked * 1000:.2f} ms, Redis "
                       f"{cpu['redis'] / acked * 1000:.2f} ms")
                 print(f"  lost: {len(result['lost'])} (every ack against the journal; every last value in each "

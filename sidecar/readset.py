@@ -21,7 +21,8 @@ decision in group g only matches lines of g's overrides (read through the view) 
 policy (read through policy_generation).
 
 written_by(ops) names what the ops change, in the same terms; Entities.touches says whether two
-sets meet. Pure: no I/O.
+sets meet, and Entities.tokens spells a set for the Redis store's write script, which tells the
+same in Lua. Pure: no I/O.
 """
 from __future__ import annotations
 
@@ -63,6 +64,21 @@ class Entities:
             return True
         return bool(self.users & other.users or self.owners & other.owners or self.members & other.members
                     or self.bans & other.bans or self.overrides & other.overrides)
+
+    def tokens(self) -> list[str]:
+        """This set as the strings a commit is journaled with and the Redis write script compares
+        (its Lua mirrors touches): "*" everything, "policy", "users" / "owners" (all of them),
+        "u:<uid>", "o:<guid>", "m:<guid>", "b:<guid>", "v:<guid>" (overrides)."""
+        if self.everything:
+            return ["*"]
+        out = [f"u:{uid}" for uid in self.users]
+        out += [f"o:{guid}" for guid in self.owners]
+        out += [f"m:{guid}" for guid in self.members]
+        out += [f"b:{guid}" for guid in self.bans]
+        out += [f"v:{guid}" for guid in self.overrides]
+        out += [name for name, on in (("policy", self.policy), ("users", self.all_users), ("owners", self.all_owners))
+                if on]
+        return out
 
     def update(self, other: Entities) -> None:
         self.users |= other.users

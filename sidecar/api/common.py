@@ -27,12 +27,22 @@ def json_body(optional: bool = False) -> Any:
 def write(plan: Callable[[WriteContext], Planned], after: Callable[[WriteContext, Any], Any] | None = None
           ) -> Written[Any]:
     """Commit the plan as the calling key (Sidecar.write: check and change in one step)."""
-    return sidecar().write(plan, g.get("actor", "unknown"), after)
+    return sidecar().write(plan, actor(), after)
+
+
+def actor() -> str:
+    """The name of the calling key (api/auth.py)."""
+    return g.get("actor", "unknown")  # type: ignore[no-any-return]
+
+
+def answer(data: Any, done: Written[Any]) -> dict[str, Any]:
+    """A write's answer: data, the revision after it and its consistency token."""
+    return {"data": data, "revision": done.revision, "token": done.token}
 
 
 def written(data: Any, done: Written[Any]) -> Response:
-    """A write's answer: data, the revision after it and its consistency token."""
-    return jsonify({"data": data, "revision": done.revision, "token": done.token})
+    """answer() as a Flask response."""
+    return jsonify(answer(data, done))
 
 
 def page(items: list[Any]) -> Response:

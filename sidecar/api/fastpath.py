@@ -1,25 +1,31 @@
 """A lean WSGI path for POST /authorize, /authorize/batch and the capability and list
-questions (/authorize/capabilities, /authorize/groups, /authorize/members), in front of the
-Flask app.
+questions (/authorize/capabilities, /authorize/groups, /authorize/members), and for the two
+writes a chat service makes most (PUT /users/<uid>, PUT /groups/<guid>/members/<uid>), in front
+of the Flask app.
 
-Flask's request machinery costs more CPU than a decision. This path does the same work with
-the same functions as every Flask route (authenticate, and sidecar.wire's content-type rule,
-JSON reader, parse_check and error envelope), then Sidecar.decide or decide_many, on the raw
-WSGI environ; every other request goes to Flask unchanged.
+Flask's request machinery costs more CPU than a decision, and about as much as the write itself.
+This path does the same work with the same functions as every Flask route (authenticate, the
+onBehalfOf rule, and sidecar.wire's content-type rule, JSON reader, parse_check and error
+envelope), then Sidecar.decide or decide_many, or the write's own view function (api/groups.py),
+on the raw WSGI environ; a write is timed and logged as the Flask routes are (api/ops.py). Every
+other request goes to Flask unchanged.
 """
 from __future__ import annotations
 
 import functools
 import logging
+import re
 import time
 from collections.abc import Callable, Iterable
+from http import HTTPStatus
 from typing import Any
 
 import orjson
 from flask import Flask
 
 from sidecar import wire
-from sidecar.api.auth import ON_BEHALF_ONLY_THERE, authenticate
+from sidecar.api import groups
+from sidecar.api.auth import ON_BEHALF_ENDPOINTS, ON_BEHALF_ONLY_THERE, authenticate
 from sidecar.api.authorize import RULES
 from sidecar.api.bodies import AlreadyAnsweredError, BodyReader
 from sidecar.errors import BadRequestError
@@ -31,6 +37,15 @@ JSON_HEADERS = [("Content-Type", "application/json")]
 STATUS_LINES = {200: "200 OK", 400: "400 BAD REQUEST", 401: "401 UNAUTHORIZED", 403: "403 FORBIDDEN",
                 408: "408 REQUEST TIMEOUT", 413: "413 REQUEST ENTITY TOO LARGE", 500: "500 INTERNAL SERVER ERROR",
                 503: "503 SERVICE UNAVAILABLE"}
+Body = Callable[[], Any]
+# PUT writes answered here: (path pattern, Flask endpoint, its URL rule, the view function's call)
+WriteView = Callable[[Any, str, tuple[str, ...], Body, str | None], dict[str, Any]]  # (core, key, ids, body, onBehalfOf)
+WRITES: tuple[tuple[re.Pattern[str], str, str, WriteView], ...] = (
+    (re.compile(r"/users/([^/]+)"), "groups.set_user", "/users/<uid>",
+     lambda core, by, ids, body, _: groups.user_answer(core, by, ids[0], body)),
+    (re.compile(r"/groups/([^/]+)/members/([^/]+)"), "groups.set_member", "/groups/<guid>/members/<uid>",
+     lambda core, by, ids, body, behalf: groups.member_answer(core, by, ids[0], ids[1], body, behalf)),
+)
 
 
 class AuthorizeFastPath:
@@ -50,6 +65,8 @@ class AuthorizeFastPath:
             "/authorize/capabilities": self._capabilities, "/authorize/groups": self._groups,
             "/authorize/members": self._members}
         assert set(self.routes) == set(RULES.values()), "a fast path route without its URL rule, or the reverse"
+        rules = {(rule.endpoint, rule.rule) for rule in app.url_map.iter_rules() if "PUT" in (rule.methods or ())}
+        assert all((endpoint, rule) in rules for _, endpoint, rule, _ in WRITES), "a fast path write without its rule"
 
     def _capabilities(self, body: Any) -> dict[str, Any]:
         q = wire.parse_query(body, "capabilities")
@@ -69,18 +86,31 @@ class AuthorizeFastPath:
                                               limit=q.limit, at_least_revision=q.at_least)}
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        path = environ.get("PATH_INFO")
-        if environ.get("REQUEST_METHOD") != "POST" or path not in self.routes:
-            return one_chunk(self.flask_wsgi(environ, start_response))
+        path, method = environ.get("PATH_INFO"), environ.get("REQUEST_METHOD")
+        if method == "POST" and path in self.routes:
+            return self._answer(environ, start_response, path, path, lambda _: self.routes[path](self._json(environ)))
+        if method == "PUT" and path:
+            decoded = path.encode("latin-1").decode("utf-8", "replace")  # as Werkzeug's routing reads it
+            for pattern, endpoint, rule, view in WRITES:
+                found = pattern.fullmatch(decoded)
+                if found is not None:
+                    return self._answer(environ, start_response, decoded, rule,
+                                        functools.partial(self._write, view, found.groups(), environ), endpoint)
+        return one_chunk(self.flask_wsgi(environ, start_response))
+
+    def _answer(self, environ: dict[str, Any], start_response: Callable[..., Any], path: str, route: str,
+                answer: Callable[[str], dict[str, Any]], endpoint: str | None = None) -> list[bytes]:
+        """Authenticate, answer(the key's name), send it; endpoint: a write's (else /authorize's)."""
         started = time.perf_counter()
         rid = take_request_id(environ.get("HTTP_X_REQUEST_ID"))
+        method, by = environ["REQUEST_METHOD"], None
         try:
-            authenticate(self.keys, environ.get("HTTP_APIKEY", ""), True)
-            if "HTTP_ONBEHALFOF" in environ:
+            by = authenticate(self.keys, environ.get("HTTP_APIKEY", ""), endpoint is None).name
+            if "HTTP_ONBEHALFOF" in environ and endpoint not in ON_BEHALF_ENDPOINTS:
                 raise BadRequestError.field("onBehalfOf", ON_BEHALF_ONLY_THERE)
-            status, payload = 200, self.routes[path](self._json(environ))
+            status, payload = 200, answer(by)
         except AlreadyAnsweredError:
-            observe_request(path, "POST", 408, time.perf_counter() - started)
+            self._done(route, method, path, 408, started, by, endpoint)
             return []  # the 408 went out at the deadline; the server drops this late answer
         except Exception as exc:  # noqa: BLE001 - every error leaves as the one envelope
             status, payload = wire.error_body(exc)
@@ -92,9 +122,19 @@ class AuthorizeFastPath:
             # answered without reading the body (a 408, a refused key, a non-JSON body): its bytes
             # may still be on the way, so this connection cannot carry another request
             headers.append(("Connection", "close"))
-        start_response(STATUS_LINES.get(status, f"{status} ERROR"), headers)
-        observe_request(path, "POST", status, time.perf_counter() - started)
+        start_response(STATUS_LINES.get(status) or f"{status} {_phrase(status)}", headers)
+        self._done(route, method, path, status, started, by, endpoint)
         return [data]
+
+    def _write(self, view: WriteView, ids: tuple[str, ...], environ: dict[str, Any], by: str) -> dict[str, Any]:
+        return view(self.core, by, ids, functools.partial(self._json, environ), environ.get("HTTP_ONBEHALFOF"))
+
+    @staticmethod
+    def _done(route: str, method: str, path: str, status: int, started: float, by: str | None,
+              endpoint: str | None) -> None:
+        observe_request(route, method, status, time.perf_counter() - started)
+        if endpoint is not None:  # a write: the log line every Flask write has (api/ops.py)
+            log.info("%s %s -> %s", method, path, status, extra={"actor": by, "route": route, "status": status})
 
     def _json(self, environ: dict[str, Any]) -> Any:
         return wire.read_json(environ.get("CONTENT_TYPE"), environ.get("CONTENT_LENGTH"),
@@ -104,6 +144,13 @@ class AuthorizeFastPath:
         raw = self.bodies.read(environ, length)
         environ["chatauthz.body_read"] = True
         return raw
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase.upper()
+    except ValueError:
+        return "ERROR"
 
 
 def one_chunk(body: Iterable[bytes]) -> list[bytes]:

@@ -2,10 +2,13 @@
 
 Each write view parses its body and ids first, then commits one plan (sidecar.groups,
 sidecar.management). Member and group writes honour the onBehalfOf header: decided as that
-user first, in the same transaction.
+user first, in the same transaction. The two writes a chat service makes most (a user's role, a
+member's scope) are answered by user_answer and member_answer, which api/fastpath.py also calls
+in front of Flask.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from flask import Blueprint, jsonify, request
@@ -13,14 +16,18 @@ from flask.wrappers import Response
 
 from sidecar import groups as grp
 from sidecar import management as m
-from sidecar.api.common import json_body, page, sidecar, write, written
+from sidecar.api.common import actor, answer, json_body, page, sidecar, write, written
+from sidecar.core import Sidecar
 from sidecar.validation import clean_id
 
 bp = Blueprint("groups", __name__)
 
 
 def _as_user() -> str | None:
-    raw = request.headers.get("onBehalfOf")
+    return _on_behalf_of(request.headers.get("onBehalfOf"))
+
+
+def _on_behalf_of(raw: str | None) -> str | None:
     return clean_id(raw, "onBehalfOf") if raw is not None else None
 
 
@@ -36,9 +43,14 @@ def _done(plan: Any, message: str) -> Response:
 # -- users ---------------------------------------------------------------------------------
 @bp.put("/users/<uid>")
 def set_user(uid: str) -> Response:
-    uid, role = clean_id(uid, "uid"), m.parse_user_role(json_body())
-    done = write(lambda tx: m.plan_set_user_role(tx, uid, role), lambda tx, _: m.user_view(tx.state, uid))
-    return written(done.shown, done)
+    return jsonify(user_answer(sidecar(), actor(), uid, json_body))
+
+
+def user_answer(core: Sidecar, by: str, uid: str, body: Callable[[], Any]) -> dict[str, Any]:
+    """PUT /users/<uid> as the key `by`: the id, then the body (read by body()), then the write."""
+    uid, role = clean_id(uid, "uid"), m.parse_user_role(body())
+    done = core.write(lambda tx: m.plan_set_user_role(tx, uid, role), by, lambda tx, _: m.user_view(tx.state, uid))
+    return answer(done.shown, done)
 
 
 @bp.get("/users/<uid>")
@@ -89,10 +101,17 @@ def list_members(guid: str) -> Response:
 
 @bp.put("/groups/<guid>/members/<uid>")
 def set_member(guid: str, uid: str) -> Response:
-    (guid, uid), scope, as_user = _ids(guid, uid), grp.parse_member(json_body()), _as_user()
-    done = write(lambda tx: grp.plan_set_member(tx, guid, uid, scope, as_user),
-                 lambda tx, _: tx.state.scope_of(guid, uid))
-    return written({"guid": guid, "uid": uid, "scope": done.shown}, done)
+    return jsonify(member_answer(sidecar(), actor(), guid, uid, json_body, request.headers.get("onBehalfOf")))
+
+
+def member_answer(core: Sidecar, by: str, guid: str, uid: str, body: Callable[[], Any],
+                  on_behalf_of: str | None) -> dict[str, Any]:
+    """PUT /groups/<guid>/members/<uid> as the key `by` (decided as on_behalf_of, the header, if given)."""
+    (guid, uid), scope = _ids(guid, uid), grp.parse_member(body())
+    as_user = _on_behalf_of(on_behalf_of)
+    done = core.write(lambda tx: grp.plan_set_member(tx, guid, uid, scope, as_user), by,
+                      lambda tx, _: tx.state.scope_of(guid, uid))
+    return answer({"guid": guid, "uid": uid, "scope": done.shown}, done)
 
 
 @bp.delete("/groups/<guid>/members/<uid>")

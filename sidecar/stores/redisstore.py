@@ -8,8 +8,9 @@ Redis holds them in one slot and the transactions below run there unchanged:
   recovery, recovery-claims  while Redis lacks writes sidecars hold: a fence (writes refused)
                              and each such sidecar's claim (its revision); see recover()
   layout                     "2": users and owners in buckets, the journal a stream
-  journal                    stream, entry id "<revision>-0", field entry = JSON {at, actor, ops}
-                             (the last JOURNAL_KEEP writes)
+  journal                    stream, entry id "<revision>-0", fields entry = JSON {at, actor, ops}
+                             and touched = JSON of what the ops change (Entities.tokens; "*"
+                             for a bigger write), the last JOURNAL_KEEP writes
   policy                     a counter every write of the role policy bumps (what readers watch)
   roles, restricted          hashes role -> JSON        roleperms:<role>   hash key -> JSON
   users:<b>                  hash uid -> role           roleusers:<role>   set of uids (index)
@@ -19,33 +20,37 @@ Redis holds them in one slot and the transactions below run there unchanged:
 where <b> is the bucket of the id: the first 3 hex digits of its SHA-1 (4096 buckets), so that
 a write watching one user's role does not conflict with writes to every other user's.
 
-Every op is an absolute command on one entity's keys (the few that must read first are Lua
-scripts), so the ops of a write apply in order inside MULTI with no help from any sidecar's
-memory. The revision comes from INCR rev inside the same MULTI, in one script that also XADDs
-the journal entry with the id <revision>-0 and publishes the hint: EXEC is atomic, so revisions
-have no gap and no repeat and the stream is in revision order.
+Every op is a few absolute commands on its entity's keys (RedisStore._commands; the few that
+must read first are functions of OPS_LUA), run in order by a script with no help from any
+sidecar's memory. The revision comes from INCR rev in the same script or MULTI that XADDs the
+journal entry with the id <revision>-0 and publishes the hint, so revisions have no gap and no
+repeat and the stream is in revision order.
 
-A Sidecar's write (write_tracked) conflicts only on what its plan read (sidecar.readset): plan
-on the state kept current by the follower -> WATCH the keys of the entities it read and of those
-its ops change (plus epoch and recovery) -> one script (WINDOW) reads epoch, rev, the fence and
-the stream after the revision the plan read at: if a commit there changed an entity the plan
-touched, catch up and plan again -> MULTI(ops, COMMIT) -> EXEC, which Redis refuses if a watched
-key changed after the WATCH (then plan again). Three round trips; COMMIT also hands back the
-commits between, which the writer applies before its own. So writes to unrelated entities never
-conflict, and two writes whose checks depend on each other's entities commit in a serial order.
-Retries of one process go one at a time (a hot entity degrades to serial writes, not a livelock).
-A store-level write (write: the importer, the tests) reads what it likes, so it watches rev
-itself: it commits only if nobody wrote meanwhile, as every write did before.
+A Sidecar's write (write_tracked) conflicts only on what its plan read (sidecar.readset), and
+costs one round trip: plan on the state kept current by the follower -> one script (WRITE),
+atomic as every script is: refused while fenced; if the epoch changed, or a commit after the
+revision the plan read at changed an entity the plan touched (read, or changed by its ops: the
+journal's touched field says what each commit changed), catch up and plan again; else the ops,
+INCR rev, XADD, PUBLISH, and the commits between handed back, which the writer applies before
+its own. Nothing changes an entity without a journal entry saying so, so nothing needs a WATCH.
+So writes to unrelated entities never conflict, and two writes whose checks depend on each
+other's entities commit in a serial order. Retries of one process go one at a time (a hot
+entity degrades to serial writes, not a livelock). A WRITE that ran but whose answer was lost
+is never run twice: run again, it finds its own commit in the journal, touching what it
+touched, and is refused. A store-level write (write: the importer, the tests) reads what it
+likes, so it watches rev itself: it commits only if nobody wrote meanwhile.
 
 Followers read the stream from their last revision (changes_since), woken by the pub/sub hint
 or the periodic check: a lost hint costs nothing, the next one or the tick reads from there.
 This is the only module that talks to Redis for state; its errors become StoreError. The
 client (one URL, Sentinel's primary, a cluster) comes from sidecar.stores.redisconn, which also
-makes every transaction WAIT for redis_min_replicas after its EXEC.
+makes every transaction that commits WAIT for redis_min_replicas after its EXEC (a WRITE then
+runs inside one).
 """
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import itertools
 import json
@@ -90,76 +95,143 @@ JOURNAL_KEEP = 50_000
 LINEAGE_KEEP = 100
 RECOVERY_TTL_S = 30  # fence and claims outlive a claimant's retries (seconds apart), not its death
 WRITE_RETRIES = 30
-PLAN_ROUNDS = 5  # plans per attempt while commits keep changing what the plan read
+TRACKED_ATTEMPTS = 150  # plans per write (write_tracked) while commits keep changing what it read
+HINT_ENTRY_MAX = 16_384  # a journal entry up to this long rides on its pub/sub hint
+OFFERED_MAX = 10_000  # entries from hints kept for the follower (more: dropped; it reads the stream)
 WINDOW_MAX = 1000  # commits a writer reads to see whether they changed what it read (more: catch up)
 BATCH = 500
 LAYOUT = "2"
 BUCKET_DIGITS = 3  # users:<b>, owners:<b>: the first hex digits of SHA-1(id); DELETE_ROLE_USERS does the same
 
-# KEYS[1] a hash (a users or owners bucket); ARGV: field, value, index key prefix: the field set,
-# and moved from the index set of its old value to that of its new (roleusers:<role>, owned:<uid>)
-# (_SET_INDEXED over locals: RUN_OPS runs the same text inline, per op)
-_SET_INDEXED = """
-local old = redis.call('HGET', hash, field)
-if old then redis.call('SREM', index .. old, field) end
-redis.call('HSET', hash, field, value)
-redis.call('SADD', index .. value, field)
-"""
-PUT_INDEXED = "local hash, field, value, index = KEYS[1], ARGV[1], ARGV[2], ARGV[3]\n" + _SET_INDEXED
-# KEYS[1] users bucket; ARGV: uid, roleusers key prefix
-DELETE_USER = """
-local old = redis.call('HGET', KEYS[1], ARGV[1])
-if old then
-  redis.call('SREM', ARGV[2] .. old, ARGV[1])
-  redis.call('HDEL', KEYS[1], ARGV[1])
+# The commands of ops (RedisStore._commands: [name, key, arguments...]), run by a script: plain
+# HSET, HDEL, SADD, SREM, DEL, and the few that read first. Every name is checked before any runs.
+OPS_LUA = """
+local plain = {HSET = true, HDEL = true, SADD = true, SREM = true, DEL = true}
+local reading = {}
+-- PUT_INDEXED hash, field, value, index prefix: the field set, and moved from the index set of its old
+-- value to that of its new (roleusers:<role>, owned:<uid>)
+local function put_indexed(hash, field, value, index)
+  local old = redis.call('HGET', hash, field)
+  if old then redis.call('SREM', index .. old, field) end
+  redis.call('HSET', hash, field, value)
+  redis.call('SADD', index .. value, field)
+end
+reading.PUT_INDEXED = function(c) put_indexed(c[2], c[3], c[4], c[5]) end
+-- DELETE_USER users bucket, uid, roleusers prefix
+reading.DELETE_USER = function(c)
+  local old = redis.call('HGET', c[2], c[3])
+  if old then
+    redis.call('SREM', c[4] .. old, c[3])
+    redis.call('HDEL', c[2], c[3])
+  end
+end
+-- DELETE_ROLE_USERS roleusers:<role>, users bucket prefix, bucket digits: the role's users go back to
+-- default (each uid's bucket computed as RedisStore.user_field computes it)
+reading.DELETE_ROLE_USERS = function(c)
+  local uids = redis.call('SMEMBERS', c[2])
+  local digits = tonumber(c[4])
+  for i = 1, #uids do
+    redis.call('HDEL', c[3] .. string.sub(redis.sha1hex(uids[i]), 1, digits), uids[i])
+  end
+  redis.call('DEL', c[2])
+end
+-- DELETE_GROUP_INDEX owners bucket, members:<guid>, guid, owned prefix, user-groups prefix
+reading.DELETE_GROUP_INDEX = function(c)
+  local old = redis.call('HGET', c[2], c[4])
+  if old then redis.call('SREM', c[5] .. old, c[4]) end
+  local uids = redis.call('HKEYS', c[3])
+  for i = 1, #uids do redis.call('SREM', c[6] .. uids[i], c[4]) end
+end
+local function run_ops(commands)
+  for _, c in ipairs(commands) do
+    if not (plain[c[1]] or reading[c[1]]) then return 'not an op command: ' .. tostring(c[1]) end
+  end
+  for _, c in ipairs(commands) do
+    if plain[c[1]] then redis.call(unpack(c)) else reading[c[1]](c) end
+  end
 end
 """
-# KEYS[1] roleusers:<role>; ARGV: users bucket key prefix, bucket digits: the role's users go
-# back to default (each uid's bucket computed as RedisStore.user_field computes it)
-DELETE_ROLE_USERS = """
-local uids = redis.call('SMEMBERS', KEYS[1])
-local digits = tonumber(ARGV[2])
-for i = 1, #uids do
-  redis.call('HDEL', ARGV[1] .. string.sub(redis.sha1hex(uids[i]), 1, digits), uids[i])
+# The end of every write, after its ops: the next revision, its journal entry under the id
+# <revision>-0 (so the stream is in revision order) with what it changed (Entities.tokens), the
+# hint (its entry after a newline, unless longer than HINT_ENTRY_MAX: followers may apply it
+# from there, sidecar.sync). Returns the new revision.
+COMMIT_LUA = """
+local function commit(rev_key, journal_key, epoch_key, entry, touched, keep, channel)
+  local rev = redis.call('INCR', rev_key)
+  redis.call('XADD', journal_key, 'MAXLEN', keep, rev .. '-0', 'entry', entry, 'touched', touched)
+  local hint = '{"epoch":' .. cjson.encode(redis.call('GET', epoch_key) or '') .. ',"revision":' .. rev .. '}'
+  if #entry <= HINT_ENTRY_MAX then hint = hint .. '\\n' .. entry end
+  redis.call('PUBLISH', channel, hint)
+  return rev
 end
-redis.call('DEL', KEYS[1])
-return #uids
+""".replace("HINT_ENTRY_MAX", str(HINT_ENTRY_MAX))
+# One op's commands inside a MULTI (Store.write, a bulk write's other ops). KEYS[1] rev (the slot);
+# ARGV[1] the commands as JSON.
+APPLY = OPS_LUA + """
+local problem = run_ops(cjson.decode(ARGV[1]))
+if problem then return redis.error_reply(problem) end
+return 1
 """
-# KEYS[1] the owners hash, KEYS[2] members:<guid>; ARGV: guid, owned prefix, user-groups prefix
-DELETE_GROUP_INDEX = """
-local old = redis.call('HGET', KEYS[1], ARGV[1])
-if old then redis.call('SREM', ARGV[2] .. old, ARGV[1]) end
-local uids = redis.call('HKEYS', KEYS[2])
-for i = 1, #uids do redis.call('SREM', ARGV[3] .. uids[i], ARGV[1]) end
-"""
-# The end of every write, inside its MULTI after its ops: the next revision, its journal entry
-# under the id <revision>-0 (so the stream is in revision order), the hint. KEYS: rev, journal,
-# epoch; ARGV: entry JSON, JOURNAL_KEEP, channel, a revision R, WINDOW_MAX. Returns {revision,
-# the entries after R and before it (none when more than WINDOW_MAX)}: what the writer applies
-# before its own write, without another look.
-COMMIT = """
-local rev = redis.call('INCR', KEYS[1])
-redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], rev .. '-0', 'entry', ARGV[1])
-redis.call('PUBLISH', ARGV[3], '{"epoch":' .. cjson.encode(redis.call('GET', KEYS[3]) or '') ..
-           ',"revision":' .. rev .. '}')
-local from = tonumber(ARGV[4])
+# The end of a write in a MULTI (Store.write, write_batch), after its ops. KEYS: rev, journal,
+# epoch; ARGV: entry JSON, touched JSON, JOURNAL_KEEP, channel, a revision R, WINDOW_MAX. Returns
+# {revision, the entries after R and before it (none when more than WINDOW_MAX)}: what the writer
+# applies before its own write, without another look.
+COMMIT = COMMIT_LUA + """
+local rev = commit(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
+local from = tonumber(ARGV[5])
 local between = {}
-if rev - 1 > from and rev - 1 - from <= tonumber(ARGV[5]) then
+if rev - 1 > from and rev - 1 - from <= tonumber(ARGV[6]) then
   between = redis.call('XRANGE', KEYS[2], (from + 1) .. '-0', (rev - 1) .. '-0')
 end
 return {rev, between}
 """
-# A write's look after its WATCH: KEYS epoch, rev, recovery, journal; ARGV: the revision its plan
-# read at, WINDOW_MAX. Returns {epoch, rev, fenced, the entries after that revision (none when
-# more than WINDOW_MAX: then the writer catches up)}.
-WINDOW = """
+# A Sidecar's write, whole, in one call (write_tracked): check that no commit after the revision its
+# plan read at changed an entity the plan touched (read, or changed by its ops), then the ops and the
+# commit. KEYS: epoch, rev, recovery, journal; ARGV: the plan's epoch, its revision R, WINDOW_MAX,
+# the touched tokens (JSON), the commands (JSON; '' for a plan with no ops: the check only), entry
+# JSON, the tokens its ops change (JSON), JOURNAL_KEEP, channel, the policy counter ('' unless the
+# ops change the role policy). Returns {0} while fenced; {2, rev} when a commit after R touched
+# what the plan did (or the epoch changed, or the stream no longer holds them, or more than
+# WINDOW_MAX): catch up and plan again; {1, revision, the entries after R before it} when done
+# (for no ops: Redis's revision, nothing written). The tokens meet as Entities.touches says: "*"
+# meets anything, "users" any "u:" token, "owners" any "o:" one, else equal tokens; an entry
+# without tokens (an older writer) meets anything.
+WRITE = OPS_LUA + COMMIT_LUA + """
+if redis.call('EXISTS', KEYS[3]) == 1 then return {0} end
+if (redis.call('GET', KEYS[1]) or '') ~= ARGV[1] then return {2, 0} end
 local rev = tonumber(redis.call('GET', KEYS[2]) or '0')
-local from = tonumber(ARGV[1])
-local entries = {}
-if rev > from and rev - from <= tonumber(ARGV[2]) then
-  entries = redis.call('XRANGE', KEYS[4], (from + 1) .. '-0', rev .. '-0')
+local from = tonumber(ARGV[2])
+if rev < from or rev - from > tonumber(ARGV[3]) then return {2, rev} end
+local between = {}
+if rev > from then
+  between = redis.call('XRANGE', KEYS[4], (from + 1) .. '-0', rev .. '-0')
+  if #between ~= rev - from then return {2, rev} end
+  local mine, users, owners = {}, false, false
+  for _, t in ipairs(cjson.decode(ARGV[4])) do
+    mine[t] = true
+    local kind = string.sub(t, 1, 2)
+    if kind == 'u:' then users = true elseif kind == 'o:' then owners = true end
+  end
+  for _, e in ipairs(between) do
+    local fields, touched = e[2], nil
+    for i = 1, #fields, 2 do
+      if fields[i] == 'touched' then touched = fields[i + 1] end
+    end
+    if touched == nil or mine['*'] then return {2, rev} end
+    for _, t in ipairs(cjson.decode(touched)) do
+      local kind = string.sub(t, 1, 2)
+      if t == '*' or mine[t] or (t == 'users' and users) or (t == 'owners' and owners)
+         or (kind == 'u:' and mine['users']) or (kind == 'o:' and mine['owners']) then
+        return {2, rev}
+      end
+    end
+  end
 end
-return {redis.call('GET', KEYS[1]) or '', rev, redis.call('EXISTS', KEYS[3]), entries}
+if ARGV[5] == '' then return {1, rev, {}} end
+local problem = run_ops(cjson.decode(ARGV[5]))
+if problem then return redis.error_reply(problem) end
+if ARGV[10] ~= '' then redis.call('INCR', ARGV[10]) end
+return {1, commit(KEYS[2], KEYS[4], KEYS[1], ARGV[6], ARGV[7], ARGV[8], ARGV[9]), between}
 """
 # Only while Redis is still in the state the claimant found (else nil): set the fence if absent
 # (with the first claim's time), refresh it and add our claim. KEYS: epoch, rev, recovery,
@@ -179,8 +251,8 @@ return {now, redis.call('GET', KEYS[3]), redis.call('HGETALL', KEYS[4])}
 # A bulk write's ops, run inside its MULTI by one call: KEYS[1] rev (the key the call is routed
 # by); ARGV: the keyspace, BUCKET_DIGITS, and a JSON list of runs [op name, [the ops' fields,
 # flat, in the registry's order]]. Each op becomes the commands _queue queues for it (put_user and
-# put_group: PUT_INDEXED's text, _SET_INDEXED), in order.
-RUN_OPS = """
+# put_group: OPS_LUA's put_indexed, as PUT_INDEXED), in order.
+RUN_OPS = OPS_LUA + """
 local P, digits = ARGV[1], tonumber(ARGV[2])
 local count = 0
 for _, run in ipairs(cjson.decode(ARGV[3])) do
@@ -202,8 +274,7 @@ for _, run in ipairs(cjson.decode(ARGV[3])) do
     local buckets, index = P .. 'users:', P .. 'roleusers:'
     if name == 'put_group' then buckets, index = P .. 'owners:', P .. 'owned:' end
     for i = 1, #f, 2 do
-      local hash, field, value = buckets .. string.sub(redis.sha1hex(f[i]), 1, digits), f[i], f[i + 1]
-""" + _SET_INDEXED + """
+      put_indexed(buckets .. string.sub(redis.sha1hex(f[i]), 1, digits), f[i], f[i + 1], index)
     end
     count = count + #f / 2
   else
@@ -277,8 +348,8 @@ class RedisStore:
         self.recovery_grace_s = recovery_grace_s  # after a loss, how long claims are gathered
         self.claimant = uuid.uuid4().hex
         self._layout_checked = False  # _check_layout ran (a load, or the first write)
-        # what writes cost: EXECs refused by a watched key, plans run again after the stream showed a
-        # commit to what they read (both: plan again); both stay near zero for unrelated writes
+        # what writes cost: WRITE calls whose outcome was not learnt (a dropped connection), plans run
+        # again after the journal showed a commit to what they read; both stay zero for unrelated writes
         self.conflicts = 0
         self.replans = 0
         self._counting = threading.Lock()
@@ -286,20 +357,20 @@ class RedisStore:
         # process queue behind it: under contention on one entity, this process's writes go one at
         # a time (as all of them did before), so that none keeps losing to the next
         self._retrying = threading.Lock()
+        self._offered: dict[int, tuple[str, str]] = {}  # revision -> (epoch, entry) from hints (sidecar.sync)
+        self._hinted = threading.local()  # .newest: in a catch-up on hints up to that revision
         self._seen_lock = threading.Lock()
         self._pending: tuple[str, int] | None = None  # the newest (epoch, revision) to be put on disk
         # The newest (epoch, revision) this sidecar has seen, kept on disk across its restarts: a
         # Redis found below it after a restart of both lost writes, though no state remembers them.
         name = hashlib.sha256(f"{self.url}|{prefix}".encode()).hexdigest()[:16]
         self.seen_file = seen_dir / f"redis-seen-{name}.json" if seen_dir is not None else None
+        self._seen_disk = _SeenFile(self.seen_file) if self.seen_file is not None else None
         self.seen = self._read_seen()
-        self._put_indexed = _Script(self, PUT_INDEXED)
-        self._delete_user = _Script(self, DELETE_USER)
-        self._delete_role_users = _Script(self, DELETE_ROLE_USERS)
+        self._apply_script = _Script(self, APPLY)
         self._commit_script = _Script(self, COMMIT)
-        self._window_script = _Script(self, WINDOW)
+        self._write_script = _Script(self, WRITE)
         self._claim_script = _Script(self, CLAIM)
-        self._delete_group_index = _Script(self, DELETE_GROUP_INDEX)
         self._run_ops = _Script(self, RUN_OPS)
         self._read_facts = _Script(self, READ_FACTS)
 
@@ -350,23 +421,6 @@ class RedisStore:
     def policy_key(self) -> str:
         """Bumped by every write of the role policy (roles, their permissions, restricted features)."""
         return self.key("policy")
-
-    def keys_of(self, entities: Entities) -> set[str]:
-        """The keys holding these entities: what a write that read or changes them watches."""
-        if entities.everything:
-            return {self.key("rev")}  # every write changes it: conflicts with all, as before
-        keys = {self.user_field(uid)[0] for uid in entities.users}
-        keys.update(self.owner_field(guid)[0] for guid in entities.owners)
-        keys.update(self.members_key(guid) for guid in entities.members)
-        keys.update(self.bans_key(guid) for guid in entities.bans)
-        keys.update(self.overrides_key(guid) for guid in entities.overrides)
-        if entities.policy:
-            keys.add(self.policy_key())
-        if entities.all_users:
-            keys.update(self.user_keys())
-        if entities.all_owners:
-            keys.update(self.owner_keys())
-        return keys
 
     # -- reads -----------------------------------------------------------------------------
     def revision(self) -> int:
@@ -600,7 +654,15 @@ class RedisStore:
             return int(self.client.scard(self.key("roleusers:" + role)))
 
     def changes_since(self, revision: int, *, remembered: bool = True) -> list[tuple[int, list[Op]]]:
-        """The journal after `revision`, read from the stream in one atomic look (epoch, rev, entries)."""
+        """The journal after `revision`, read from the stream in one atomic look (epoch, rev, entries);
+        in a catch-up on hints (sync thread), what the hints carried from revision + 1 on, if any."""
+        newest = getattr(self._hinted, "newest", 0)
+        if newest:
+            hinted = self._from_hints(revision, newest)
+            if hinted and hinted[-1][0] == newest:
+                self._saw(self.epoch, hinted[-1][0])
+                self._handed(self.epoch, hinted[-1][0])
+                return hinted
         with _mapped("read the journal"):
             seen = self.seen  # before the read: a write of this process may commit (and be seen) meanwhile
             with self.client.pipeline(transaction=True) as pipe:
@@ -636,7 +698,39 @@ class RedisStore:
         below what this sidecar was already handed is not followed."""
         from sidecar.sync import RedisSync
         return RedisSync(self.client, self.channel, catch_up, interval_s=interval_s,
-                         known=lambda: (self.epoch, self.position))
+                         known=lambda: (self.epoch, self.position), offer=self._offer, hinted=self._on_hints)
+
+    def _offer(self, epoch: str, revision: int, entry: str) -> None:
+        """A hint's journal entry (sidecar.sync), for the next catch-up on hints."""
+        with self._counting:
+            if len(self._offered) >= OFFERED_MAX:
+                self._offered.clear()
+            self._offered[revision] = (epoch, entry)
+
+    @contextlib.contextmanager
+    def _on_hints(self, newest: int) -> Iterator[None]:
+        """A catch-up of the sync thread on hints up to `newest`: changes_since may answer from what
+        they carried, if that reaches `newest`."""
+        self._hinted.newest = newest
+        try:
+            yield
+        finally:
+            self._hinted.newest = 0
+
+    def _from_hints(self, revision: int, newest: int) -> list[tuple[int, list[Op]]]:
+        """The offered entries of this epoch from revision + 1 to newest, without a gap (taken)."""
+        found: list[tuple[int, list[Op]]] = []
+        with self._counting:
+            offered = self._offered
+            for stale in [rev for rev in offered if rev <= revision]:
+                del offered[stale]
+            while revision + len(found) < newest:
+                got = offered.pop(revision + len(found) + 1, None)
+                if got is None or got[0] != self.epoch:
+                    break
+                rev = revision + len(found) + 1
+                found.append((rev, _parse(rev, got[1])["ops"]))
+        return found
 
     def _handed(self, epoch: str | None, revision: int) -> None:
         if epoch == self.epoch and revision > self.position:
@@ -672,61 +766,65 @@ class RedisStore:
             refresh, holding = False, self._retrying.locked()
             if holding:  # writes of this process are conflicting: queue behind them
                 serial.enter_context(self._retrying)
-            for attempt in range(WRITE_RETRIES):
+            for attempt in range(TRACKED_ATTEMPTS):
                 if attempt == 1 and not holding:
                     serial.enter_context(self._retrying)  # retries of this process, one at a time
                     holding = True
-                with self.client.pipeline(transaction=True) as pipe:
-                    try:
-                        watched: set[str] = set()
-                        for _ in range(PLAN_ROUNDS):
-                            run = plan(refresh)
-                            ops = check_ops(run.ops)
-                            touched = Entities()
-                            touched.update(run.reads)
-                            touched.update(written_by(ops))
-                            more = ({self.key("epoch"), self.key("recovery")} | self.keys_of(touched)) - watched
-                            if more:
-                                pipe.watch(*more)  # type: ignore[no-untyped-call]
-                                watched |= more
-                            # after the WATCH any change to those keys fails the EXEC; what came before
-                            # it, after the plan's revision, the stream shows
-                            current, between = self._window(pipe, touched, run)
-                            refresh = between is None
-                            if not refresh:
-                                break
-                            self._count("replans")
-                        else:
-                            raise redis.WatchError("what the plan read kept changing")
-                        assert between is not None
-                        if not ops:
-                            pipe.unwatch()
-                            return run.revision, [], []
-                        revision, later = self._commit(pipe, ops, actor, current)
-                        return revision, ops, between + later
-                    except redis.WatchError:
-                        self._count("conflicts")
-                        refresh = True
-                        time.sleep(random.uniform(0, min(0.02, 0.0005 * 2 ** attempt)))
+                run = plan(refresh)
+                ops = check_ops(run.ops)
+                done = self._try_write(run, ops, actor)
+                if done is not None:
+                    return done
+                self._count("replans")
+                refresh = True  # catch up, then plan again
+                if attempt:
+                    time.sleep(random.uniform(0, min(0.02, 0.0005 * 2 ** attempt)))
             raise StoreError("too many concurrent writes; try again", status=503)
 
-    def _window(self, pipe: Any, touched: Entities, run: PlanRun) -> tuple[int, list[tuple[int, list[Op]]] | None]:
-        """Redis's revision and the commits after the plan's (one look, after the WATCH); None for
-        the commits when one changed an entity the plan touched, the epoch changed, or the stream
-        no longer holds them all (then: catch up and plan again). Refused while fenced."""
-        epoch, raw, fenced, found = self._window_script(
-            keys=[self.key("epoch"), self.key("rev"), self.key("recovery"), self.key("journal")],
-            args=[run.revision, WINDOW_MAX], client=pipe)
-        if int(fenced):
+    def _try_write(self, run: PlanRun, ops: list[Op], actor: str
+                    ) -> tuple[int, list[Op], list[tuple[int, list[Op]]]] | None:
+        """One WRITE call: (revision, ops, the commits between), or None when a commit since the
+        plan's revision changed what it touched (or Redis could not say: plan again). Refused
+        while fenced. A plan with no ops is only checked: (Redis's revision, [], [])."""
+        touched = written_by(ops)
+        reads = Entities()
+        reads.update(run.reads)
+        reads.update(touched)
+        entry = orjson.dumps({"at": time.time(), "actor": actor, "ops": ops}) if ops else b""
+        commands = orjson.dumps([c for op in ops for c in self._commands(op)]) if ops else b""
+        keys = [self.key("epoch"), self.key("rev"), self.key("recovery"), self.key("journal")]
+        args = [run.epoch, run.revision, WINDOW_MAX, orjson.dumps(reads.tokens()), commands, entry,
+                _touched(touched), JOURNAL_KEEP, self.channel, self.policy_key() if touched.policy else ""]
+        try:
+            answer = self._confirmed(self._write_script, keys, args, bool(ops))
+        except (redis.ConnectionError, redis.TimeoutError, redis.WatchError):
+            # whether it ran is unknown: planning again after catching up finds out (a WRITE that ran
+            # is in the journal with what it touched: the same call again is refused, never run twice)
+            self._count("conflicts")
+            return None
+        status = int(answer[0])
+        if status == 0:
             raise _fenced()
-        current = int(raw)
-        entries = _raw_entries(found) if found else []
-        if epoch != run.epoch or current < run.revision or \
-                [rev for rev, _ in entries] != list(range(run.revision + 1, current + 1)):
-            return current, None
-        if any(written_by(entry["ops"]).touches(touched) for _, entry in entries):
-            return current, None
-        return current, [(rev, entry["ops"]) for rev, entry in entries]
+        if status == 2:
+            return None
+        if not ops:
+            return run.revision, [], []
+        revision = int(answer[1])
+        between = [(rev, e["ops"]) for rev, e in _raw_entries(answer[2])] if answer[2] else []
+        self._saw(self.epoch, revision)
+        self._handed(self.epoch, revision)
+        if [rev for rev, _ in between] != list(range(run.revision + 1, revision)):
+            between = []  # the caller catches up
+        return revision, ops, between
+
+    def _confirmed(self, script: _Script, keys: list[str], args: list[Any], commits: bool) -> Any:
+        """The script in one round trip; with redis_min_replicas, one that commits runs in a MULTI
+        followed by WAIT (sidecar.stores.redisconn.confirm)."""
+        if not (commits and self.spec.min_replicas):
+            return script(keys=keys, args=args)
+        with self.client.pipeline(transaction=True) as pipe:
+            script(keys=keys, args=args, client=pipe)
+            return confirm(pipe).execute()[-1]
 
     def _commit(self, pipe: Any, ops: list[Op], actor: str, current: int = 0
                 ) -> tuple[int, list[tuple[int, list[Op]]]]:
@@ -740,15 +838,19 @@ class RedisStore:
 
     def _queue_commit(self, pipe: Any, ops: list[Op], actor: str, current: int, ops_json: str | None = None) -> None:
         """Queue, inside a MULTI after the ops' commands, the commit script (and the policy counter).
-        ops_json: the ops already as JSON instead (a bulk write's: BULK_OPS, no policy op)."""
+        ops_json: the ops already as JSON instead (a bulk write's: BULK_OPS, no policy op), which
+        the journal records as touching everything (a write that read anything must plan again)."""
         if ops_json is None:
             entry = json.dumps({"at": time.time(), "actor": actor, "ops": ops}, separators=(",", ":"))
+            touched = written_by(ops)
+            changed = _touched(touched)
         else:
             entry = f'{{"at":{json.dumps(time.time())},"actor":{json.dumps(actor)},"ops":{ops_json}}}'
-        if ops_json is None and written_by(ops).policy:
+            touched, changed = Entities(), EVERYTHING
+        if touched.policy:
             pipe.incr(self.policy_key())
         self._commit_script(keys=[self.key("rev"), self.key("journal"), self.key("epoch")],
-                            args=[entry, JOURNAL_KEEP, self.channel, current, WINDOW_MAX], client=pipe)
+                            args=[entry, changed, JOURNAL_KEEP, self.channel, current, WINDOW_MAX], client=pipe)
 
     def _committed(self, answer: Any, current: int) -> tuple[int, list[tuple[int, list[Op]]]]:
         """The commit script's answer: the new revision, and the commits after `current` before it."""
@@ -765,61 +867,60 @@ class RedisStore:
             setattr(self, name, getattr(self, name) + 1)
 
     def _queue(self, pipe: Any, op: Op) -> None:
-        """Queue one op as absolute commands on its entity's keys."""
+        """Queue one op (its commands, run by one script) in a MULTI."""
+        self._apply_script(keys=[self.key("rev")], args=[orjson.dumps(self._commands(op)).decode()], client=pipe)
+
+    def _commands(self, op: Op) -> list[list[str]]:
+        """One op as absolute commands on its entity's keys (run by OPS_LUA)."""
         key, name = self.key, op["op"]
         if name == "put_role":
-            pipe.hset(key("roles"), op["role"], json.dumps(op["record"]))
-        elif name == "delete_role":
-            pipe.hdel(key("roles"), op["role"])
-            pipe.hdel(key("restricted"), op["role"])
-            pipe.delete(key("roleperms:" + op["role"]))
-            pipe.srem(key("index:roleperms"), op["role"])
-            self._delete_role_users(keys=[key("roleusers:" + op["role"])], args=[key("users:"), BUCKET_DIGITS],
-                                    client=pipe)
-        elif name == "set_role_permissions":
-            pipe.hset(key("roleperms:" + op["role"]), mapping={k: json.dumps(v) for k, v in op["values"].items()})
-            pipe.sadd(key("index:roleperms"), op["role"])
-        elif name == "unset_role_permission":
-            pipe.hdel(key("roleperms:" + op["role"]), op["key"])
-        elif name == "set_restricted_features":
-            pipe.hset(key("restricted"), op["role"], json.dumps(sorted(op["features"])))
-        elif name == "put_user":
+            return [["HSET", key("roles"), op["role"], json.dumps(op["record"])]]
+        if name == "delete_role":
+            role = op["role"]
+            return [["HDEL", key("roles"), role], ["HDEL", key("restricted"), role], ["DEL", key("roleperms:" + role)],
+                    ["SREM", key("index:roleperms"), role],
+                    ["DELETE_ROLE_USERS", key("roleusers:" + role), key("users:"), str(BUCKET_DIGITS)]]
+        if name == "set_role_permissions":
+            fields = [part for k, v in op["values"].items() for part in (k, json.dumps(v))]
+            return [["HSET", key("roleperms:" + op["role"]), *fields], ["SADD", key("index:roleperms"), op["role"]]]
+        if name == "unset_role_permission":
+            return [["HDEL", key("roleperms:" + op["role"]), op["key"]]]
+        if name == "set_restricted_features":
+            return [["HSET", key("restricted"), op["role"], json.dumps(sorted(op["features"]))]]
+        if name == "put_user":
             users, uid = self.user_field(op["uid"])
-            self._put_indexed(keys=[users], args=[uid, op["role"], key("roleusers:")], client=pipe)
-        elif name == "delete_user":
+            return [["PUT_INDEXED", users, uid, op["role"], key("roleusers:")]]
+        if name == "delete_user":
             users, uid = self.user_field(op["uid"])
-            self._delete_user(keys=[users], args=[uid, key("roleusers:")], client=pipe)
-        elif name == "put_group":
+            return [["DELETE_USER", users, uid, key("roleusers:")]]
+        if name == "put_group":
             owners, guid = self.owner_field(op["guid"])
-            self._put_indexed(keys=[owners], args=[guid, op["owner"], key("owned:")], client=pipe)
-        elif name == "delete_group":
+            return [["PUT_INDEXED", owners, guid, op["owner"], key("owned:")]]
+        if name == "delete_group":
             guid = op["guid"]
             owners, field = self.owner_field(guid)
-            self._delete_group_index(keys=[owners, self.members_key(guid)],
-                                     args=[field, key("owned:"), key("usergroups:")], client=pipe)
-            pipe.hdel(owners, field)
-            pipe.delete(self.members_key(guid), self.bans_key(guid), self.overrides_key(guid))
-            pipe.srem(key("index:overrides"), guid)
-        elif name == "put_member":
-            pipe.hset(self.members_key(op["guid"]), op["uid"], op["scope"])
-            pipe.sadd(self.user_groups_key(op["uid"]), op["guid"])
-        elif name == "delete_member":
-            pipe.hdel(self.members_key(op["guid"]), op["uid"])
-            pipe.srem(self.user_groups_key(op["uid"]), op["guid"])
-        elif name == "ban":
-            pipe.hdel(self.members_key(op["guid"]), op["uid"])
-            pipe.srem(self.user_groups_key(op["uid"]), op["guid"])
-            pipe.sadd(self.bans_key(op["guid"]), op["uid"])
-        elif name == "unban":
-            pipe.srem(self.bans_key(op["guid"]), op["uid"])
-        elif name == "set_scope_permissions":
-            values = {f"{op['scope']} {k}": json.dumps(v) for k, v in op["values"].items()}
-            pipe.hset(self.overrides_key(op["guid"]), mapping=values)
-            pipe.sadd(key("index:overrides"), op["guid"])
-        elif name == "unset_scope_permission":
-            pipe.hdel(self.overrides_key(op["guid"]), f"{op['scope']} {op['key']}")
-        else:
-            raise ValueError(f"unknown op {name!r}")
+            return [["DELETE_GROUP_INDEX", owners, self.members_key(guid), field, key("owned:"), key("usergroups:")],
+                    ["HDEL", owners, field],
+                    ["DEL", self.members_key(guid), self.bans_key(guid), self.overrides_key(guid)],
+                    ["SREM", key("index:overrides"), guid]]
+        if name == "put_member":
+            return [["HSET", self.members_key(op["guid"]), op["uid"], op["scope"]],
+                    ["SADD", self.user_groups_key(op["uid"]), op["guid"]]]
+        if name == "delete_member":
+            return [["HDEL", self.members_key(op["guid"]), op["uid"]],
+                    ["SREM", self.user_groups_key(op["uid"]), op["guid"]]]
+        if name == "ban":
+            return [["HDEL", self.members_key(op["guid"]), op["uid"]],
+                    ["SREM", self.user_groups_key(op["uid"]), op["guid"]],
+                    ["SADD", self.bans_key(op["guid"]), op["uid"]]]
+        if name == "unban":
+            return [["SREM", self.bans_key(op["guid"]), op["uid"]]]
+        if name == "set_scope_permissions":
+            fields = [part for k, v in op["values"].items() for part in (f"{op['scope']} {k}", json.dumps(v))]
+            return [["HSET", self.overrides_key(op["guid"]), *fields], ["SADD", key("index:overrides"), op["guid"]]]
+        if name == "unset_scope_permission":
+            return [["HDEL", self.overrides_key(op["guid"]), f"{op['scope']} {op['key']}"]]
+        raise ValueError(f"unknown op {name!r}")
 
     # -- bulk writes (chatauthz import) -----------------------------------------------------
     def write_batch(self, ops: list[Op], actor: str, expect_revision: int) -> int:
@@ -1017,11 +1118,7 @@ class RedisStore:
                        detail=f"this sidecar wrote its state back (revisions up to {state.revision}) as epoch {new}")
 
     def _read_seen(self) -> tuple[str, int] | None:
-        try:
-            data = json.loads(self.seen_file.read_text()) if self.seen_file is not None else None
-            return (str(data["epoch"]), int(data["revision"])) if data else None
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
+        return self._seen_disk.read() if self._seen_disk is not None else None
 
     def _saw(self, epoch: str | None, revision: int) -> None:
         """Remember (epoch, revision) if newer; on disk (atomically) before a write is answered.
@@ -1039,17 +1136,8 @@ class RedisStore:
             target = pending if pending is not None and pending[0] == epoch and pending[1] >= revision \
                 else (epoch, revision)
             try:
-                if self.seen_file is None:
-                    return
-                on_disk = self._read_seen()  # another worker of this sidecar may be ahead: never go back
-                if on_disk is not None and on_disk[0] == epoch and on_disk[1] >= target[1]:
-                    return
-                temp = self.seen_file.with_name(f".{self.seen_file.name}.{os.getpid()}")
-                try:
-                    temp.write_text(json.dumps({"epoch": target[0], "revision": target[1]}))
-                    os.replace(temp, self.seen_file)
-                except OSError as exc:
-                    log.warning("could not remember the revision seen in %s: %s", self.seen_file, exc)
+                if self._seen_disk is not None:
+                    self._seen_disk.put(target)  # never below what another worker of this sidecar put there
             finally:  # only once on disk: a concurrent writer that finds it here may answer
                 self.seen = target
 
@@ -1086,6 +1174,65 @@ class RedisStore:
 
     def close(self) -> None:
         self.client.close()
+        if self._seen_disk is not None:
+            self._seen_disk.close()
+
+
+class _SeenFile:
+    """The seen record, {"epoch", "revision"} as JSON, on disk: rewritten in place (one pwrite,
+    padded over the old record, under flock so that the workers of one sidecar never go back
+    below each other's), with no new file and rename per write; a file another program removed
+    is made again. Every error is a warning: decisions and writes go on."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def read(self) -> tuple[str, int] | None:
+        try:
+            with open(self.path, "rb") as file:
+                fcntl.flock(file.fileno(), fcntl.LOCK_SH)
+                return _seen_record(file.read())
+        except OSError:
+            return None
+
+    def put(self, target: tuple[str, int]) -> None:
+        try:
+            fd = self._open()
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                raw = os.pread(fd, 4096, 0)
+                on_disk = _seen_record(raw)
+                if on_disk is not None and on_disk[0] == target[0] and on_disk[1] >= target[1]:
+                    return
+                data = json.dumps({"epoch": target[0], "revision": target[1]}).encode()
+                os.pwrite(fd, data.ljust(len(raw)), 0)
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        except OSError as exc:
+            log.warning("could not remember the revision seen in %s: %s", self.path, exc)
+            self.close()
+
+    def _open(self) -> int:
+        if self._fd is not None and os.fstat(self._fd).st_nlink == 0:
+            self.close()  # removed under us: writing on would remember nothing
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        return self._fd
+
+    def close(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def _seen_record(raw: bytes) -> tuple[str, int] | None:
+    try:
+        data = json.loads(raw) if raw.strip() else None
+        return (str(data["epoch"]), int(data["revision"])) if data else None
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def _indexes(store: RedisStore, role_permissions: dict[str, Any], overrides: dict[str, Any],
@@ -1152,6 +1299,16 @@ def _raw_entries(raw: Any) -> list[tuple[int, dict[str, Any]]]:
         revision = int(str(entry_id).split("-", 1)[0])
         out.append((revision, _parse(revision, fields["entry"])))
     return out
+
+
+TOUCHED_MAX = 1000  # tokens a journal entry lists; a bigger write (an import) is journaled as "*"
+EVERYTHING = orjson.dumps(["*"])
+
+
+def _touched(entities: Entities) -> bytes:
+    """What a commit changed, as the journal keeps it for the WRITE script."""
+    tokens = entities.tokens()
+    return orjson.dumps(tokens) if len(tokens) <= TOUCHED_MAX else EVERYTHING
 
 
 def _fenced() -> StoreError:
