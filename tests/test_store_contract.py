@@ -387,7 +387,7 @@ def test_every_op_kind_round_trips(kit: StoreKit) -> None:
 def test_the_entity_reads_of_a_working_set_equal_the_state_after_every_op_kind(kit: StoreKit) -> None:
     """What a working set reads on a miss (read_facts, one round trip) and what views read
     (members_of, bans_of, groups_of, group_ids, users_with_role) equal the whole state, after
-    each op kind, for known ids, for ids that do not exist, for one id asked twice, and for
+    each op kind (the collections after every third), for known ids, for ids that do not exist, for one id asked twice, and for
     users, groups and pairs of an op that undid them; with the store's epoch and revision."""
     store = kit.open()
     state = store.load()
@@ -404,6 +404,8 @@ def test_the_entity_reads_of_a_working_set_equal_the_state_after_every_op_kind(k
         assert read.owners == [whole.owners.get(g) for g in facts.groups], f"after op {index}: {op}"
         assert read.memberships == [(whole.scope_of(g, u), whole.is_banned(g, u)) for g, u in facts.memberships], \
             f"after op {index}: {op}"
+        if index % 3 and index != len(EVERY_OP):
+            continue  # the collection reads (a round trip each) after every third op and the last
         for guid in guids:
             assert dict(store.members_of(guid)) == whole.members.get(guid, {}) and \
                 set(store.bans_of(guid)) == set(whole.bans.get(guid, ())), (index, guid)
