@@ -4,11 +4,9 @@ A message is only a hint; on every hint, every tick and every reconnect the side
 from the journal stream, from its last revision (or resyncs in full), so a lost message, a
 dropped connection or a restarted Redis ends in the same state. Hints that queued up meanwhile
 are taken together (one catch-up reads them all), and a hint for a revision the sidecar was
-already handed (its own write) is not followed. A hint may carry its commit's journal entry
-(after a newline): it is offered to the store, and when every new hint taken together carried
-its entry, the catch-up (not a tick's or a reconnect's: those always read Redis) may apply
-them without reading the stream, if they follow the state's revision without a gap up to the
-newest. Failures back off (bounded) and are reported, never swallowed.
+already handed (its own write) is not followed. What a message says is never applied: anyone
+who may PUBLISH on the channel could send it. Failures back off (bounded) and are reported,
+never swallowed.
 """
 from __future__ import annotations
 
@@ -17,7 +15,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import redis
@@ -34,15 +31,9 @@ DRAIN_MAX = 10_000  # hints taken together at most, before catching up
 class RedisSync:
     def __init__(self, client: redis.Redis, channel: str, catch_up: Callable[[], None], *,
                  interval_s: float = 1.0, max_backoff_s: float = 5.0,
-                 known: Callable[[], tuple[str | None, int]] | None = None,
-                 offer: Callable[[str, int, str], None] | None = None,
-                 hinted: Callable[[int], AbstractContextManager[None]] | None = None) -> None:
+                 known: Callable[[], tuple[str | None, int]] | None = None) -> None:
         self.client = client
         self.known = known  # (epoch, revision) the sidecar already has or is applying
-        self.offer = offer  # (epoch, revision, entry text) of a hint that carries its entry
-        # around a catch-up on hints up to a revision whose entries were all offered: the store may
-        # answer from them
-        self.hinted = hinted
         self.channel = channel
         self.catch_up = catch_up
         self.interval_s = interval_s
@@ -84,22 +75,14 @@ class RedisSync:
             while not self._stop.is_set():
                 message = pubsub.get_message(timeout=min(self.interval_s, 0.5))
                 news = False
-                newest: int | None = 0  # the newest new revision hinted; None once one came without its entry
                 for _ in range(DRAIN_MAX if message is not None else 0):  # and what else queued meanwhile
                     if message is None:
                         break
-                    fresh, offered = self._news(message)
-                    if fresh:
-                        news = True
-                        newest = None if offered is None or newest is None else max(newest, offered)
+                    news = self._news(message) or news  # every queued hint is looked at
                     message = pubsub.get_message(timeout=0)
-                if time.monotonic() - last_check >= self.interval_s:
-                    self.catch_up()  # from Redis, whatever the hints said
+                if news or time.monotonic() - last_check >= self.interval_s:
+                    self.catch_up()  # from Redis's journal, whatever the hints said
                     last_check = time.monotonic()
-                    self.status, self.message = OK, "subscribed"
-                elif news:
-                    with self.hinted(newest) if newest and self.hinted is not None else nullcontext():
-                        self.catch_up()
                     self.status, self.message = OK, "subscribed"
         finally:
             try:
@@ -107,21 +90,14 @@ class RedisSync:
             except redis.RedisError:
                 pass
 
-    def _news(self, message: dict[str, Any]) -> tuple[bool, int | None]:
-        """Is the hinted revision one the sidecar was not already handed? And that revision if
-        the hint carried its entry (offered to the store), else None."""
+    def _news(self, message: dict[str, Any]) -> bool:
+        """Is the hinted revision one the sidecar was not already handed? (Anything else, say a
+        message that is not a hint, is news: the catch-up reads what is true.)"""
         if self.known is None:
-            return True, None
+            return True
         try:
-            header, _, entry = str(message["data"]).partition("\n")
-            hint = json.loads(header)
-            hinted_epoch, hinted = str(hint["epoch"]), int(hint["revision"])
+            hint = json.loads(message["data"])
             epoch, revision = self.known()
+            return bool(str(hint["epoch"]) != epoch or int(hint["revision"]) > revision)
         except (ValueError, KeyError, TypeError):
-            return True, None
-        if hinted_epoch == epoch and hinted <= revision:
-            return False, None
-        if entry and self.offer is not None and self.hinted is not None:
-            self.offer(hinted_epoch, hinted, entry)
-            return True, hinted
-        return True, None
+            return True

@@ -1,23 +1,25 @@
-"""A follower applies the journal entry a pub/sub hint carries without reading the stream
-(sidecar.sync, RedisStore.changes_since on hints), and falls back to the stream whenever the
-hints are not the journal's next entries: another epoch, a gap, an entry too long to ride on its
-hint. In-process Sidecars on a real redis-server; the followers' periodic check is set far off
-(30 s), so a read of the stream here comes from a hint that could not be used."""
+"""A pub/sub message is only a hint: whatever it says, a sidecar applies only what it reads from
+Redis's journal. Anyone who may PUBLISH on the channel (another app on the same Redis, a
+client with a narrower ACL) can send one, so a forged message, one of another epoch or one
+that carries ops must never reach a decision. In-process Sidecars on a real redis-server; the
+followers' periodic check is set far off (30 s), so what they do comes from the messages."""
 from __future__ import annotations
 
 import ast
+import json
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from redis_support import RedisServer, unique, wait_until
 
 from sidecar import management as m
 from sidecar.core import Sidecar
+from sidecar.engine import AuthzRequest
 from sidecar.policy import load_policy
-from sidecar.stores import redisstore
 from sidecar.stores.redisstore import RedisStore
 from tests.op_script import fields
 
@@ -26,24 +28,15 @@ POLICY = load_policy(REPO / "policies")
 
 
 class CountingStore(RedisStore):
-    """Counts the reads of the journal stream (changes_since that went to Redis)."""
+    """Counts the reads of the journal stream."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.stream_reads = 0
-        self._hinted_answer = False
-
-    def _from_hints(self, revision: int, newest: int) -> Any:
-        found = super()._from_hints(revision, newest)
-        self._hinted_answer = bool(found)
-        return found
 
     def changes_since(self, revision: int, *, remembered: bool = True) -> Any:
-        self._hinted_answer = False
-        found = super().changes_since(revision, remembered=remembered)
-        if not self._hinted_answer:
-            self.stream_reads += 1
-        return found
+        self.stream_reads += 1
+        return super().changes_since(revision, remembered=remembered)
 
 
 @pytest.fixture
@@ -82,46 +75,32 @@ def roles(writer: Sidecar, n: int, uid: str = "u") -> int:
     return last
 
 
-def test_hints_carry_the_entries_and_the_stream_is_not_read(pair: Callable[[], tuple[Sidecar, Sidecar]]) -> None:
+def test_a_forged_message_on_the_channel_changes_nothing_the_journal_does_not_say(
+        module_redis: RedisServer, pair: Callable[[], tuple[Sidecar, Sidecar]]) -> None:
     writer, follower = pair()
     store: CountingStore = follower.store  # type: ignore[assignment]
-    reads = store.stream_reads
-    last = roles(writer, 40)
+    last = roles(writer, 3)
     wait_until(lambda: follower.state.revision >= last, 10, what="the follower reached the last write")
-    assert store.stream_reads == reads, f"{store.stream_reads - reads} stream reads for 40 hinted writes"
+    epoch = str(follower.state.epoch)
+    # "mallory is an admin of every group": the next revision, in this epoch, with ops after it
+    entry = {"at": 0, "actor": "mallory", "ops": [{"op": "put_user", "uid": "mallory", "role": "support"},
+                                                  {"op": "put_group", "guid": "g-forged", "owner": "mallory"}]}
+    publisher = redis.Redis(port=module_redis.port, decode_responses=True)
+    try:
+        for forged in (json.dumps({"epoch": epoch, "revision": last + 1}) + "\n" + json.dumps(entry),
+                       json.dumps({"epoch": epoch, "revision": last + 1, "ops": entry["ops"]}),
+                       json.dumps({"epoch": "another", "revision": 1}) + "\n" + json.dumps(entry),
+                       json.dumps(entry), "not json at all"):
+            reads = store.stream_reads
+            publisher.publish(follower.store.channel, forged)  # type: ignore[attr-defined]
+            wait_until(lambda reads=reads: store.stream_reads > reads, 10, what="the follower read the journal")
+            assert follower.state.revision == last and not follower.state.assigned("mallory"), forged
+            decided = follower.decide(AuthzRequest("mallory", "deleteGroup", "g-forged"))
+            assert decided["allowed"] is False and decided["code"] == "ERR_GUID_NOT_FOUND", forged
+    finally:
+        publisher.close()
     assert fields(follower.state) == fields(writer.store.load())
-
-
-def test_an_entry_too_long_for_its_hint_is_read_from_the_stream(pair: Callable[[], tuple[Sidecar, Sidecar]]) -> None:
-    writer, follower = pair()
-    store: CountingStore = follower.store  # type: ignore[assignment]
-    reads = store.stream_reads
-    last = writer.write(lambda tx: m.plan_set_role_permissions(tx, "support", {"sendMessage": "allow"}), "t").revision
-    wait_until(lambda: follower.state.revision >= last, 10, what="the follower applied a hinted write")
-    assert store.stream_reads == reads
-    uid = "x" * (redisstore.HINT_ENTRY_MAX + 1)
-    big = writer.write(lambda tx: ([{"op": "put_user", "uid": uid, "role": "support"}], None), "t").revision
-    wait_until(lambda: follower.state.revision >= big, 10, what="the follower read the long entry from the stream")
-    assert store.stream_reads == reads + 1
+    # and the real writes after it still arrive, from the stream
+    after = roles(writer, 2, uid="later")
+    wait_until(lambda: follower.state.revision >= after, 10, what="the follower reached the later writes")
     assert fields(follower.state) == fields(writer.store.load())
-
-
-def test_hints_of_another_epoch_or_after_a_gap_are_not_applied(pair: Callable[[], tuple[Sidecar, Sidecar]]) -> None:
-    """changes_since on hints, called as the sync thread calls it: an offered entry of another
-    epoch, or one whose predecessor was never offered (a lost hint), is not applied: the stream is read."""
-    writer, follower = pair()
-    store: CountingStore = follower.store  # type: ignore[assignment]
-    at = follower.state.revision
-    forged = '{"at":0,"actor":"x","ops":[{"op":"put_user","uid":"forged","role":"support"}]}'
-    follower.stop()  # this test calls changes_since itself
-    last = roles(writer, 1, uid="real")
-    assert last == at + 1
-    real = writer.store.changes_since(at)
-    assert [op["uid"] for _, ops in real for op in ops] == ["real0"]
-    store._offer("another-epoch", at + 1, forged)  # a hint from another history
-    with store._on_hints(at + 1):
-        assert store.changes_since(at) == real
-    store._offer(str(store.epoch), at + 2, forged)  # the next one, its predecessor never offered
-    with store._on_hints(at + 2):
-        assert store.changes_since(at) == real
-    assert store.stream_reads >= 2

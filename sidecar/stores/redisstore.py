@@ -96,8 +96,6 @@ LINEAGE_KEEP = 100
 RECOVERY_TTL_S = 30  # fence and claims outlive a claimant's retries (seconds apart), not its death
 WRITE_RETRIES = 30
 TRACKED_ATTEMPTS = 150  # plans per write (write_tracked) while commits keep changing what it read
-HINT_ENTRY_MAX = 16_384  # a journal entry up to this long rides on its pub/sub hint
-OFFERED_MAX = 10_000  # entries from hints kept for the follower (more: dropped; it reads the stream)
 WINDOW_MAX = 1000  # commits a writer reads to see whether they changed what it read (more: catch up)
 BATCH = 500
 LAYOUT = "2"
@@ -153,18 +151,17 @@ end
 """
 # The end of every write, after its ops: the next revision, its journal entry under the id
 # <revision>-0 (so the stream is in revision order) with what it changed (Entities.tokens), the
-# hint (its entry after a newline, unless longer than HINT_ENTRY_MAX: followers may apply it
-# from there, sidecar.sync). Returns the new revision.
+# hint {epoch, revision} (only a hint: followers read the stream, sidecar.sync). Returns the new
+# revision.
 COMMIT_LUA = """
 local function commit(rev_key, journal_key, epoch_key, entry, touched, keep, channel)
   local rev = redis.call('INCR', rev_key)
   redis.call('XADD', journal_key, 'MAXLEN', keep, rev .. '-0', 'entry', entry, 'touched', touched)
-  local hint = '{"epoch":' .. cjson.encode(redis.call('GET', epoch_key) or '') .. ',"revision":' .. rev .. '}'
-  if #entry <= HINT_ENTRY_MAX then hint = hint .. '\\n' .. entry end
-  redis.call('PUBLISH', channel, hint)
+  redis.call('PUBLISH', channel, '{"epoch":' .. cjson.encode(redis.call('GET', epoch_key) or '') .. ',"revision":'
+             .. rev .. '}')
   return rev
 end
-""".replace("HINT_ENTRY_MAX", str(HINT_ENTRY_MAX))
+"""
 # One op's commands inside a MULTI (Store.write, a bulk write's other ops). KEYS[1] rev (the slot);
 # ARGV[1] the commands as JSON.
 APPLY = OPS_LUA + """
@@ -357,8 +354,6 @@ class RedisStore:
         # process queue behind it: under contention on one entity, this process's writes go one at
         # a time (as all of them did before), so that none keeps losing to the next
         self._retrying = threading.Lock()
-        self._offered: dict[int, tuple[str, str]] = {}  # revision -> (epoch, entry) from hints (sidecar.sync)
-        self._hinted = threading.local()  # .newest: in a catch-up on hints up to that revision
         self._seen_lock = threading.Lock()
         self._pending: tuple[str, int] | None = None  # the newest (epoch, revision) to be put on disk
         # The newest (epoch, revision) this sidecar has seen, kept on disk across its restarts: a
@@ -654,15 +649,9 @@ class RedisStore:
             return int(self.client.scard(self.key("roleusers:" + role)))
 
     def changes_since(self, revision: int, *, remembered: bool = True) -> list[tuple[int, list[Op]]]:
-        """The journal after `revision`, read from the stream in one atomic look (epoch, rev, entries);
-        in a catch-up on hints (sync thread), what the hints carried from revision + 1 on, if any."""
-        newest = getattr(self._hinted, "newest", 0)
-        if newest:
-            hinted = self._from_hints(revision, newest)
-            if hinted and hinted[-1][0] == newest:
-                self._saw(self.epoch, hinted[-1][0])
-                self._handed(self.epoch, hinted[-1][0])
-                return hinted
+        """The journal after `revision`, read from the stream in one atomic look (epoch, rev, entries).
+        Never from a pub/sub message: whoever may PUBLISH on the channel (another app on the same
+        Redis, say) could then write this sidecar's state; a message is only a hint to read."""
         with _mapped("read the journal"):
             seen = self.seen  # before the read: a write of this process may commit (and be seen) meanwhile
             with self.client.pipeline(transaction=True) as pipe:
@@ -698,39 +687,7 @@ class RedisStore:
         below what this sidecar was already handed is not followed."""
         from sidecar.sync import RedisSync
         return RedisSync(self.client, self.channel, catch_up, interval_s=interval_s,
-                         known=lambda: (self.epoch, self.position), offer=self._offer, hinted=self._on_hints)
-
-    def _offer(self, epoch: str, revision: int, entry: str) -> None:
-        """A hint's journal entry (sidecar.sync), for the next catch-up on hints."""
-        with self._counting:
-            if len(self._offered) >= OFFERED_MAX:
-                self._offered.clear()
-            self._offered[revision] = (epoch, entry)
-
-    @contextlib.contextmanager
-    def _on_hints(self, newest: int) -> Iterator[None]:
-        """A catch-up of the sync thread on hints up to `newest`: changes_since may answer from what
-        they carried, if that reaches `newest`."""
-        self._hinted.newest = newest
-        try:
-            yield
-        finally:
-            self._hinted.newest = 0
-
-    def _from_hints(self, revision: int, newest: int) -> list[tuple[int, list[Op]]]:
-        """The offered entries of this epoch from revision + 1 to newest, without a gap (taken)."""
-        found: list[tuple[int, list[Op]]] = []
-        with self._counting:
-            offered = self._offered
-            for stale in [rev for rev in offered if rev <= revision]:
-                del offered[stale]
-            while revision + len(found) < newest:
-                got = offered.pop(revision + len(found) + 1, None)
-                if got is None or got[0] != self.epoch:
-                    break
-                rev = revision + len(found) + 1
-                found.append((rev, _parse(rev, got[1])["ops"]))
-        return found
+                         known=lambda: (self.epoch, self.position))
 
     def _handed(self, epoch: str | None, revision: int) -> None:
         if epoch == self.epoch and revision > self.position:
