@@ -85,8 +85,9 @@ class RuntimeState:
         return True
 
     def apply_all(self, ops: list[Op], revision: int) -> None:
-        """Apply one committed write (all its ops) and move to its revision."""
-        for op in ops:
+        """Apply one committed write (all its ops) and move to its revision; an op the registry
+        does not know (a journal written by something else) applies none of them (ValueError)."""
+        for op in check_ops(ops):
             self.apply(op)
         self.revision = revision
 

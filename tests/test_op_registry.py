@@ -45,3 +45,15 @@ def test_a_misshapen_op_is_named_and_never_stored(tmp_path: Path, bad: object) -
         assert store.load().revision == 0 and store.load().users == {}
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("bad", [{"op": "no_such_op"}, {"op": "put_member", "guid": "g", "uid": "late"}, "put_user"])
+def test_a_write_with_one_bad_op_is_applied_not_at_all(bad: object) -> None:
+    """A journal entry is applied whole or not at all: a valid op before a bad one (a journal
+    written by something else) must not reach the state (it would be a state no revision had)."""
+    state = RuntimeState()
+    state.apply_all([{"op": "put_group", "guid": "g", "owner": "o"}], 1)
+    before = (dict(state.owners), {g: dict(m) for g, m in state.members.items()}, state.revision)
+    with pytest.raises(ValueError):
+        state.apply_all([{"op": "put_member", "guid": "g", "uid": "partial", "scope": "admin"}, bad], 2)  # type: ignore[list-item]
+    assert (dict(state.owners), {g: dict(m) for g, m in state.members.items()}, state.revision) == before

@@ -104,3 +104,29 @@ def test_a_forged_message_on_the_channel_changes_nothing_the_journal_does_not_sa
     after = roles(writer, 2, uid="later")
     wait_until(lambda: follower.state.revision >= after, 10, what="the follower reached the later writes")
     assert fields(follower.state) == fields(writer.store.load())
+
+
+def test_a_journal_entry_no_sidecar_wrote_is_never_half_applied(
+        module_redis: RedisServer, pair: Callable[[], tuple[Sidecar, Sidecar]]) -> None:
+    """Something else wrote the next revision into the journal: a valid op, then one no sidecar
+    writes. The follower applies none of it and reloads from Redis's keys (which say nothing of
+    "partial"); it never decides on the half."""
+    writer, follower = pair()
+    guid = unique("g")
+    last = writer.write(lambda tx: ([{"op": "put_group", "guid": guid, "owner": "olivia"}], None), "t").revision
+    wait_until(lambda: follower.state.revision >= last, 10, what="the follower reached the last write")
+    store = writer.store
+    entry = {"at": 0, "actor": "x", "ops": [{"op": "put_member", "guid": guid, "uid": "partial", "scope": "admin"},
+                                          {"op": "no_such_op"}]}
+    raw = redis.Redis(port=module_redis.port, decode_responses=True)
+    try:
+        revision = raw.incr(store.key("rev"))  # type: ignore[attr-defined]
+        raw.xadd(store.key("journal"), {"entry": json.dumps(entry), "touched": "[]"},  # type: ignore[attr-defined]
+                 id=f"{revision}-0")
+        raw.publish(store.channel, json.dumps({"epoch": str(follower.state.epoch), "revision": revision}))  # type: ignore[attr-defined]
+        wait_until(lambda: follower.state.revision >= revision, 10, what="the follower reloaded")
+    finally:
+        raw.close()
+    assert follower.state.scope_of(guid, "partial") is None
+    decided = follower.decide(AuthzRequest("partial", "kickMembers", guid, "olivia"))
+    assert decided["allowed"] is False and decided["code"] == "ERR_GROUP_NOT_JOINED"

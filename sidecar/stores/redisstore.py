@@ -1232,7 +1232,11 @@ def _parse(revision: int, text: str) -> dict[str, Any]:
         return known[1]
     if len(_PARSED) >= PARSED_KEEP:
         _PARSED.clear()
-    parsed: dict[str, Any] = json.loads(text)
+    try:
+        parsed: dict[str, Any] = json.loads(text)
+        check_ops(parsed["ops"])
+    except (ValueError, TypeError, KeyError) as exc:  # not what a sidecar commits: the keys are the truth
+        raise ResyncNeeded(f"journal entry {revision} is not one a sidecar wrote ({exc}); reloading") from None
     _PARSED[revision] = (text, parsed)
     return parsed
 
