@@ -1,6 +1,7 @@
 """Settings: defaults, then CHATAUTHZ_* variables, then command-line flags. Nothing else reads os.environ."""
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
@@ -94,6 +95,17 @@ class Settings:
             raise ValueError(f"cache_entries must be 0 (hold the whole state) or at least 1000, got {self.cache_entries}")
         if self.server not in ("granian", "gunicorn"):
             raise ValueError(f"server must be granian or gunicorn, got {self.server!r}")
+        for f in fields(self):  # nan passes no comparison, so it would pass every range below
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{f.name} must be a number, got {value}")
+        if self.max_staleness_s is not None and self.max_staleness_s <= 0:
+            raise ValueError(f"max_staleness_s must be more than 0 (or unset: no bound), got {self.max_staleness_s}")
+        if self.decision_log not in (None, "-"):
+            folder = Path(str(self.decision_log)).parent
+            if not folder.is_dir() or not os.access(folder, os.W_OK):
+                raise ValueError(f"decision_log {self.decision_log!r}: its folder {str(folder)!r} is not a "
+                                 "folder this process may write in")
         self._validate_redis()
 
     def _validate_redis(self) -> None:
@@ -115,12 +127,7 @@ class Settings:
             raise ValueError(f"redis_url must start with redis://, rediss:// or unix://, got {self.redis_url!r} "
                              "(for example redis://127.0.0.1:6379/0)")
         if self.redis_url:
-            from redis.connection import parse_url  # the parser the connection uses: one truth
-            try:
-                parse_url(self.redis_url)  # type: ignore[no-untyped-call]
-            except ValueError as exc:
-                raise ValueError(f"redis_url {self.redis_url!r} is not a Redis URL: {exc} "
-                                 "(for example redis://127.0.0.1:6379/0)") from None
+            _check_redis_url(self.redis_url)
         if self.redis_cluster and not self.redis_url:
             raise ValueError("redis_cluster needs redis_url, the address of one node of the cluster "
                              "(Sentinel and cluster mode do not mix)")
@@ -151,3 +158,22 @@ def _convert(name: str, raw: str) -> Any:
     if "Path" in str(kind):
         return Path(raw)
     return raw
+
+
+def _check_redis_url(url: str) -> None:
+    """A Redis URL the connection reads as written: its parser (redis-py's parse_url) accepts it,
+    it names a host (or a socket path), and its database, if any, is a number 0 or more (parse_url
+    would take "/x" as database 0, someone else's, and "/-1" as a database no Redis has)."""
+    from urllib.parse import urlsplit
+
+    from redis.connection import parse_url  # the parser the connection uses: one truth
+    example = "(for example redis://127.0.0.1:6379/0)"
+    try:
+        parsed = parse_url(url)  # type: ignore[no-untyped-call]
+    except ValueError as exc:
+        raise ValueError(f"redis_url {url!r} is not a Redis URL: {exc} {example}") from None
+    if not (parsed.get("host") or parsed.get("path")):
+        raise ValueError(f"redis_url {url!r} names no host (nor a socket path) {example}")
+    database = urlsplit(url).path.strip("/") if not url.startswith("unix://") else ""
+    if database and not database.isdigit() or parsed.get("db", 0) < 0:
+        raise ValueError(f"redis_url {url!r}: the database must be a number 0 or more {example}")

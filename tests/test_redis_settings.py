@@ -50,6 +50,15 @@ def test_settings_build_the_spec_of_each_kind() -> None:
     ({"redis_url": "redis://127.0.0.1:notaport"}, "is not a Redis URL: Port could not be cast"),
     ({"redis_url": "redis://127.0.0.1:99999/0"}, "is not a Redis URL: Port out of range"),
     ({"redis_url": "unix:///tmp/r.sock?db=x"}, "is not a Redis URL: Invalid value for 'db'"),
+    # found by an outside attack: each started, on another app's database, on none, or nowhere
+    ({"redis_url": "redis://"}, "names no host"),
+    ({"redis_url": "unix://"}, "names no host"),
+    ({"redis_url": "redis://127.0.0.1:6379/x"}, "the database must be a number 0 or more"),
+    ({"redis_url": "redis://127.0.0.1:6379/-1"}, "the database must be a number 0 or more"),
+    ({"max_staleness_s": float("nan")}, "max_staleness_s must be a number"),  # silently no bound, before
+    ({"max_staleness_s": -1.0}, "max_staleness_s must be more than 0"),  # every decision denied, before
+    ({"sync_interval_s": float("inf")}, "sync_interval_s must be a number"),
+    ({"decision_log": "/nonexistent/dir/decisions.log"}, "is not a folder this process may write in"),
     ({"redis_url": "redis://r", "redis_prefix": "{chatauthz}:members:"}, "hash tag"),
 ])
 def test_bad_mixes_are_refused(values: dict[str, object], message: str) -> None:
@@ -72,6 +81,9 @@ def test_bad_mixes_are_refused(values: dict[str, object], message: str) -> None:
     # a traceback in every worker, then granian's crash loop and exit 1, before
     (["serve", "--redis-url", "redis://127.0.0.1:notaport"], "is not a Redis URL"),
     (["export", "--policies", POLICIES, "--redis-url", "redis://127.0.0.1:99999"], "is not a Redis URL"),
+    (["serve", "--max-staleness", "nan"], "max_staleness_s must be a number"),
+    (["serve", "--redis-url", "redis://127.0.0.1:6379/x"], "the database must be a number"),
+    (["serve", "--decision-log", "/nonexistent/dir/decisions.log"], "is not a folder this process may write in"),
 ])
 def test_the_cli_refuses_bad_mixes_with_exit_2_and_no_traceback(argv: list[str], message: str,
                                                                 capsys: pytest.CaptureFixture[str]) -> None:
