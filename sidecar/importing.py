@@ -8,7 +8,9 @@ One record a line:
 Each line is read like the API's body (ids canonicalised, unknown fields refused) and planned by
 the same plan functions on the state as it stands after the lines before it, so a file may
 create a group and then fill it. A line that would change nothing (the member already has that
-scope, the user is already banned) plans no ops: importing a file twice changes nothing.
+scope, the user is already banned) plans no ops: importing a file twice changes nothing, unless
+it adds a member it later bans (run again, the member line meets the ban: refused, as the API
+refuses to add a banned user).
 
 parse_record and plan_record are the reference, one line at a time through the API's own code.
 The importer takes the fast path below, which gives the same ops and the same errors (held to it

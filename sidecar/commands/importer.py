@@ -6,7 +6,8 @@ it) before anything is written. A bad line is reported as FILE:LINE: message and
 --partial, nothing of the file is written (exit 3). Then the ops are committed in batches of
 about --batch-size ops, each one revision of the journal (sidecars catch up as from any write);
 a batch never splits a record. Each batch first checks that nobody else wrote since the
-import read the store (else it stops: run it again; a re-run writes only what is missing).
+import read the store (else it stops: run it again; a re-run writes only what is missing,
+unless the file adds a member it later bans: see docs/operations.md).
 Exit 0 all imported, 2 usage or a store that cannot be used, 3 bad lines.
 """
 from __future__ import annotations
@@ -230,9 +231,11 @@ def commit(store: Any, batches: Iterable[tuple[Runs, int]], read_at: int) -> lis
     except ConflictError as exc:
         if exc.code != "ERR_STORE_CHANGED":
             raise
-        done = f" (revisions {revisions[0]}..{revisions[-1]} were written)" if revisions else ""
-        raise ConflictError(f"the store changed while the file was imported{done}; run the import "
-                            "again: it writes only what is still missing", code="ERR_STORE_CHANGED") from exc
+        done = (f"; this import wrote revisions {revisions[0]}..{revisions[-1]} before it stopped" if revisions
+                else "; this import wrote nothing")
+        raise ConflictError(f"the store changed while the file was imported ({exc.message}){done}. Run the "
+                            "import again: it writes only what is still missing (a file that adds a member it "
+                            "later bans fails instead: see docs/operations.md)", code="ERR_STORE_CHANGED") from exc
     return revisions
 
 
