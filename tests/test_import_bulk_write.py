@@ -109,13 +109,17 @@ def test_redis_bulk_writes_what_writing_each_op_writes(module_redis: RedisServer
         second.close()
 
 
+def bulk_store(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Any:
+    """A fresh store of that kind (Redis: the module's server, a prefix of its own)."""
+    if kind == "sqlite":
+        return SQLiteStore(tmp_path / "s.db")
+    return RedisStore(request.getfixturevalue("module_redis").url, unique("b") + ":", 1.0)
+
+
 @pytest.mark.parametrize("kind", ["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
 def test_a_store_no_longer_at_the_expected_revision_takes_nothing(kind: str, tmp_path: Path,
                                                                    request: pytest.FixtureRequest) -> None:
-    if kind == "sqlite":
-        store: Any = SQLiteStore(tmp_path / "s.db")
-    else:
-        store = RedisStore(request.getfixturevalue("module_redis").url, unique("c") + ":", 1.0)
+    store = bulk_store(kind, tmp_path, request)
     try:
         store.load()
         store.write(lambda: [{"op": "put_user", "uid": "late", "role": "support"}], "someone")
@@ -170,10 +174,7 @@ def test_runs_journal_as_the_ops_json(ops: list[Op]) -> None:
 def test_several_batches_are_written_all_or_none(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     """write_runs of several batches: each its revision and journal entry; a bad second batch
     leaves nothing of the first (SQLite takes an import's batches in one transaction)."""
-    if kind == "sqlite":
-        store: Any = SQLiteStore(tmp_path / "s.db")
-    else:
-        store = RedisStore(request.getfixturevalue("module_redis").url, unique("d") + ":", 1.0)
+    store = bulk_store(kind, tmp_path, request)
     try:
         store.load()
         first: Runs = [("put_user", [("u1", "support")]), ("put_group", [("g1", "u1")])]
