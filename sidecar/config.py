@@ -99,6 +99,11 @@ class Settings:
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
                 raise ValueError(f"{f.name} must be a number, got {value}")
+            if isinstance(value, float) and value < 0:  # a time or a share: never below 0
+                raise ValueError(f"{f.name} must be 0 or more, got {value}")
+        if self.sync_interval_s <= 0:
+            raise ValueError(f"sync_interval_s must be more than 0 (how often a sidecar looks at Redis), "
+                             f"got {self.sync_interval_s}")
         if self.max_staleness_s is not None and self.max_staleness_s <= 0:
             raise ValueError(f"max_staleness_s must be more than 0 (or unset: no bound), got {self.max_staleness_s}")
         if self.decision_log not in (None, "-"):

@@ -56,8 +56,13 @@ def test_settings_build_the_spec_of_each_kind() -> None:
     ({"redis_url": "redis://127.0.0.1:6379/x"}, "the database must be a number 0 or more"),
     ({"redis_url": "redis://127.0.0.1:6379/-1"}, "the database must be a number 0 or more"),
     ({"max_staleness_s": float("nan")}, "max_staleness_s must be a number"),  # silently no bound, before
-    ({"max_staleness_s": -1.0}, "max_staleness_s must be more than 0"),  # every decision denied, before
+    ({"max_staleness_s": -1.0}, "max_staleness_s must be 0 or more"),  # every decision denied, before
+    ({"max_staleness_s": 0.0}, "max_staleness_s must be more than 0"),
     ({"sync_interval_s": float("inf")}, "sync_interval_s must be a number"),
+    ({"sync_interval_s": 0.0}, "sync_interval_s must be more than 0"),
+    ({"revision_wait_s": -1.0}, "revision_wait_s must be 0 or more"),  # every float setting is a time or a share
+    ({"redis_recovery_grace_s": -0.5}, "redis_recovery_grace_s must be 0 or more"),
+    ({"policy_watch_s": -1.0}, "policy_watch_s must be 0 or more"),
     ({"decision_log": "/nonexistent/dir/decisions.log"}, "is not a folder this process may write in"),
     ({"redis_url": "redis://r", "redis_prefix": "{chatauthz}:members:"}, "hash tag"),
 ])
