@@ -49,9 +49,10 @@ def open_slow_body(port: int) -> socket.socket:
     return sock
 
 
-def trickle(socks: list[socket.socket], seconds: float) -> dict[int, tuple[float, bytes]]:
+def trickle(socks: list[socket.socket], opened: list[float], seconds: float) -> dict[int, tuple[float, bytes]]:
     """One more body byte per connection every 0.5 s until it answers; for each connection,
-    when it first answered (data, or closed) and all it sent before closing or `seconds` end."""
+    how long after it was opened (`opened`, its monotonic time: the server's body clock starts
+    no earlier) it first answered (data, or closed), and all it sent before closing or `seconds` end."""
     started, sent = time.monotonic(), 1
     first: dict[int, float] = {}
     data = {i: b"" for i in range(len(socks))}
@@ -63,12 +64,12 @@ def trickle(socks: list[socket.socket], seconds: float) -> dict[int, tuple[float
                 try:
                     sock.sendall(BODY[sent - 1:sent])
                 except OSError:
-                    first.setdefault(i, time.monotonic() - started)
+                    first.setdefault(i, time.monotonic() - opened[i])
                     closed.add(i)
         readable, _, _ = select.select([s for i, s in enumerate(socks) if i not in closed], [], [], 0.5)
         for sock in readable:
             i = socks.index(sock)
-            first.setdefault(i, time.monotonic() - started)
+            first.setdefault(i, time.monotonic() - opened[i])
             try:
                 chunk = sock.recv(4096)
             except OSError:
@@ -90,14 +91,17 @@ def far_ahead(server: Server, out: list[tuple[float, int, str]]) -> None:
 
 
 def test_slow_bodies_and_far_revisions_do_not_stop_authorize(busy_server: Server) -> None:
-    slow = [open_slow_body(busy_server.port) for _ in range(SLOW_BODIES)]
+    slow, opened = [], []  # when each was opened: the clock of its body starts no earlier
+    for _ in range(SLOW_BODIES):  # (timed from the trickle's start, a slow machine's thread starts
+        opened.append(time.monotonic())  # made a 408 look early: 0.63 s for a 1 s timeout)
+        slow.append(open_slow_body(busy_server.port))
     waits: list[tuple[float, int, str]] = []
     waiters = [threading.Thread(target=far_ahead, args=(busy_server, waits)) for _ in range(FAR_WAITERS)]
     try:
         for waiter in waiters:
             waiter.start()
         answers: dict[int, tuple[float, bytes]] = {}
-        trickler = threading.Thread(target=lambda: answers.update(trickle(slow, BODY_TIMEOUT_S + 5)))
+        trickler = threading.Thread(target=lambda: answers.update(trickle(slow, opened, BODY_TIMEOUT_S + 5)))
         trickler.start()
         time.sleep(0.3)  # the hostile requests now hold whatever they can
         started, latencies = time.monotonic(), []
